@@ -1,0 +1,80 @@
+"""The registry (floor 3): a method name -> its Method (init, loss, predict) and what eval needs.
+
+train.py and eval.py pick a builder by `config.method` (as big_vision picks a model by name); the
+pipeline only ever sees the Method. PAPA runs its own staged experiment (papa_experiment.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import numpy as np
+
+import encoder_jax
+from pipeline.train_loop import Method
+from sweet_jax import exits, objectives
+
+EXIT_METHODS = objectives.METHODS  # 'sweet', 'early_exit', 'multi_model'
+STAGED_METHODS = ('papa',)
+
+
+@dataclasses.dataclass(frozen=True)
+class Built:
+  """A method and the pieces that describe its model."""
+  method: Method
+  encoder_config: encoder_jax.EncoderConfig
+  exit_config: exits.ExitConfig
+  encode_fn: Callable[..., dict[str, np.ndarray]]
+  constants: Any = None
+
+
+def constant_heads_of(spec, encoder_config, exit_config) -> list[tuple[int, int]] | str:
+  """config.model.constant_heads -> (layer, head) pairs: '' (none), 'all', 'first_segment' (every head
+  of the layers below the first exit), or a sequence of (layer, head) pairs (0-indexed)."""
+  if not spec:
+    return []
+  if spec == 'all':
+    return 'all'
+  if spec == 'first_segment':
+    return [(l, h) for l in range(exit_config.exit_layers[0]) for h in range(encoder_config.num_heads)]
+  if isinstance(spec, str):
+    raise ValueError(f"model.constant_heads must be '', 'all', 'first_segment' or (layer, head) pairs, got {spec!r}.")
+  return [tuple(int(x) for x in pair) for pair in spec]
+
+
+def _load_constants(path: str):
+  """PAPA averages [layers, heads, L, L] from an npz written by papa_jax.averages (no pickle)."""
+  if not path:
+    raise ValueError('model.constant_heads is set, so model.constants_path must name a PAPA averages .npz '
+                     '(python train.py --config configs/papa_demo.py writes one to WORKDIR/papa/averages.npz).')
+  from papa_jax import averages
+  return np.asarray(averages.load(path).averages)
+
+
+def build(config, num_labels: int) -> Built:
+  """The Method named by config.method for a task with num_labels classes."""
+  name = config.method
+  if name not in EXIT_METHODS:
+    raise ValueError(f'Unknown method {name!r}; choose from {EXIT_METHODS + STAGED_METHODS}.')
+  m = config.model
+  encoder_config, pretrained = encoder_jax.load_pretrained(m.checkpoint, dtype=config.train.get('dtype', 'float32'))
+  exit_config = exits.ExitConfig(tuple(m.exit_layers), num_labels, m.pooling, m.classifier_dropout)
+  exit_config.check(encoder_config)
+  constants = None
+  heads = constant_heads_of(m.get('constant_heads', ''), encoder_config, exit_config)
+  if heads:
+    encoder_config = encoder_config.with_heads('constant', heads)
+    constants = _load_constants(m.get('constants_path', ''))
+  init, loss, predict = objectives.make_fns(
+      name, encoder_config, exit_config, pretrained, weighting=config.train.exit_weighting,
+      geometric_ratio=config.train.get('geometric_ratio', 2.0), constants=constants)
+  tokenizer = encoder_jax.load_tokenizer(m.checkpoint)
+  if constants is not None:
+    # Constant matrices are position-specific: inputs take PAPA's fixed layout at their length.
+    encode_fn = functools.partial(encoder_jax.papa_layout, tokenizer, length=constants.shape[-1])
+  else:
+    max_length = min(config.data.max_seq_length, encoder_config.max_length)
+    encode_fn = functools.partial(encoder_jax.tokenize, tokenizer, max_length=max_length)
+  return Built(Method(name, init, loss, predict), encoder_config, exit_config, encode_fn, constants)

@@ -1,0 +1,1 @@
+"""pipeline: what every experiment needs, method-agnostic (data, training loop, checkpoints, sharding, reporting)."""

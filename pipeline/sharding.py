@@ -1,0 +1,89 @@
+"""Device mesh, batch and parameter shardings, and multi-host initialisation.
+
+One mesh with axes ('data', 'model'): the batch is split over 'data'; parameters are replicated, or,
+for models too large to replicate, their large tensors are split over 'model'. The same code runs on
+1 CPU, 8 simulated CPU devices, a GPU node or a TPU pod.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+# Environment variables that mean "this process is one of several" (jax reads them itself).
+_MULTIPROCESS_ENV = ('JAX_COORDINATOR_ADDRESS', 'COORDINATOR_ADDRESS', 'SLURM_NTASKS', 'OMPI_COMM_WORLD_SIZE',
+                     'TPU_WORKER_HOSTNAMES', 'MEGASCALE_COORDINATOR_ADDRESS')
+
+
+def initialize_distributed() -> None:
+  """jax.distributed.initialize() when the environment describes a multi-process job; else nothing.
+
+  On a Cloud TPU pod slice, SLURM or Open MPI, jax finds the coordinator itself; elsewhere set
+  JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID.
+  """
+  if jax.distributed.is_initialized():
+    return
+  hosts = os.environ.get('TPU_WORKER_HOSTNAMES', '')
+  if any(os.environ.get(k) for k in _MULTIPROCESS_ENV if k != 'TPU_WORKER_HOSTNAMES') or ',' in hosts:
+    if 'JAX_COORDINATOR_ADDRESS' in os.environ and 'JAX_NUM_PROCESSES' in os.environ:
+      jax.distributed.initialize(os.environ['JAX_COORDINATOR_ADDRESS'], int(os.environ['JAX_NUM_PROCESSES']),
+                                 int(os.environ['JAX_PROCESS_ID']))
+    else:
+      jax.distributed.initialize()
+
+
+def make_mesh(model_axis: int = 1) -> Mesh:
+  """A ('data', 'model') mesh over every device; model_axis devices share each parameter's shards."""
+  n = jax.device_count()
+  if model_axis < 1 or n % model_axis:
+    raise ValueError(f'mesh.model_axis={model_axis} must divide the {n} devices.')
+  return jax.make_mesh((n // model_axis, model_axis), ('data', 'model'),
+                       axis_types=(jax.sharding.AxisType.Auto,) * 2)  # XLA propagates shardings
+
+
+def data_sharding(mesh: Mesh) -> NamedSharding:
+  """Leading (batch) axis split over 'data' (and 'model', which holds replicas of the same rows)."""
+  return NamedSharding(mesh, P('data'))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def param_shardings(mesh: Mesh, params: Any, min_size: int = 2 ** 16) -> Any:
+  """Per-leaf shardings: leaves with at least min_size elements are split over 'model' along their
+  largest axis that divides evenly; the rest (and everything when the axis has size 1) replicate."""
+  k = mesh.shape['model']
+
+  def spec(leaf):
+    shape = np.shape(leaf)
+    if k == 1 or np.prod(shape, dtype=np.int64) < min_size:
+      return replicated(mesh)
+    for axis in sorted(range(len(shape)), key=lambda a: -shape[a]):
+      if shape[axis] % k == 0:
+        return NamedSharding(mesh, P(*([None] * axis + ['model'])))
+    return replicated(mesh)
+
+  return jax.tree.map(spec, params)
+
+
+def global_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+  """This process's rows of a batch -> global arrays sharded over 'data'.
+
+  With one process, the local rows are the whole batch; with several, each process passes only
+  its own rows (pipeline.data.iterate_batches(process_index=...)) and the global batch is their union.
+  """
+  sharding = data_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
+
+
+def to_host(x: jax.Array) -> np.ndarray:
+  """A (possibly multi-host) global array gathered to every host as numpy."""
+  if jax.process_count() == 1:
+    return np.asarray(x)
+  from jax.experimental import multihost_utils
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))

