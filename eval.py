@@ -7,10 +7,12 @@ speed-accuracy curve (curve.json, curve.csv, curve.png) with measured adaptive-i
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/sweet_demo.py', 'Experiment config file.')
+_DISTRIBUTED = flags.DEFINE_enum('distributed', 'auto', ['auto', 'yes', 'no'],
+                                  "Multi-process job: 'yes' on every host of a TPU pod slice.")
 _WORKDIR = flags.DEFINE_string('workdir', None, 'The training workdir (default: runs/<config file name>).')
 _COMPARE = flags.DEFINE_list('compare', [], 'Evaluated workdirs whose curves to overlay (no evaluation runs).')
 _OUT = flags.DEFINE_string('out', 'runs/compare.png', 'Where --compare writes its plot.')
@@ -18,8 +20,10 @@ _OUT = flags.DEFINE_string('out', 'runs/compare.png', 'Where --compare writes it
 
 def main(argv):
   del argv  # everything comes from flags
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO; --verbosity=0 brings it back
   from pipeline import reporting, sharding
-  sharding.initialize_distributed()
+  sharding.initialize_distributed(_DISTRIBUTED.value)
   import sweet_eval
   if _COMPARE.value:
     sweet_eval.compare(_COMPARE.value, _OUT.value)

@@ -13,13 +13,17 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/sweet_demo.py', 'Experiment config file.')
+_DISTRIBUTED = flags.DEFINE_enum('distributed', 'auto', ['auto', 'yes', 'no'],
+                                  "Multi-process job: 'yes' on every host of a TPU pod slice.")
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Output directory (default: runs/<config file name>).')
 
 
 def main(argv):
   del argv  # everything comes from flags
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO; --verbosity=0 brings it back
   from pipeline import reporting, sharding
-  sharding.initialize_distributed()  # before any other jax call
+  sharding.initialize_distributed(_DISTRIBUTED.value)  # before any other jax call
   config = _CONFIG.value
   workdir = _WORKDIR.value or reporting.default_workdir(flags.FLAGS['config'].config_filename)
   logging.info('method %s, workdir %s', config.method, workdir)

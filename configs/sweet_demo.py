@@ -51,6 +51,7 @@ def get_config():
 
   config.mesh = ml_collections.ConfigDict()
   config.mesh.model_axis = 1  # devices per parameter shard; 1 = replicate parameters (data parallel)
+  config.mesh.min_shard_size = 2 ** 16  # with model_axis > 1: leaves of at least this many elements are split
 
   config.eval = ml_collections.ConfigDict()
   config.eval.batch_size = 64  # batch size of evaluation and of the measured adaptive inference

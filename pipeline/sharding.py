@@ -15,25 +15,28 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 # Environment variables that mean "this process is one of several" (jax reads them itself).
-_MULTIPROCESS_ENV = ('JAX_COORDINATOR_ADDRESS', 'COORDINATOR_ADDRESS', 'SLURM_NTASKS', 'OMPI_COMM_WORLD_SIZE',
-                     'TPU_WORKER_HOSTNAMES', 'MEGASCALE_COORDINATOR_ADDRESS')
+_MULTIPROCESS_ENV = ('JAX_COORDINATOR_ADDRESS', 'SLURM_NTASKS', 'OMPI_COMM_WORLD_SIZE', 'MEGASCALE_COORDINATOR_ADDRESS')
 
 
-def initialize_distributed() -> None:
-  """jax.distributed.initialize() when the environment describes a multi-process job; else nothing.
+def initialize_distributed(mode: str = 'auto') -> None:
+  """Joins a multi-process job: jax.distributed.initialize() before any other jax call.
 
-  On a Cloud TPU pod slice, SLURM or Open MPI, jax finds the coordinator itself; elsewhere set
-  JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID.
+  mode 'yes' always initialises (a Cloud TPU pod slice: jax finds the coordinator from the TPU
+  metadata; SLURM and Open MPI likewise); 'auto' only when the environment names a coordinator or
+  a cluster manager; 'no' never. Outside those clusters, set JAX_COORDINATOR_ADDRESS,
+  JAX_NUM_PROCESSES and JAX_PROCESS_ID on every process.
   """
-  if jax.distributed.is_initialized():
+  if mode not in ('auto', 'yes', 'no'):
+    raise ValueError(f"--distributed must be 'auto', 'yes' or 'no', got {mode!r}.")
+  if mode == 'no' or jax.distributed.is_initialized():
     return
-  hosts = os.environ.get('TPU_WORKER_HOSTNAMES', '')
-  if any(os.environ.get(k) for k in _MULTIPROCESS_ENV if k != 'TPU_WORKER_HOSTNAMES') or ',' in hosts:
-    if 'JAX_COORDINATOR_ADDRESS' in os.environ and 'JAX_NUM_PROCESSES' in os.environ:
-      jax.distributed.initialize(os.environ['JAX_COORDINATOR_ADDRESS'], int(os.environ['JAX_NUM_PROCESSES']),
-                                 int(os.environ['JAX_PROCESS_ID']))
-    else:
-      jax.distributed.initialize()
+  if mode == 'auto' and not any(os.environ.get(k) for k in _MULTIPROCESS_ENV):
+    return
+  if os.environ.get('JAX_COORDINATOR_ADDRESS') and os.environ.get('JAX_NUM_PROCESSES'):
+    jax.distributed.initialize(os.environ['JAX_COORDINATOR_ADDRESS'], int(os.environ['JAX_NUM_PROCESSES']),
+                               int(os.environ['JAX_PROCESS_ID']))
+  else:
+    jax.distributed.initialize()
 
 
 def make_mesh(model_axis: int = 1) -> Mesh:

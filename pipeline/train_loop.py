@@ -97,6 +97,12 @@ def evaluate(method, params, dataset, encode_fn, batch_size, mesh) -> dict[str, 
   return {'per_exit_accuracy': [float(a) for a in accuracy], 'num_examples': int(len(dataset))}
 
 
+def _mesh(config):
+  """The mesh of config.mesh and the smallest leaf (in elements) split over its 'model' axis."""
+  m = config.get('mesh', {})
+  return sharding.make_mesh(m.get('model_axis', 1)), m.get('min_shard_size', 2 ** 16)
+
+
 @contextlib.contextmanager
 def _stop_on_signals():
   """Ctrl-C / SIGTERM set a flag instead of killing the process, so the loop can save and exit."""
@@ -122,7 +128,7 @@ def train_and_evaluate(config, workdir: str, method: Method, splits: data.Splits
   saves, and returns results with 'interrupted': True.
   """
   tc = config.train
-  mesh = sharding.make_mesh(config.get('mesh', {}).get('model_axis', 1))
+  mesh, min_shard = _mesh(config)
   pc, pi = jax.process_count(), jax.process_index()
   steps_per_epoch = data.num_batches(len(splits.train), tc.batch_size, drop_remainder=True)
   if steps_per_epoch == 0:
@@ -133,7 +139,7 @@ def train_and_evaluate(config, workdir: str, method: Method, splits: data.Splits
   init_rng, train_rng = jax.random.split(jax.random.key(tc.seed))
   params = method.init(init_rng)
   state = {'params': params, 'opt_state': tx.init(params), 'step': jnp.zeros((), jnp.int32)}
-  shardings = sharding.param_shardings(mesh, state)
+  shardings = sharding.param_shardings(mesh, state, min_shard)
   ckpt = checkpoints.Checkpointer(workdir, max_to_keep=tc.get('max_to_keep', 2))
   meta = {'steps_per_epoch': steps_per_epoch, 'batch_size': tc.batch_size, 'seed': tc.seed,
           'num_train_examples': len(splits.train)}
@@ -155,7 +161,8 @@ def train_and_evaluate(config, workdir: str, method: Method, splits: data.Splits
   log_every = max(1, tc.get('log_every', 50))
   ckpt_every = tc.get('checkpoint_every', 0) or steps_per_epoch
   bar = reporting.progress(total_steps, initial=start)
-  last_good, interrupted, t0, seen = start, None, time.time(), 0
+  last_good, interrupted, seen = start, None, 0
+  wall0 = t0 = time.time()
 
   def save(step, force=False):
     ckpt.save(step, state, dict(meta, step=step, epoch=step // steps_per_epoch,
@@ -178,7 +185,10 @@ def train_and_evaluate(config, workdir: str, method: Method, splits: data.Splits
           raise TrainingDiverged(
               f'Loss became {loss} at step {step}. The last good checkpoint (step {last_good}) is kept in '
               f'{ckpt.directory}; lower train.learning_rate or check the data, then rerun to resume.')
-        seen += tc.batch_size
+        if step == start + 1:  # the first step compiles: time throughput from the second on
+          t0, seen = time.time(), 0
+        else:
+          seen += tc.batch_size
         bar.update(1)
         if step % log_every == 0 or step == total_steps:
           rate = seen / max(time.time() - t0, 1e-9)
@@ -195,7 +205,7 @@ def train_and_evaluate(config, workdir: str, method: Method, splits: data.Splits
         save(step, force=True)
   bar.close()
   ckpt.close()
-  train_time = time.time() - t0
+  train_time, rate = time.time() - wall0, seen / max(time.time() - t0, 1e-9)
   if interrupted is not None:
     print(f'Stopped by signal {interrupted} at step {step}/{total_steps}; checkpoint saved in {ckpt.directory}. '
           'Rerun the same command to resume.')
@@ -205,14 +215,14 @@ def train_and_evaluate(config, workdir: str, method: Method, splits: data.Splits
   writer.write(total_steps, 'eval', {f'exit_{i}/accuracy': a for i, a in enumerate(results['per_exit_accuracy'])})
   results.update(extra_results or {})
   results.update(method=method.name, seed=tc.seed, steps=total_steps, train_time_s=train_time,
-                 examples_per_s=seen / max(train_time, 1e-9), config=config)
+                 examples_per_s=rate, config=config)
   reporting.write_json(f'{workdir}/results.json', results)
   return results
 
 
 def restore_params(config, workdir: str, method: Method) -> Params:
   """The trained params of the latest checkpoint in workdir (for eval), replicated on this mesh."""
-  mesh = sharding.make_mesh(config.get('mesh', {}).get('model_axis', 1))
+  mesh, min_shard = _mesh(config)
   tx = make_optimizer(config.train, 1)  # the optimizer state's structure does not depend on the step count
 
   def init_state(rng):
@@ -221,6 +231,6 @@ def restore_params(config, workdir: str, method: Method) -> Params:
 
   template = jax.eval_shape(init_state, jax.random.key(0))
   ckpt = checkpoints.Checkpointer(workdir, read_only=True)
-  state, _ = ckpt.restore(checkpoints.abstract(template, sharding.param_shardings(mesh, template)))
+  state, _ = ckpt.restore(checkpoints.abstract(template, sharding.param_shardings(mesh, template, min_shard)))
   ckpt.close()
   return state['params']

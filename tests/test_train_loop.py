@@ -92,6 +92,31 @@ def test_param_sharding_splits_large_leaves_over_model_axis():
   assert specs['odd'].spec == jax.sharding.PartitionSpec()  # no axis divides evenly: replicate
 
 
+def test_parameter_sharded_train_step_equals_replicated():
+  cfg = encoder_jax.EncoderConfig(vocab_size=54, hidden_size=16, num_layers=2, num_heads=4, intermediate_size=24,
+                                  max_position_embeddings=16)
+  pretrained = encoder_jax.init_params(cfg, jax.random.key(0))
+  init, loss, predict = objectives.make_fns('early_exit', cfg, exits.ExitConfig((1, 2), 2), pretrained)
+  method = train_loop.Method('early_exit', init, loss, predict)
+  tx = train_loop.make_optimizer(config(warmup_fraction=0.0).train, 10)
+  params = method.init(jax.random.key(1))
+  state = {'params': params, 'opt_state': tx.init(params), 'step': jnp.zeros((), jnp.int32)}
+  batch = next(data.iterate_batches(dataset(), encode, 8, seed=0, epoch=0, shuffle=True))
+  step = train_loop.make_train_step(method, tx)
+  results = {}
+  for model_axis in (1, 4):
+    mesh = sharding.make_mesh(model_axis)
+    shardings = sharding.param_shardings(mesh, state, min_size=64)
+    out, _ = jax.jit(step, out_shardings=(shardings, sharding.replicated(mesh)))(
+        jax.device_put(state, shardings), sharding.global_batch(batch, mesh), jax.random.key(2))
+    results[model_axis] = out
+  word = results[4]['params']['encoder']['embeddings']['word_embeddings']['embedding']  # [54, 16]
+  assert word.sharding.spec == jax.sharding.PartitionSpec(None, 'model')  # 54 rows do not split by 4; 16 do
+  assert word.addressable_shards[0].data.shape == (54, 4)
+  for a, b in zip(jax.tree.leaves(results[1]), jax.tree.leaves(results[4])):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+
+
 def _final_params(workdir, method):
   return train_loop.restore_params(config(), workdir, method)
 

@@ -1,0 +1,40 @@
+"""Two local processes (jax's multi-process mode over loopback) train to the same result as one."""
+
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORKER = os.path.join(ROOT, 'tests', 'multiprocess_worker.py')
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def _run(count, workdir):
+  port = str(_free_port())
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  procs = [subprocess.Popen([sys.executable, WORKER, str(i), str(count), port, str(workdir)], env=env, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(count)]
+  outs = [p.communicate(timeout=600)[0] for p in procs]
+  for p, out in zip(procs, outs):
+    assert p.returncode == 0, out[-3000:]
+  return [np.load(os.path.join(workdir, f'params_{i}.npz'), allow_pickle=False) for i in range(count)]
+
+
+def test_two_processes_train_like_one(tmp_path):
+  (single,) = _run(1, tmp_path / 'one')
+  first, second = _run(2, tmp_path / 'two')
+  assert set(single.files) == set(first.files) == set(second.files)
+  assert len(single.files) > 10
+  for key in single.files:
+    np.testing.assert_allclose(first[key], single[key], atol=2e-5, err_msg=key)
+    np.testing.assert_array_equal(first[key], second[key], err_msg=key)  # both hosts hold the same result
+  # Only process 0 writes logs and results.
+  assert (tmp_path / 'two' / 'results.json').exists() and (tmp_path / 'two' / 'metrics.jsonl').exists()
