@@ -1,0 +1,470 @@
+"""PAPA end to end: estimate constant attention, rank the heads, probe with k of them constant.
+
+  python train.py --config configs/papa_demo.py --workdir runs/papa_demo    # calls run(config, workdir)
+  python eval.py  --config configs/papa_demo.py --workdir runs/papa_demo    # calls rescore(config, workdir)
+  PYTHONPATH=. python papa_experiment.py --config configs/papa_demo.py --workdir runs/papa_demo [--rescore]
+
+Stages, all under WORKDIR/papa/; each is skipped when its output exists, so rerunning resumes:
+  1. averages.npz   masked average attention of the pretrained encoder over the train split (or a seeded
+                    random estimate_max_examples of it; raising that later extends the saved sums).
+  2. ranking.json   the lambda-gated run: lambdas per head and the global ranking (ascending lambda).
+  3. probe_k{k}.npz / .json   for each k in config.papa.ks: the probe head trained on the frozen encoder with
+                    the first k ranked heads constant, and its eval accuracy per epoch.
+  4. results.json / results.md   accuracy per k and the relative drop (baseline - acc) / baseline from k=0;
+                    speed.json (once): cached-feature training against running the encoder every step.
+The reported accuracy is the last epoch's (no selection on the eval split); the best epoch's is also kept.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import pathlib
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+import encoder_jax
+from papa_jax import averages, probe, ranking
+from pipeline import data
+
+
+def _log(message: str) -> None:
+  print(f'[papa {time.strftime("%H:%M:%S")}] {message}', flush=True)
+
+
+def _write_json(path: pathlib.Path, obj: Any) -> None:
+  tmp = path.with_suffix(path.suffix + '.tmp')
+  tmp.write_text(json.dumps(obj, indent=1) + '\n')
+  os.replace(tmp, path)  # atomic, so resume never trusts a half-written stage
+
+
+def _get(cfg, key, default):
+  value = cfg.get(key, default)
+  return default if value is None else value
+
+
+@dataclasses.dataclass
+class _Setup:
+  config: Any
+  papa_dir: pathlib.Path
+  splits: data.Splits
+  enc_config: encoder_jax.EncoderConfig
+  enc_params: Any
+  encode_fn: Any
+  length: int
+  seed: int
+
+  @property
+  def p(self):
+    return self.config.papa
+
+  @property
+  def total_heads(self) -> int:
+    return self.enc_config.num_layers * self.enc_config.num_heads
+
+  @property
+  def num_labels(self) -> int:
+    return self.splits.train.num_labels
+
+  def batches(self, dataset, batch_size, *, epoch=0, shuffle=False):
+    return data.iterate_batches(dataset, self.encode_fn, batch_size, seed=self.seed, epoch=epoch, shuffle=shuffle)
+
+
+def _setup(config, workdir) -> _Setup:
+  papa_dir = pathlib.Path(workdir) / 'papa'
+  papa_dir.mkdir(parents=True, exist_ok=True)
+  (papa_dir / 'config.json').write_text(config.to_json_best_effort(indent=1) + '\n')
+  splits = data.load_splits(config.data)
+  _log(f'data: {json.dumps(splits.summary())}')
+  checkpoint = config.model.checkpoint
+  enc_config, enc_params = encoder_jax.load_pretrained(checkpoint, dtype=_get(config.train, 'dtype', 'float32'))
+  enc_params.pop('pooler', None)  # the probe has its own head
+  length = int(config.papa.length)
+  if length > enc_config.max_length:
+    raise ValueError(f'papa.length {length} exceeds the position table of {checkpoint} ({enc_config.max_length}).')
+  tokenizer = encoder_jax.load_tokenizer(checkpoint)
+  encode_fn = functools.partial(encoder_jax.papa_layout, tokenizer, length=length)
+  return _Setup(config, papa_dir, splits, enc_config, jax.device_put(enc_params), encode_fn, length,
+                int(config.train.seed))
+
+
+# --------------------------------------------------------------------------------- 1. attention averages
+
+def estimate(s: _Setup) -> averages.AttentionSums:
+  """Stage 1: averages.npz (loaded, extended or computed)."""
+  path = s.papa_dir / 'averages.npz'
+  train = s.splits.train
+  target = min(int(_get(s.p, 'estimate_max_examples', 0)) or len(train), len(train))
+  # One fixed seeded order: an estimate on n examples uses its first n; extending it takes the next ones.
+  order = np.random.default_rng([s.seed, 101]).permutation(len(train))
+  est = None
+  if path.exists():
+    est = averages.load(path)
+    if (est.model, est.length) != (str(s.config.model.checkpoint), s.length):
+      raise ValueError(f'{path} holds averages of {est.model!r} at length {est.length}; this run uses '
+                       f'{s.config.model.checkpoint!r} at length {s.length}. Use another workdir.')
+    if est.num_examples >= target:
+      _log(f'averages: reusing {path} ({est.num_examples} examples)')
+      return est
+    _log(f'averages: extending {path} from {est.num_examples} to {target} examples')
+  start = est.num_examples if est is not None else 0
+  t0 = time.perf_counter()
+  subset = train.subset(order[start:target])
+  bs = int(s.p.eval_batch_size)
+  est = averages.accumulate(s.enc_config, s.enc_params, s.batches(subset, bs), est,
+                            model=str(s.config.model.checkpoint), length=s.length)
+  averages.save(path, est)
+  _log(f'averages: {est.num_examples} examples in {time.perf_counter() - t0:.1f} s -> {path}')
+  return est
+
+
+# ------------------------------------------------------------------------------------------ 2. ranking
+
+def _ranking_recipe(s: _Setup) -> dict:
+  """What the ranking run depends on besides the averages; a saved run with another recipe is redone."""
+  p = s.p
+  return {'learning_rate': float(_get(p, 'ranking_learning_rate', 0.0)) or float(p.learning_rate),
+          'epochs': int(p.ranking_epochs), 'max_steps': int(_get(p, 'ranking_max_steps', 0)),
+          'max_examples': int(_get(p, 'ranking_max_examples', 0)), 'batch_size': int(p.batch_size),
+          'dropout': float(p.dropout), 'seed': s.seed, 'num_train': len(s.splits.train)}
+
+
+def _probe_recipe(s: _Setup) -> dict:
+  """What a probe depends on besides its constant heads and the averages."""
+  p = s.p
+  return {'learning_rate': float(p.learning_rate), 'epochs': int(p.num_epochs), 'batch_size': int(p.batch_size),
+          'dropout': float(p.dropout), 'seed': s.seed, 'num_train': len(s.splits.train)}
+
+
+def rank(s: _Setup, constants: np.ndarray, est_examples: int) -> list[tuple[int, int]]:
+  """Stage 2: ranking.json (loaded or computed): heads by learned lambda, ascending. A saved ranking made
+  with averages over another number of examples (the estimate was extended since) is redone."""
+  path = s.papa_dir / 'ranking.json'
+  if path.exists():
+    saved = json.loads(path.read_text())
+    if saved.get('estimate_examples') == est_examples and saved.get('recipe') == _ranking_recipe(s):
+      _log(f'ranking: reusing {path}')
+      return [tuple(x) for x in saved['ranking']]
+    _log(f'ranking: {path} was made with other averages or settings: redoing it')
+  train = s.splits.train
+  n = min(int(_get(s.p, 'ranking_max_examples', 0)) or len(train), len(train))
+  subset = train.subset(np.sort(np.random.default_rng([s.seed, 102]).permutation(len(train))[:n]))
+  lr = float(_get(s.p, 'ranking_learning_rate', 0.0)) or float(s.p.learning_rate)
+  max_steps = int(_get(s.p, 'ranking_max_steps', 0)) or None
+  bs = int(s.p.batch_size)
+  _log(f'ranking: every head mixed, {n} examples, {s.p.ranking_epochs} epochs'
+       f'{f", at most {max_steps} steps" if max_steps else ""}, batch {bs}, lr {lr}')
+  t0 = time.perf_counter()
+  lambdas, _, history = ranking.train_lambdas(
+      s.enc_config, s.enc_params, constants, s.num_labels,
+      lambda epoch: s.batches(subset, bs, epoch=epoch, shuffle=True), length=s.length, learning_rate=lr,
+      num_epochs=int(s.p.ranking_epochs), max_steps=max_steps, dropout=float(s.p.dropout), seed=s.seed,
+      log=lambda m: _log(f'ranking: {m}'))
+  order = ranking.rank_heads(lambdas)
+  seconds = time.perf_counter() - t0
+  _write_json(path, {
+      'model': str(s.config.model.checkpoint), 'length': s.length, 'estimate_examples': est_examples,
+      'recipe': _ranking_recipe(s), 'num_examples': n, 'learning_rate': lr,
+      'steps': history[-1]['steps'] if history else 0, 'seconds': seconds,
+      'lambdas': lambdas.tolist(),  # [layers][heads]; sigmoid(lambda) is the weight of dynamic attention
+      'ranking': [list(h) for h in order],  # ascending lambda: the first k are made constant
+      'history': history})
+  _log(f'ranking: done in {seconds:.1f} s; lambdas in [{lambdas.min():.3f}, {lambdas.max():.3f}]; '
+       f'most constant-leaning heads {order[:5]}')
+  return order
+
+
+# -------------------------------------------------------------------------------------------- 3. probes
+
+def _resolved_ks(s: _Setup) -> list[tuple[int, str]]:
+  """(k, how the config named it) for each distinct k, in config order."""
+  out, seen = [], set()
+  for spec in _get(s.p, 'ks', (0, 'half', 'all')):
+    k = ranking.resolve_k(spec, s.total_heads)
+    if k not in seen:
+      seen.add(k)
+      out.append((k, str(spec)))
+  return out
+
+
+@dataclasses.dataclass
+class _Tokens:
+  """Token batches of a split in a fixed order (for feature caches), and the layout positions it uses."""
+  batches: list
+  num_examples: int
+  positions: int
+
+
+def _tokens(s: _Setup, dataset) -> _Tokens:
+  batches = list(s.batches(dataset, int(s.p.eval_batch_size)))
+  used = np.zeros(s.length, bool)
+  for b in batches:
+    used |= (np.asarray(b['attention_mask'])[np.asarray(b['example_mask']) > 0] > 0).any(0)
+  return _Tokens(batches, len(dataset), int(used.sum()))
+
+
+def cache_mode(s: _Setup, train: _Tokens, evaluation: _Tokens) -> str:
+  """'memory' | 'disk' | 'none' from papa.feature_cache ('auto': memory when both caches fit cache_max_gb)."""
+  mode = str(_get(s.p, 'feature_cache', 'auto'))
+  if mode not in ('auto', 'memory', 'disk', 'none'):
+    raise ValueError(f"papa.feature_cache must be 'auto', 'memory', 'disk' or 'none', got {mode!r}.")
+  c = s.enc_config
+  need = sum(probe.estimate_cache_bytes(t.num_examples, c.num_layers, t.positions, c.hidden_size)
+             for t in (train, evaluation))
+  budget = float(_get(s.p, 'cache_max_gb', 4.0)) * 2**30
+  if mode == 'auto':
+    mode = 'memory' if need <= budget else 'none'
+  _log(f'features: {need / 2**30:.2f} GiB as float16 for train + eval -> feature_cache {mode!r}')
+  return mode
+
+
+def _probe_config(s: _Setup, heads):
+  return s.enc_config.with_heads('constant', heads) if heads else s.enc_config
+
+
+def _evaluate_k(s: _Setup, head, cfg_k, constants, mode: str, eval_tokens: _Tokens | None):
+  """Eval accuracy of a probe head; the same path at training and rescoring time, so the two agree."""
+  dropout = float(s.p.dropout)
+  bs = int(s.p.eval_batch_size)
+  if mode == 'none':
+    _, predict = probe.online_fns(cfg_k, dropout)
+    return probe.evaluate(head, {'encoder': s.enc_params, 'constants': constants}, predict,
+                          s.batches(s.splits.eval, bs))['accuracy']
+  cache = probe.cache_features(cfg_k, s.enc_params, eval_tokens.batches, constants=constants)
+  _, predict = probe.cached_fns(dropout)
+  return probe.evaluate(head, {'positions': cache.positions}, predict, cache.batches(bs))['accuracy']
+
+
+def _saved_probe(s: _Setup, k: int, heads, est_examples: int) -> dict | None:
+  """probe_k{k}.json when it and its .npz exist and were made with these heads and this estimate."""
+  json_path, params_path = s.papa_dir / f'probe_k{k}.json', s.papa_dir / f'probe_k{k}.npz'
+  if not (json_path.exists() and params_path.exists()):
+    return None
+  info = json.loads(json_path.read_text())
+  if (info.get('estimate_examples') != est_examples or [tuple(h) for h in info['heads']] != list(heads)
+      or info.get('recipe') != _probe_recipe(s)):
+    return None  # trained with other constants (the estimate was extended since), heads or settings: stale
+  return info
+
+
+def train_probe(s: _Setup, constants, order, k: int, label: str, mode: str, train_tokens, eval_tokens,
+                measure_speed: bool, est_examples: int) -> dict:
+  """Stage 3 for one k: probe_k{k}.npz and probe_k{k}.json (loaded when both exist and are current)."""
+  json_path, params_path = s.papa_dir / f'probe_k{k}.json', s.papa_dir / f'probe_k{k}.npz'
+  heads = ranking.constant_heads(order, k)
+  saved = _saved_probe(s, k, heads, est_examples)
+  if saved is not None:
+    _log(f'probe k={k}: reusing {json_path}')
+    saved['label'] = label
+    return saved
+  if json_path.exists():
+    _log(f'probe k={k}: {json_path} was trained with other constants, heads or settings: redoing it')
+  cfg_k = _probe_config(s, heads)
+  consts = jax.device_put(np.asarray(constants, np.float32))
+  p, dropout, bs = s.p, float(s.p.dropout), int(s.p.batch_size)
+  head = probe.init_head(jax.random.key(s.seed), s.enc_config.num_layers, s.enc_config.hidden_size, s.length,
+                         s.num_labels)
+  info = {'k': k, 'label': label, 'heads': [list(h) for h in heads], 'feature_cache': mode,
+          'estimate_examples': est_examples, 'recipe': _probe_recipe(s)}
+  _log(f'probe k={k} ({label}): {len(heads)} of {s.total_heads} heads constant')
+
+  if mode == 'none':
+    loss_fn, predict_fn = probe.online_fns(cfg_k, dropout)
+    frozen = {'encoder': s.enc_params, 'constants': consts}
+    epoch_batches = lambda e: s.batches(s.splits.train, bs, epoch=e, shuffle=True)
+    eval_fn = lambda prm, e: {'eval_accuracy': probe.evaluate(
+        prm, frozen, predict_fn, s.batches(s.splits.eval, int(p.eval_batch_size)))['accuracy']}
+    cache_seconds, train_cache = 0.0, None
+  else:
+    t0 = time.perf_counter()
+    path = (lambda name: s.papa_dir / f'features_{name}.npy') if mode == 'disk' else (lambda name: None)
+    train_cache = probe.cache_features(cfg_k, s.enc_params, train_tokens.batches, constants=consts,
+                                       path=path('train'))
+    eval_cache = probe.cache_features(cfg_k, s.enc_params, eval_tokens.batches, constants=consts,
+                                      path=path('eval'))
+    cache_seconds = time.perf_counter() - t0
+    _log(f'probe k={k}: cached {len(train_cache)} + {len(eval_cache)} examples '
+         f'({(train_cache.nbytes + eval_cache.nbytes) / 2**20:.0f} MiB, {train_cache.positions.size} positions) '
+         f'in {cache_seconds:.1f} s')
+    loss_fn, predict_fn = probe.cached_fns(dropout)
+    frozen = {'positions': jax.device_put(train_cache.positions)}
+    eval_frozen = {'positions': jax.device_put(eval_cache.positions)}
+    epoch_batches = lambda e: train_cache.batches(bs, seed=s.seed, epoch=e, shuffle=True)
+    eval_fn = lambda prm, e: {'eval_accuracy': probe.evaluate(
+        prm, eval_frozen, predict_fn, eval_cache.batches(int(p.eval_batch_size)))['accuracy']}
+
+  t0 = time.perf_counter()
+  head, history = probe.fit(head, frozen, loss_fn, epoch_batches, learning_rate=float(p.learning_rate),
+                            num_epochs=int(p.num_epochs), seed=s.seed, evaluate=eval_fn,
+                            log=lambda m: _log(f'probe k={k}: {m}'))
+  train_seconds = time.perf_counter() - t0
+  accs = [row['eval_accuracy'] for row in history]
+  info.update({'accuracy': accs[-1], 'best_accuracy': max(accs), 'best_epoch': int(np.argmax(accs)),
+               'steps': history[-1]['steps'], 'cache_seconds': cache_seconds, 'train_seconds': train_seconds,
+               'num_train': len(s.splits.train), 'num_eval': len(s.splits.eval), 'history': history})
+  if measure_speed and train_cache is not None:
+    _write_json(s.papa_dir / 'speed.json', _measure_speed(s, cfg_k, consts, head, train_cache, info))
+  probe.save_params(params_path, head, k=k, heads=np.asarray(heads, np.int32).reshape(-1, 2),
+                    model=str(s.config.model.checkpoint), length=s.length)
+  _write_json(json_path, info)
+  _log(f'probe k={k}: eval accuracy {info["accuracy"]:.4f} (best {info["best_accuracy"]:.4f} at epoch '
+       f'{info["best_epoch"]}); cache {cache_seconds:.1f} s, training {train_seconds:.1f} s')
+  return info
+
+
+def _measure_speed(s: _Setup, cfg_k, consts, head, train_cache, info) -> dict:
+  """Seconds per training step on cached features against running the encoder every step (same batch),
+  and the whole training run both ways (online estimated as steps x its step time)."""
+  n = int(_get(s.p, 'speed_steps', 5))
+  bs = int(s.p.batch_size)
+  online_loss, _ = probe.online_fns(cfg_k, float(s.p.dropout))
+  cached_loss, _ = probe.cached_fns(float(s.p.dropout))
+  token_batches = [b for _, b in zip(range(n + 1), s.batches(s.splits.train, bs, epoch=0, shuffle=True))]
+  online = probe.time_steps(head, {'encoder': s.enc_params, 'constants': consts}, online_loss, token_batches)
+  cached_batches = [b for _, b in zip(range(n + 1), train_cache.batches(bs, seed=s.seed, shuffle=True))]
+  cached = probe.time_steps(head, {'positions': jax.device_put(train_cache.positions)}, cached_loss, cached_batches)
+  steps = info['steps']
+  cached_total = info['cache_seconds'] + info['train_seconds']
+  online_total = online * steps
+  out = {'k': info['k'], 'batch_size': bs, 'steps': steps, 'online_step_seconds': online,
+         'cached_step_seconds': cached, 'step_speedup': online / cached,
+         'cached_run_seconds': cached_total, 'online_run_seconds_estimate': online_total,
+         'run_speedup': online_total / cached_total,
+         'note': 'cached run = one encoder pass over train + eval, then head-only steps (evaluation every '
+                 'epoch included); online estimate = steps x online step time (evaluation not included)'}
+  _log(f'speed: online step {online * 1e3:.1f} ms, cached step {cached * 1e3:.2f} ms ({out["step_speedup"]:.0f}x); '
+       f'whole run {cached_total:.0f} s cached vs ~{online_total:.0f} s online ({out["run_speedup"]:.1f}x)')
+  return out
+
+
+# ------------------------------------------------------------------------------------------- 4. results
+
+def _results(s: _Setup, est: averages.AttentionSums, per_k: list[dict], rescored: bool) -> dict:
+  base = next((r['accuracy'] for r in per_k if r['k'] == 0), None)
+  rows = []
+  for r in per_k:
+    drop = None if base is None or base == 0 else (base - r['accuracy']) / base
+    rows.append({'k': r['k'], 'label': r['label'], 'num_constant_heads': len(r['heads']),
+                 'fraction_constant': len(r['heads']) / s.total_heads, 'accuracy': r['accuracy'],
+                 'relative_drop': drop, 'best_accuracy': r.get('best_accuracy')})
+  speed_path = s.papa_dir / 'speed.json'
+  d = s.config.data
+  return {
+      'method': 'papa', 'model': str(s.config.model.checkpoint), 'length': s.length,
+      'data': {'source': d.source, 'name': d.get('name', ''), 'subset': d.get('subset', ''),
+               'eval_split': d.get('eval_split', ''), 'num_train': len(s.splits.train),
+               'num_eval': len(s.splits.eval), 'label_names': list(s.splits.train.label_names)},
+      'num_heads': s.total_heads, 'estimate_examples': est.num_examples,
+      'baseline_accuracy': base, 'results': rows, 'rescored': rescored,
+      'speed': json.loads(speed_path.read_text()) if speed_path.exists() else None,
+  }
+
+
+def _markdown(res: dict) -> str:
+  lines = [f'PAPA probe, {res["model"]} (frozen), {res["data"]["source"]} {res["data"]["subset"]}'.rstrip()
+           + f': {res["data"]["num_train"]} train / {res["data"]["num_eval"]} eval examples, length '
+           f'{res["length"]}, averages over {res["estimate_examples"]} examples.', '',
+           '| constant heads | of all | eval accuracy | relative drop |', '|---|---|---|---|']
+  for r in res['results']:
+    name = f'{r["num_constant_heads"]} ({r["label"]})' if r['label'] != str(r['k']) else str(r['k'])
+    drop = 'n/a' if r['relative_drop'] is None else f'{100 * r["relative_drop"]:.1f}%'
+    drop = '(baseline)' if r['k'] == 0 else drop
+    lines.append(f'| {name} | {100 * r["fraction_constant"]:.0f}% | {r["accuracy"]:.4f} | {drop} |')
+  sp = res.get('speed')
+  if sp:
+    lines += ['', f'Probe training on cached features: {sp["cached_step_seconds"] * 1e3:.2f} ms per step against '
+              f'{sp["online_step_seconds"] * 1e3:.0f} ms running the encoder every step '
+              f'({sp["step_speedup"]:.0f}x per step); a whole probe run {sp["cached_run_seconds"]:.0f} s including '
+              f'the one encoder pass, against ~{sp["online_run_seconds_estimate"]:.0f} s ({sp["run_speedup"]:.1f}x).']
+  return '\n'.join(lines) + '\n'
+
+
+def _write_results(s: _Setup, est, per_k, rescored: bool) -> dict:
+  res = _results(s, est, per_k, rescored)
+  _write_json(s.papa_dir / 'results.json', res)
+  md = _markdown(res)
+  (s.papa_dir / 'results.md').write_text(md)
+  print(md, flush=True)
+  return res
+
+
+# ------------------------------------------------------------------------------------------ entry points
+
+def run(config, workdir) -> dict:
+  """Every stage; stages whose outputs exist in workdir/papa are reused. Returns results.json's dict."""
+  t0 = time.perf_counter()
+  s = _setup(config, workdir)
+  est = estimate(s)
+  constants = est.averages
+  order = rank(s, constants, est.num_examples)
+  ks = _resolved_ks(s)
+  todo = [k for k, _ in ks if _saved_probe(s, k, ranking.constant_heads(order, k), est.num_examples) is None]
+  train_tokens = eval_tokens = None
+  mode = 'none'
+  if todo:
+    train_tokens, eval_tokens = _tokens(s, s.splits.train), _tokens(s, s.splits.eval)
+    mode = cache_mode(s, train_tokens, eval_tokens)
+  measure = bool(_get(s.p, 'measure_speed', True)) and not (s.papa_dir / 'speed.json').exists()
+  per_k = []
+  for k, label in ks:
+    per_k.append(train_probe(s, constants, order, k, label, mode, train_tokens, eval_tokens, measure,
+                             est.num_examples))
+    measure = measure and not (s.papa_dir / 'speed.json').exists()  # once, on the first k trained with a cache
+  for name in ('train', 'eval'):
+    (s.papa_dir / f'features_{name}.npy').unlink(missing_ok=True)  # disk caches are scratch, not results
+  res = _write_results(s, est, per_k, rescored=False)
+  _log(f'done in {time.perf_counter() - t0:.0f} s; results in {s.papa_dir}')
+  return res
+
+
+def rescore(config, workdir) -> dict:
+  """Re-evaluates the saved probe heads on the configured eval split and rewrites results.json/.md."""
+  s = _setup(config, workdir)
+  missing = [p for p in ('averages.npz', 'ranking.json') if not (s.papa_dir / p).exists()]
+  if missing:
+    raise FileNotFoundError(f'{s.papa_dir} lacks {missing}; run train.py with this config and workdir first.')
+  est = averages.load(s.papa_dir / 'averages.npz')
+  constants = jax.device_put(est.averages)
+  order = [tuple(x) for x in json.loads((s.papa_dir / 'ranking.json').read_text())['ranking']]
+  eval_tokens = _tokens(s, s.splits.eval)
+  mode = cache_mode(s, _Tokens([], 0, 0), eval_tokens)
+  per_k = []
+  for k, label in _resolved_ks(s):
+    params_path, json_path = s.papa_dir / f'probe_k{k}.npz', s.papa_dir / f'probe_k{k}.json'
+    if not params_path.exists():
+      raise FileNotFoundError(f'{params_path} is missing; run train.py with this config and workdir first.')
+    head, meta = probe.load_params(params_path)
+    heads = [tuple(int(x) for x in h) for h in np.asarray(meta['heads']).reshape(-1, 2)]
+    if heads != ranking.constant_heads(order, k):
+      raise ValueError(f'{params_path} was trained with other constant heads than ranking.json gives for k={k}.')
+    info = json.loads(json_path.read_text()) if json_path.exists() else {'k': k, 'heads': [list(h) for h in heads]}
+    if info.get('estimate_examples', est.num_examples) != est.num_examples:
+      raise ValueError(f'{params_path} was trained with averages over {info["estimate_examples"]} examples; '
+                       f'averages.npz now holds {est.num_examples}. Rerun train.py to retrain it.')
+    info['label'] = label
+    info['trained_accuracy'] = info.get('accuracy')
+    info['accuracy'] = _evaluate_k(s, head, _probe_config(s, heads), constants, mode, eval_tokens)
+    _log(f'rescore k={k}: eval accuracy {info["accuracy"]:.4f} (at training: {info["trained_accuracy"]})')
+    per_k.append(info)
+  return _write_results(s, est, per_k, rescored=True)
+
+
+def main(argv):
+  del argv  # everything comes from flags
+  from absl import flags
+  config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
+  (rescore if flags.FLAGS.rescore else run)(config, workdir)
+
+
+if __name__ == '__main__':
+  from absl import app, flags
+  from ml_collections import config_flags
+  config_flags.DEFINE_config_file('config', 'configs/papa_demo.py', 'Experiment config file.')
+  flags.DEFINE_string('workdir', 'runs/papa_demo', 'Output directory; stages found in WORKDIR/papa are reused.')
+  flags.DEFINE_bool('rescore', False, 'Re-evaluate the saved probe heads instead of running the experiment.')
+  app.run(main)

@@ -1,0 +1,115 @@
+"""papa_experiment end to end on a tiny random BERT written as a real checkpoint directory (safetensors and
+the packaged MiniLM's tokenizer) and tiny csv files: every stage, resume, extension, rescore."""
+
+import json
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+import encoder_jax
+import papa_experiment
+from configs import papa_demo
+from encoder_jax import hf_import
+
+H, LAYERS, HEADS, LENGTH = 15, 2, 3, 12
+
+
+def write_checkpoint(directory):
+  """A random 2 x 15 BERT with MiniLM's vocabulary size, in Hugging Face names and layout."""
+  cfg = encoder_jax.EncoderConfig(vocab_size=30522, hidden_size=H, num_layers=LAYERS, num_heads=HEADS,
+                                  intermediate_size=7, max_position_embeddings=LENGTH + 5)
+  p = jax.tree.map(np.asarray, encoder_jax.init_params(cfg, jax.random.key(0), seq=LENGTH))
+  e = p['embeddings']
+  t = {f'embeddings.{n}_embeddings.weight': e[f'{n}_embeddings']['embedding']
+       for n in ('word', 'position', 'token_type')}
+  t['embeddings.LayerNorm.weight'], t['embeddings.LayerNorm.bias'] = e['layer_norm']['scale'], e['layer_norm']['bias']
+  for l in range(LAYERS):
+    q, pre = p[f'layers_{l}'], f'encoder.layer.{l}.'
+    for name in ('query', 'key', 'value'):
+      t[pre + f'attention.self.{name}.weight'] = q[name]['kernel'].reshape(H, H).T
+      t[pre + f'attention.self.{name}.bias'] = q[name]['bias'].reshape(H)
+    t[pre + 'attention.output.dense.weight'] = q['attention_output']['kernel'].reshape(H, H).T
+    t[pre + 'attention.output.dense.bias'] = q['attention_output']['bias']
+    for ours, theirs in (('attention_layer_norm', 'attention.output.LayerNorm'),
+                         ('output_layer_norm', 'output.LayerNorm')):
+      t[pre + theirs + '.weight'], t[pre + theirs + '.bias'] = q[ours]['scale'], q[ours]['bias']
+    for ours, theirs in (('intermediate', 'intermediate.dense'), ('output', 'output.dense')):
+      t[pre + theirs + '.weight'], t[pre + theirs + '.bias'] = q[ours]['kernel'].T, q[ours]['bias']
+  from safetensors.numpy import save_file
+  directory.mkdir()
+  save_file({k: np.ascontiguousarray(v, np.float32) for k, v in t.items()}, str(directory / 'model.safetensors'))
+  hf = {'model_type': 'bert', 'vocab_size': 30522, 'hidden_size': H, 'num_hidden_layers': LAYERS,
+        'num_attention_heads': HEADS, 'intermediate_size': 7, 'max_position_embeddings': LENGTH + 5,
+        'type_vocab_size': 2, 'hidden_act': 'gelu'}
+  (directory / 'config.json').write_text(json.dumps(hf))
+  minilm = hf_import.resolve('minilm')
+  for name in ('vocab.txt', 'tokenizer.json', 'tokenizer_config.json'):
+    if (minilm / name).exists():
+      shutil.copy(minilm / name, directory / name)
+
+
+def write_split(path, n, seed):
+  rng = np.random.default_rng(seed)
+  words = ['good', 'bad', 'movie', 'plot', 'great', 'awful', 'the', 'acting', 'fine', 'dull']
+  rows = ['text,label']
+  for _ in range(n):
+    label = int(rng.integers(0, 2))
+    text = ' '.join(rng.choice(words, rng.integers(2, 8))) + (' great' if label else ' awful')
+    rows.append(f'{text},{label}')
+  path.write_text('\n'.join(rows) + '\n')
+
+
+@pytest.fixture(scope='module')
+def setup(tmp_path_factory):
+  root = tmp_path_factory.mktemp('papa_exp')
+  write_checkpoint(root / 'ckpt')
+  write_split(root / 'train.csv', 40, 0)
+  write_split(root / 'eval.csv', 13, 1)
+  config = papa_demo.get_config()
+  config.model.checkpoint = str(root / 'ckpt')
+  config.data.source = 'files'
+  config.data.train_path, config.data.eval_path = str(root / 'train.csv'), str(root / 'eval.csv')
+  config.data.max_train_samples = config.data.max_eval_samples = 0
+  p = config.papa
+  p.length, p.estimate_max_examples, p.batch_size, p.eval_batch_size, p.num_epochs = LENGTH, 20, 8, 16, 2
+  p.ranking_epochs, p.ranking_max_steps, p.ranking_max_examples, p.speed_steps = 1, 2, 0, 2
+  return config, root / 'work'
+
+
+def test_run_resume_extend_rescore(setup):
+  config, workdir = setup
+  res = papa_experiment.run(config, workdir)
+  out = workdir / 'papa'
+  assert [r['k'] for r in res['results']] == [0, 3, 6]  # 6 heads: half = 3
+  assert res['results'][0]['relative_drop'] == 0.0 and res['baseline_accuracy'] is not None
+  for r in res['results']:
+    assert r['relative_drop'] == pytest.approx((res['baseline_accuracy'] - r['accuracy']) / res['baseline_accuracy'])
+  assert res['estimate_examples'] == 20 and res['speed']['step_speedup'] > 0
+  assert '| 3 (half) | 50% |' in (out / 'results.md').read_text()
+  ranking = json.loads((out / 'ranking.json').read_text())
+  assert sorted(map(tuple, ranking['ranking'])) == [(l, h) for l in range(LAYERS) for h in range(HEADS)]
+  probe_k3 = json.loads((out / 'probe_k3.json').read_text())
+  assert probe_k3['heads'] == ranking['ranking'][:3]
+  with np.load(out / 'probe_k3.npz', allow_pickle=False) as f:
+    assert f['position_weights'].shape == (LAYERS + 1, LENGTH)
+
+  # Resume: nothing is redone.
+  stamps = lambda: {p.name: p.stat().st_mtime_ns for p in [*out.glob('probe_k*.npz'), out / 'ranking.json']}
+  before = stamps()
+  again = papa_experiment.run(config, workdir)
+  assert stamps() == before
+  assert [r['accuracy'] for r in again['results']] == [r['accuracy'] for r in res['results']]
+
+  # Rescoring the saved heads reproduces the accuracies exactly (same deterministic eval path).
+  rescored = papa_experiment.rescore(config, workdir)
+  assert rescored['rescored']
+  assert [r['accuracy'] for r in rescored['results']] == [r['accuracy'] for r in res['results']]
+
+  # More estimate examples: the saved sums are extended, and later stages that used them are redone.
+  config.papa.estimate_max_examples = 30
+  config.papa.ks = (0, 'all')
+  extended = papa_experiment.run(config, workdir)
+  assert extended['estimate_examples'] == 30 and [r['k'] for r in extended['results']] == [0, 6]
+  assert json.loads((out / 'ranking.json').read_text())['estimate_examples'] == 30
