@@ -50,7 +50,7 @@ def _load_constants(path: str):
     raise ValueError('model.constant_heads is set, so model.constants_path must name a PAPA averages .npz '
                      '(python train.py --config configs/papa_demo.py writes one to WORKDIR/papa/averages.npz).')
   from papa_jax import averages
-  return np.asarray(averages.load(path).averages)
+  return averages.load_constants(path)
 
 
 def build(config, num_labels: int) -> Built:

@@ -2,39 +2,58 @@
 
 The config file's get_config() picks the method (config.method) and everything else; any field can be
 overridden on the command line, e.g. --config.train.learning_rate=3e-5. A rerun of the same command
-resumes from the latest checkpoint in --workdir.
+resumes from the latest checkpoint in --workdir. With no flags it runs the offline demo.
 """
 
 from __future__ import annotations
 
+import itertools
+import os
 import sys
 
 from absl import app, flags, logging
+import jax
 from ml_collections import config_flags
+
+import methods
+import papa_experiment
+from pipeline import data, reporting, sharding, train_loop
+from sweet_jax import analysis
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/sweet_demo.py', 'Experiment config file.')
 _DISTRIBUTED = flags.DEFINE_enum('distributed', 'auto', ['auto', 'yes', 'no'],
-                                  "Multi-process job: 'yes' on every host of a TPU pod slice.")
+                                 "Multi-process job: 'yes' on every host of a TPU pod slice.")
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Output directory (default: runs/<config file name>).')
+
+
+def gradient_conflict(config, workdir, built, splits):
+  """Per-layer cosine similarity between exits' gradients, at the pretrained start and after training:
+  WORKDIR/analysis/{pretrained,trained}/gradient_conflict.{json,png}."""
+  if built.method.name == 'multi_model':
+    logging.warning('multi_model shares no weights between exits: no gradient conflict to measure.')
+    return
+  for name, params in (('pretrained', built.method.init(jax.random.key(config.train.seed))),
+                       ('trained', train_loop.restore_params(config, workdir, built.method))):
+    batches = data.iterate_batches(splits.train, built.encode_fn, config.train.batch_size, seed=0, epoch=0,
+                                   shuffle=True)
+    out = os.path.join(workdir, 'analysis', name)
+    analysis.analyze_and_write(built.encoder_config, built.exit_config, params,
+                               itertools.islice(batches, config.analysis.num_batches), out,
+                               constants=built.constants)
+    print(f'gradient conflict ({name}) written to {out}')
 
 
 def main(argv):
   del argv  # everything comes from flags
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO; --verbosity=0 brings it back
-  from pipeline import reporting, sharding
-  sharding.initialize_distributed(_DISTRIBUTED.value)  # before any other jax call
+  sharding.initialize_distributed(_DISTRIBUTED.value)  # before any computation
   config = _CONFIG.value
   workdir = _WORKDIR.value or reporting.default_workdir(flags.FLAGS['config'].config_filename)
-  logging.info('method %s, workdir %s', config.method, workdir)
 
   if config.method == 'papa':
-    import papa_experiment
     papa_experiment.run(config, workdir)
     return
-
-  import methods
-  from pipeline import data, train_loop
   splits = data.load_splits(config.data)
   built = methods.build(config, num_labels=len(splits.train.label_names))
   results = train_loop.train_and_evaluate(
@@ -45,6 +64,8 @@ def main(argv):
   if results.get('interrupted'):
     sys.exit(130)
   print('per-exit accuracy on the eval split:', ' '.join(f'{a:.4f}' for a in results['per_exit_accuracy']))
+  if config.get('analysis', {}).get('gradient_conflict', False):
+    gradient_conflict(config, workdir, built, splits)
 
 
 if __name__ == '__main__':

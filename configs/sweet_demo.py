@@ -55,7 +55,13 @@ def get_config():
 
   config.eval = ml_collections.ConfigDict()
   config.eval.batch_size = 64  # batch size of evaluation and of the measured adaptive inference
-  config.eval.thresholds = ()  # () = 11 evenly spaced from 1/num_labels to 1
+  config.eval.thresholds = ()  # () = 11 evenly spaced from 1/num_labels to 1 (patience: k = 1..exits)
   config.eval.rule = 'confidence'  # 'confidence' (paper) | 'entropy' (DeeBERT) | 'patience' (PABEE)
-  config.eval.patience = 2  # consecutive agreeing exits for 'patience'
+  config.eval.engine = 'stream'  # adaptive engine timed: 'stream' (continuous batching) | 'compact' | 'calm'
+  config.eval.timing_examples = 512  # eval examples the wall-clock speedup is measured on (0 = all)
+  config.eval.timing_repeats = 3  # timed runs per threshold; the median ratio is reported
+
+  config.analysis = ml_collections.ConfigDict()
+  config.analysis.gradient_conflict = False  # after training: exits' gradient cosines, pretrained vs trained
+  config.analysis.num_batches = 8  # training batches the gradients are averaged over
   return config

@@ -19,6 +19,7 @@ matching kernel once per group, so a layer can mix kinds freely.
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import jax
@@ -27,18 +28,59 @@ import jax.numpy as jnp
 Dropout = Callable[[jax.Array], jax.Array] | None
 
 
+def _heads_major(x):
+  """[batch, seq, heads, d] -> [batch, heads, seq, d]: the layout whose batched matmuls XLA runs without
+  further copies (batch dimensions leading, contraction over the last one)."""
+  return x.transpose(0, 2, 1, 3)
+
+
 def _apply_probs(probs, v, dropout):
+  """probs [batch, heads, q, k] (rows sum to 1), v [batch, k, heads, d] -> context [batch, q, heads, d]."""
   if dropout is not None:
     probs = dropout(probs)
-  return jnp.einsum('bnqk,bknd->bqnd', probs.astype(v.dtype), v)
+  context = jnp.einsum('bnqk,bnkd->bnqd', probs.astype(v.dtype), _heads_major(v),
+                       preferred_element_type=jnp.float32)
+  return _heads_major(context).astype(v.dtype)
+
+
+def _scores(q, k, mask):
+  """Scaled scores of real keys, float32 [batch, heads, q, k]; padded keys get the most negative float.
+
+  The scale is applied to q ([b, s, n, d]), not to the 16x larger scores, and the mask is an additive bias:
+  XLA then fuses bias, row maximum and exponential into the epilogue of the score matmul (a `where` on the
+  broadcast mask blocks that fusion and doubles the time of the forward attention on CPU).
+  """
+  scale = jnp.asarray(1.0 / math.sqrt(q.shape[-1]), q.dtype)
+  scores = jnp.einsum('bnqd,bnkd->bnqk', _heads_major(q * scale), _heads_major(k),
+                      preferred_element_type=jnp.float32)
+  bias = jnp.where(mask > 0, 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)
+  return scores + bias[:, None, None, :]
+
+
+def _unnormalized(q, k, mask):
+  """exp(scores - row max) [batch, heads, q, k] and its row sums [batch, heads, q, 1].
+
+  The max is a constant shift of each row (softmax does not depend on it), so no gradient flows through it;
+  differentiating the max would cost an extra pass over the scores for a term that cancels exactly.
+  """
+  scores = _scores(q, k, mask)
+  e = jnp.exp(scores - jax.lax.stop_gradient(scores.max(-1, keepdims=True)))
+  return e, e.sum(-1, keepdims=True)
 
 
 def softmax_probs(q, k, mask):
   """Scaled dot-product softmax over real keys, as Hugging Face BERT: [batch, heads, seq, seq]."""
-  scores = jnp.einsum('bqnd,bknd->bnqk', q, k, preferred_element_type=jnp.float32)
-  scores = scores / jnp.sqrt(jnp.float32(q.shape[-1]))
-  bias = jnp.where(mask[:, None, None, :] > 0, 0.0, jnp.finfo(jnp.float32).min)
-  return jax.nn.softmax(scores + bias, axis=-1)
+  e, total = _unnormalized(q, k, mask)
+  return e / total
+
+
+def _crop(constant, seq):
+  """[heads, L, L] -> [heads, seq, seq], or an error when the matrices are too small for the input."""
+  if constant.shape[-1] < seq:
+    raise ValueError(
+        f'Constant attention matrices cover {constant.shape[-1]} positions; the input has {seq}. '
+        'Lay inputs out at the length the constants were estimated with.')
+  return constant[:, :seq, :seq]
 
 
 def constant_probs(constant, mask):
@@ -49,12 +91,8 @@ def constant_probs(constant, mask):
   queries, or cells never observed) become 0.
   """
   seq = mask.shape[1]
-  if constant.shape[-1] < seq:
-    raise ValueError(
-        f'Constant attention matrices cover {constant.shape[-1]} positions; the input has {seq}. '
-        'Lay inputs out at the length the constants were estimated with.')
   m = mask.astype(jnp.float32)
-  probs = constant[None, :, :seq, :seq].astype(jnp.float32) * m[:, None, :, None] * m[:, None, None, :]
+  probs = _crop(constant, seq)[None].astype(jnp.float32) * m[:, None, :, None] * m[:, None, None, :]
   total = probs.sum(-1, keepdims=True)
   return jnp.where(total > 0, probs / jnp.where(total > 0, total, 1.0), 0.0)
 
@@ -63,23 +101,53 @@ def softmax_attention(q, k, v, mask, constant=None, gate=None, dropout=None, ret
   """The usual input-dependent attention."""
   del constant, gate  # input-dependent heads use neither
   if dropout is None and not return_probs:
-    # XLA's fused kernel: no [batch, heads, seq, seq] tensor is materialised in the layout einsum needs.
-    context = jax.nn.dot_product_attention(q, k, v, mask=(mask[:, None, None, :] > 0))
-    return context, None
+    # Normalise after the value matmul: dividing the [b, heads, q, d] context by the row sums is 4x
+    # (seq / head_dim) cheaper than dividing the [b, heads, q, k] probabilities, and saves a pass over them.
+    e, total = _unnormalized(q, k, mask)
+    context = jnp.einsum('bnqk,bnkd->bnqd', e.astype(v.dtype), _heads_major(v),
+                         preferred_element_type=jnp.float32)
+    return _heads_major(context / total).astype(v.dtype), None
   probs = softmax_probs(q, k, mask)
   return _apply_probs(probs, v, dropout), (probs if return_probs else None)
+
+
+def _constant_context(constant, mask, v):
+  """constant_probs(constant, mask) applied to v, without forming the [batch, heads, seq, seq] tensor.
+
+  The restricted, renormalised matrix of example b is C[q, k] m_k m_q / sum_k' C[q, k'] m_k', so
+  context[b, q] = m_q (C @ (m * v_b))[q] / (C @ m)[q]: one [seq, seq] x [seq, batch * head_dim] matmul per
+  head, shared by the whole batch, and a [batch, seq, heads] normaliser. Same arithmetic as the
+  probabilities path up to summation order.
+  """
+  seq = mask.shape[1]
+  c = _crop(constant, seq).astype(jnp.float32)
+  m = mask.astype(jnp.float32)
+  numerator = jnp.einsum('nqk,bknd->bqnd', c.astype(v.dtype), v * m[:, :, None, None].astype(v.dtype),
+                         preferred_element_type=jnp.float32)
+  total = jnp.einsum('nqk,bk->bqn', c, m)
+  scale = jnp.where(total > 0, m[:, :, None] / jnp.where(total > 0, total, 1.0), 0.0)
+  return (numerator * scale[..., None]).astype(v.dtype)
 
 
 def constant_attention(q, k, v, mask, constant=None, gate=None, dropout=None, return_probs=False):
   """A fixed matrix per head: no query, no key, no scores, no softmax."""
   del q, k, gate  # constant heads compute no query or key
+  if dropout is None and not return_probs:
+    return _constant_context(constant, mask, v), None
   probs = constant_probs(constant, mask)
   return _apply_probs(probs, v, dropout), (probs if return_probs else None)
 
 
 def mixed_attention(q, k, v, mask, constant=None, gate=None, dropout=None, return_probs=False):
   """sigmoid(gate) * softmax + (1 - sigmoid(gate)) * constant, per head (PAPA's ranking run)."""
-  weight = jax.nn.sigmoid(gate.astype(jnp.float32))[None, :, None, None]
+  weight = jax.nn.sigmoid(gate.astype(jnp.float32))
+  if dropout is None and not return_probs:
+    # Attention is linear in its probabilities, so the mix of contexts is the context of the mix.
+    w = weight[None, None, :, None]
+    dynamic, _ = softmax_attention(q, k, v, mask)
+    mixed = w * dynamic.astype(jnp.float32) + (1.0 - w) * _constant_context(constant, mask, v).astype(jnp.float32)
+    return mixed.astype(v.dtype), None
+  weight = weight[None, :, None, None]
   probs = weight * softmax_probs(q, k, mask) + (1.0 - weight) * constant_probs(constant, mask)
   return _apply_probs(probs, v, dropout), (probs if return_probs else None)
 

@@ -24,7 +24,7 @@ PACKAGED = {
 HUB_FILES = ['config.json', '*.safetensors', 'model.safetensors.index.json', 'tokenizer.json',
              'tokenizer_config.json', 'special_tokens_map.json', 'vocab.txt', 'vocab.json', 'merges.txt']
 # Task heads and buffers that checkpoints carry and an encoder does not use.
-IGNORED = re.compile(r'^(cls\.|lm_head\.|classifier\.|qa_outputs\.|embeddings\.position_ids$)')
+IGNORED = re.compile(r'^(cls\.|lm_head\.|classifier\.|qa_outputs\.|embeddings\.(position|token_type)_ids$)')
 PREFIXES = ('bert.', 'roberta.', 'model.')
 
 # (regex on the Hugging Face name, params path template, transform(array, config) -> array)
@@ -105,7 +105,8 @@ def convert(tensors: dict[str, np.ndarray], config: EncoderConfig) -> dict[str, 
       continue
     seen.add(path)
     try:
-      value = transform(np.asarray(array, dtype=np.float32), config)
+      # A writable float32 copy: params must not alias the file buffer (whatever dtype it was stored in).
+      value = np.ascontiguousarray(transform(np.array(array, dtype=np.float32), config))
     except ValueError:
       value = None
     want = expected.get(path, optional.get(path))
@@ -119,6 +120,9 @@ def convert(tensors: dict[str, np.ndarray], config: EncoderConfig) -> dict[str, 
   for path in expected:
     if path not in seen:
       problems.append(f'missing tensor for {path}')
+  if len(seen & set(optional)) == 1:  # a pooler is optional, half a pooler is a broken checkpoint
+    half = (set(optional) - seen).pop()
+    problems.append(f'missing tensor for {half} (the checkpoint has the other half of the pooler)')
   if problems:
     raise CheckpointError(f'{len(problems)} problem(s) loading the checkpoint:\n  ' + '\n  '.join(problems))
   params: dict[str, Any] = {}
@@ -156,17 +160,55 @@ def resolve(path_or_id: str | os.PathLike) -> Path:
         f'from the Hugging Face hub failed: {type(e).__name__}: {e}') from e
 
 
+# safetensors dtype names -> numpy dtypes; bfloat16 comes from ml_dtypes (a jax dependency), because
+# safetensors.numpy cannot represent it and many hub checkpoints are stored in bfloat16.
+_ST_DTYPES = {'F64': np.float64, 'F32': np.float32, 'F16': np.float16, 'I64': np.int64, 'I32': np.int32,
+              'I16': np.int16, 'I8': np.int8, 'U8': np.uint8, 'BOOL': np.bool_}
+
+
+def read_safetensors(path: Path) -> dict[str, np.ndarray]:
+  """Every tensor of one .safetensors file as numpy (bfloat16 included; see _ST_DTYPES)."""
+  import ml_dtypes
+  try:
+    with open(path, 'rb') as f:
+      size = int.from_bytes(f.read(8), 'little')
+      header = json.loads(f.read(size))
+      data = f.read()
+  except (OSError, ValueError) as e:
+    raise CheckpointError(f'{path} is not a readable safetensors file: {e}') from e
+  tensors = {}
+  for name, meta in header.items():
+    if name == '__metadata__':
+      continue
+    dtype = ml_dtypes.bfloat16 if meta.get('dtype') == 'BF16' else _ST_DTYPES.get(meta.get('dtype'))
+    if dtype is None:
+      raise CheckpointError(f'{path}: tensor {name!r} has unsupported dtype {meta.get("dtype")}.')
+    try:
+      start, stop = meta['data_offsets']
+      shape = tuple(meta['shape'])
+      count = int(np.prod(shape, dtype=np.int64))
+      if stop - start != count * np.dtype(dtype).itemsize or stop > len(data):
+        raise ValueError(f'data_offsets {start}..{stop} do not hold {shape} {meta["dtype"]}')
+      # A view into the file's bytes, no copy per tensor (convert() makes the float32 copies).
+      tensors[name] = np.frombuffer(data, dtype=dtype, count=count, offset=start).reshape(shape)
+    except (KeyError, TypeError, ValueError) as e:
+      raise CheckpointError(f'{path}: tensor {name!r} has a broken header entry: {e}') from e
+  return tensors
+
+
 def read_tensors(directory: Path, allow_pickle: bool = False) -> dict[str, np.ndarray]:
   """All tensors of a checkpoint directory: model.safetensors, a sharded safetensors index, or (opt-in) .bin."""
-  from safetensors.numpy import load_file
   single, index = directory / 'model.safetensors', directory / 'model.safetensors.index.json'
   if single.exists():
-    return load_file(single)
+    return read_safetensors(single)
   if index.exists():
     shards = sorted(set(json.loads(index.read_text())['weight_map'].values()))
+    missing = [s for s in shards if not (directory / s).exists()]
+    if missing:
+      raise CheckpointError(f'{index} names shards that are not in {directory}: {missing}.')
     tensors = {}
     for shard in shards:
-      tensors.update(load_file(directory / shard))
+      tensors.update(read_safetensors(directory / shard))
     return tensors
   bin_file = directory / 'pytorch_model.bin'
   if bin_file.exists():
@@ -174,7 +216,10 @@ def read_tensors(directory: Path, allow_pickle: bool = False) -> dict[str, np.nd
       raise CheckpointError(
           f'{bin_file} is a pickled torch file, and unpickling can run arbitrary code, so it is refused. '
           'Convert it to model.safetensors, or pass allow_pickle=True if you trust its source.')
-    import torch  # only on explicit opt-in; torch is not a dependency
+    try:
+      import torch  # only on explicit opt-in; torch is not a dependency
+    except ImportError as e:
+      raise CheckpointError(f'Reading {bin_file} (allow_pickle=True) needs torch, which is not installed.') from e
     return {k: v.float().numpy() for k, v in torch.load(bin_file, map_location='cpu', weights_only=True).items()}
   raise CheckpointError(f'{directory} holds no model.safetensors (nor model.safetensors.index.json).')
 
@@ -187,5 +232,8 @@ def load_pretrained(path_or_id: str | os.PathLike, *, allow_pickle: bool = False
   config_file = directory / 'config.json'
   if not config_file.exists():
     raise CheckpointError(f'{directory} has no config.json.')
-  config = EncoderConfig.from_json_file(config_file, **config_overrides)
+  try:
+    config = EncoderConfig.from_json_file(config_file, **config_overrides)
+  except (ValueError, KeyError, TypeError) as e:  # unsupported model_type or activation, missing field
+    raise CheckpointError(f'{config_file}: {type(e).__name__}: {e}') from e
   return config, convert(read_tensors(directory, allow_pickle), config)

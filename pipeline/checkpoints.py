@@ -20,7 +20,8 @@ class Checkpointer:
     self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
     self.manager = ocp.CheckpointManager(
         self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only, read_only=read_only),
+        options=ocp.CheckpointManagerOptions(max_to_keep=None if read_only else max_to_keep, create=not read_only,
+                                             read_only=read_only, save_interval_steps=0 if read_only else 1),
         item_names=('state', 'meta'))
 
   def latest_step(self) -> int | None:

@@ -11,43 +11,9 @@ import pytest
 import encoder_jax
 import papa_experiment
 from configs import papa_demo
-from encoder_jax import hf_import
+from tests.tiny_checkpoint import write_checkpoint
 
 H, LAYERS, HEADS, LENGTH = 15, 2, 3, 12
-
-
-def write_checkpoint(directory):
-  """A random 2 x 15 BERT with MiniLM's vocabulary size, in Hugging Face names and layout."""
-  cfg = encoder_jax.EncoderConfig(vocab_size=30522, hidden_size=H, num_layers=LAYERS, num_heads=HEADS,
-                                  intermediate_size=7, max_position_embeddings=LENGTH + 5)
-  p = jax.tree.map(np.asarray, encoder_jax.init_params(cfg, jax.random.key(0), seq=LENGTH))
-  e = p['embeddings']
-  t = {f'embeddings.{n}_embeddings.weight': e[f'{n}_embeddings']['embedding']
-       for n in ('word', 'position', 'token_type')}
-  t['embeddings.LayerNorm.weight'], t['embeddings.LayerNorm.bias'] = e['layer_norm']['scale'], e['layer_norm']['bias']
-  for l in range(LAYERS):
-    q, pre = p[f'layers_{l}'], f'encoder.layer.{l}.'
-    for name in ('query', 'key', 'value'):
-      t[pre + f'attention.self.{name}.weight'] = q[name]['kernel'].reshape(H, H).T
-      t[pre + f'attention.self.{name}.bias'] = q[name]['bias'].reshape(H)
-    t[pre + 'attention.output.dense.weight'] = q['attention_output']['kernel'].reshape(H, H).T
-    t[pre + 'attention.output.dense.bias'] = q['attention_output']['bias']
-    for ours, theirs in (('attention_layer_norm', 'attention.output.LayerNorm'),
-                         ('output_layer_norm', 'output.LayerNorm')):
-      t[pre + theirs + '.weight'], t[pre + theirs + '.bias'] = q[ours]['scale'], q[ours]['bias']
-    for ours, theirs in (('intermediate', 'intermediate.dense'), ('output', 'output.dense')):
-      t[pre + theirs + '.weight'], t[pre + theirs + '.bias'] = q[ours]['kernel'].T, q[ours]['bias']
-  from safetensors.numpy import save_file
-  directory.mkdir()
-  save_file({k: np.ascontiguousarray(v, np.float32) for k, v in t.items()}, str(directory / 'model.safetensors'))
-  hf = {'model_type': 'bert', 'vocab_size': 30522, 'hidden_size': H, 'num_hidden_layers': LAYERS,
-        'num_attention_heads': HEADS, 'intermediate_size': 7, 'max_position_embeddings': LENGTH + 5,
-        'type_vocab_size': 2, 'hidden_act': 'gelu'}
-  (directory / 'config.json').write_text(json.dumps(hf))
-  minilm = hf_import.resolve('minilm')
-  for name in ('vocab.txt', 'tokenizer.json', 'tokenizer_config.json'):
-    if (minilm / name).exists():
-      shutil.copy(minilm / name, directory / name)
 
 
 def write_split(path, n, seed):
@@ -64,7 +30,7 @@ def write_split(path, n, seed):
 @pytest.fixture(scope='module')
 def setup(tmp_path_factory):
   root = tmp_path_factory.mktemp('papa_exp')
-  write_checkpoint(root / 'ckpt')
+  write_checkpoint(root / 'ckpt', hidden=H, layers=LAYERS, heads=HEADS, max_positions=LENGTH + 5)
   write_split(root / 'train.csv', 40, 0)
   write_split(root / 'eval.csv', 13, 1)
   config = papa_demo.get_config()

@@ -1,0 +1,265 @@
+"""Adaptive inference speed: measured speedup of real early exit against the FLOPs ideal, in one run.
+
+  PYTHONPATH=. .venv/bin/python bench/adaptive_speed.py                       # heads fit here (below)
+  PYTHONPATH=. .venv/bin/python bench/adaptive_speed.py --config configs/sweet_demo.py --workdir runs/sweet_demo
+  PYTHONPATH=. .venv/bin/python bench/adaptive_speed.py --batch-sizes 64 --examples 1024 --repeats 5
+
+Model: the packaged MiniLM (all-MiniLM-L6-v2, 6 x 384) with exits after layers 1, 2, 4 and 6, mean pooling.
+With --workdir (and its --config) the trained checkpoint is restored and timed on that config's eval split
+with its tokenization. Without, the pretrained encoder is
+kept frozen and only the four exit heads are fit (Adam, --head-steps steps of 64, on mean-pooled features of
+2,000 training sentences), so the exits are real classifiers of different quality and the exit pattern is
+non-trivial; temperatures are fit on the held-out calibration split. Data: the Rotten Tomatoes movie-review
+sentences of pipeline.data ('movie_reviews'), tokenized to at most 64 tokens in length buckets (32, 64); the
+timed examples are the first --examples of its eval split (fewer at small batch sizes, where a pass is
+slower per example on CPU: --examples-small, --examples-batch1).
+
+For each batch size and each of the paper's 11 thresholds: accuracy, layer_fraction, flops_fraction (see
+sweet_jax.curves), the ideal speedup 1 / flops_fraction, and the measured speedup = wall-clock of the full
+model (embeddings, 6 layers, the last head; one jitted call per batch) over wall-clock of adaptive inference
+on the same batches, for the three engine modes of sweet_jax.adaptive: stream (continuous batching, the
+default), compact (per-batch compaction) and calm (no compaction), each with its ratio measured / ideal.
+Compilation is excluded (every program is compiled by warm-up first). Each repeat runs the full model and
+then every mode back to back; a speedup is median(full-model times) / median(mode times) over the --repeats
+at that threshold (--calm-repeats for calm, only shown for comparison; a median of 1 is that one run). The
+JSON also holds best-of-repeats ratios (min / min: load from other processes only ever slows a run down).
+Every engine run is checked against the offline sweep (same exits and predictions).
+Last line: the worst ratio at batch 64 over thresholds whose layer_fraction <= 0.7 (goal: >= 0.85).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import encoder_jax
+from pipeline import data
+from sweet_jax import adaptive, calibration, curves, exits
+
+EXIT_LAYERS = (1, 2, 4, 6)
+MAX_LENGTH = 64
+
+
+def parse_args():
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument('--batch-sizes', default='1,8,64', help='comma-separated batch sizes')
+  p.add_argument('--examples', type=int, default=512, help='eval sentences timed at batch sizes >= 16')
+  p.add_argument('--examples-small', type=int, default=256, help='eval sentences timed at batch sizes 2..15')
+  p.add_argument('--examples-batch1', type=int, default=64, help='eval sentences timed at batch size 1')
+  p.add_argument('--repeats', type=int, default=5, help='timed runs per measurement (median)')
+  p.add_argument('--calm-repeats', type=int, default=1,
+                 help='timed runs of the no-compaction engine (a comparison only; it is slow)')
+  p.add_argument('--head-steps', type=int, default=300, help='Adam steps fitting the heads (no --workdir)')
+  p.add_argument('--config', default='configs/sweet_demo.py', help='config file of --workdir')
+  p.add_argument('--workdir', default='', help='a trained workdir whose checkpoint to restore')
+  p.add_argument('--out', default='', help='also write the results as JSON here')
+  return p.parse_args()
+
+
+def machine() -> str:
+  cpu = platform.processor() or ''
+  try:
+    with open('/proc/cpuinfo') as f:
+      cpu = next((l.split(':', 1)[1].strip() for l in f if l.startswith('model name')), cpu)
+  except OSError:
+    pass
+  return f'{os.cpu_count()} cores ({cpu}), jax {jax.__version__} on {jax.default_backend()}'
+
+
+def batches(dataset, encode_fn, batch_size):
+  """Tokenized eval batches, materialised once (the timing excludes tokenization)."""
+  return list(data.iterate_batches(dataset, encode_fn, batch_size, seed=0, epoch=0, shuffle=False))
+
+
+def pooled_features(cfg, params, dataset, encode_fn, batch_size=64):
+  """Mean-pooled hidden states after each exit layer: [E, N, H] (the heads' inputs), and labels [N]."""
+  @jax.jit
+  def feats(p, batch):
+    hidden = encoder_jax.encode(cfg, p, batch['input_ids'], batch['attention_mask'], batch['token_type_ids'])
+    return jnp.stack([exits.pool(hidden[k], batch['attention_mask'], 'mean') for k in EXIT_LAYERS])
+  out, labels = [], []
+  for batch in batches(dataset, encode_fn, batch_size):
+    keep = batch['example_mask'] > 0
+    inputs = {k: batch[k] for k in ('input_ids', 'attention_mask', 'token_type_ids')}
+    out.append(np.asarray(feats(params, inputs))[:, keep])
+    labels.append(batch['labels'][keep])
+  return np.concatenate(out, 1), np.concatenate(labels)
+
+
+def head_logits(heads, features):
+  """Exit heads on pooled features [E, N, H] -> [E, N, C] (a [N, 1, H] 'sequence' pools to itself)."""
+  ones = jnp.ones(features.shape[1:2] + (1,), jnp.int32)
+  return jnp.stack([exits.apply_head(h, f[:, None], ones, 'mean') for h, f in zip(heads, features)])
+
+
+def fit_heads(cfg, pretrained, splits, encode_fn, steps, num_labels):
+  """Frozen pretrained encoder, fresh heads fit on 2,000 training sentences; returns exit-model params."""
+  ecfg = exits.ExitConfig(EXIT_LAYERS, num_labels, pooling='mean', classifier_dropout=0.0)
+  params = exits.init_exit_model(jax.random.key(0), cfg, pretrained, ecfg)
+  train = splits.train.subset(np.random.default_rng(0).permutation(len(splits.train))[:2000])
+  features, labels = pooled_features(cfg, params['encoder'], train, encode_fn)
+  tx = optax.adam(1e-3)
+  heads = params['heads']
+  opt = tx.init(heads)
+
+  @jax.jit
+  def step(heads, opt, x, y):
+    def loss(h):
+      logits = head_logits(h, x)
+      return optax.softmax_cross_entropy_with_integer_labels(logits, y[None]).mean(-1).sum()
+    value, grads = jax.value_and_grad(loss)(heads)
+    updates, opt = tx.update(grads, opt)
+    return optax.apply_updates(heads, updates), opt, value
+
+  rng = np.random.default_rng(1)
+  for _ in range(steps):
+    idx = rng.integers(0, len(labels), 64)
+    heads, opt, _ = step(heads, opt, features[:, idx], labels[idx])
+  params['heads'] = heads
+  return ecfg, params
+
+
+def load_config(path):
+  """get_config() of a config file (absl flags are not parsed here)."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location('bench_config', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def restore(config, workdir, num_labels):
+  """(encoder config, exit config, params, method, encode_fn) of a trained workdir."""
+  import methods
+  from pipeline import train_loop
+  built = methods.build(config, num_labels)
+  params = train_loop.restore_params(config, workdir, built.method)
+  return built.encoder_config, built.exit_config, jax.device_get(params), config.method, built.encode_fn
+
+
+def all_exit_logits(cfg, ecfg, params, method, batch_list):
+  """Every exit's logits [E, N, C] and each example's padded length [N], from the same batches."""
+  if method == 'multi_model':
+    fwd = jax.jit(lambda p, b: exits.forward_multi_model(cfg, ecfg, p, b))
+  else:
+    fwd = jax.jit(lambda p, b: exits.forward(cfg, ecfg, p, b, stop_gradient=False))
+  logits, lengths = [], []
+  for b in batch_list:
+    keep = b['example_mask'] > 0
+    x = {k: b[k] for k in ('input_ids', 'attention_mask', 'token_type_ids')}
+    logits.append(np.asarray(fwd(params, x))[:, keep])
+    lengths.append(np.full(int(keep.sum()), b['input_ids'].shape[1]))
+  return np.concatenate(logits, 1), np.concatenate(lengths)
+
+
+def main():
+  args = parse_args()
+  print(f'machine: {machine()}', flush=True)
+  config = load_config(args.config) if args.workdir else None
+  # A trained workdir is timed on its own eval split (its config's data seed), never on its training data.
+  splits = data.load_splits(config.data if config else data.base_config())
+  num_labels = splits.train.num_labels
+  t0 = time.perf_counter()
+  if args.workdir:
+    cfg, ecfg, params, method, encode_fn = restore(config, args.workdir, num_labels)
+    source = f'trained checkpoint of {args.workdir}'
+  else:
+    tokenizer = encoder_jax.load_tokenizer('minilm')
+    encode_fn = lambda a, b=None: encoder_jax.tokenize(tokenizer, a, b, max_length=MAX_LENGTH)
+    cfg, pretrained = encoder_jax.load_pretrained('minilm')
+    ecfg, params = fit_heads(cfg, pretrained, splits, encode_fn, args.head_steps, num_labels)
+    method = 'sweet'  # the same network as early_exit at inference
+    source = f'pretrained MiniLM, frozen; heads fit for {args.head_steps} steps'
+  params = jax.device_put(params)  # numpy leaves would be copied in at every call
+  cal = splits.calibration.subset(np.arange(min(512, len(splits.calibration))))
+  cal_logits, _ = all_exit_logits(cfg, ecfg, params, method, batches(cal, encode_fn, 64))
+  cal_labels = cal.labels
+  temps = calibration.fit_temperatures(cal_logits, cal_labels)
+  print(f'model: {source}; exits {ecfg.exit_layers}; temperatures {np.round(temps, 3).tolist()} '
+        f'({time.perf_counter() - t0:.0f}s)', flush=True)
+
+  results = {'machine': machine(), 'model': source, 'temperatures': temps.tolist(), 'batch_sizes': {}}
+  header = (f'{"batch":>5} {"thresh":>6} {"acc":>6} {"layers":>6} {"flops":>6} {"ideal":>6} | '
+            f'{"stream":>6} {"ratio":>5} | {"compact":>7} {"ratio":>5} | {"calm":>6} {"ratio":>5} | agree')
+  for batch_size in [int(b) for b in args.batch_sizes.split(',')]:
+    n = args.examples_batch1 if batch_size == 1 else args.examples_small if batch_size < 16 else args.examples
+    evaluation = splits.eval.subset(np.arange(min(n, len(splits.eval))))
+    batch_list = batches(evaluation, encode_fn, batch_size)
+    logits, lengths = all_exit_logits(cfg, ecfg, params, method, batch_list)
+    labels = evaluation.labels
+    points = curves.sweep(logits, labels, temperatures=temps, encoder_config=cfg, exit_config=ecfg,
+                          method=method, seq_lengths=lengths)
+    engine = adaptive.AdaptiveEngine(cfg, ecfg, params, method=method, temperatures=temps, batch_size=batch_size)
+    compile_s = engine.warmup({b['input_ids'].shape[1] for b in batch_list})
+    # At batch size 1 there is nothing to compact: the three modes do the same work; time two.
+    modes = ('stream', 'calm') if batch_size == 1 else adaptive.MODES
+    print(f'\nbatch {batch_size}: {len(labels)} examples in {len(batch_list)} batches, seq lengths '
+          f'{sorted({b["input_ids"].shape[1] for b in batch_list})}; warm-up (compilation) {compile_s:.0f}s',
+          flush=True)
+    print(header, flush=True)
+    out_rows, full_times = [], []
+    for pt in points:
+      # Each repeat times the full model, then every mode, back to back (a noisy neighbour on the shared machine
+      # slows neighbouring runs alike); the speedup is the ratio of the medians over the repeats at this
+      # threshold, which a burst of load in a minority of the runs does not move. Best-of-repeats ratios
+      # (timeit's estimator: load only ever slows a run down) go to the JSON as well.
+      times = {m: [] for m in ('full',) + modes}
+      agree = True
+      for r in range(args.repeats):
+        start = time.perf_counter()
+        engine.run_full(batch_list)
+        times['full'].append(time.perf_counter() - start)
+        for m in modes:
+          if m == 'calm' and r >= args.calm_repeats:
+            continue
+          start = time.perf_counter()
+          res = engine.run(batch_list, pt.threshold, mode=m)
+          times[m].append(time.perf_counter() - start)
+          keep = res.exit_index >= 0
+          agree &= bool(np.array_equal(res.exit_index[keep], pt.exit_index)
+                        and np.array_equal(res.predictions[keep], pt.predictions))
+      full_times += times['full']
+      ratios = {m: [float(np.median(times['full']) / np.median(times[m])),
+                    float(np.min(times['full']) / np.min(times[m]))] for m in modes}
+      ideal = 1.0 / pt.flops_fraction
+      speed = {m: r[0] for m, r in ratios.items()}
+      best = {m: r[1] for m, r in ratios.items()}
+      if batch_size == 1:  # identical at batch 1: nothing to compact
+        speed['compact'], best['compact'] = speed['stream'], best['stream']
+      cell = lambda m: f'{speed[m]:6.2f} {speed[m] / ideal:5.2f}'
+      print(f'{batch_size:5d} {pt.threshold:6.3f} {pt.accuracy:6.3f} {pt.layer_fraction:6.3f} '
+            f'{pt.flops_fraction:6.3f} {ideal:6.2f} | {cell("stream")} | {cell("compact"):>13} | {cell("calm")} | '
+            f'{"yes" if agree else "NO"}', flush=True)
+      out_rows.append({**pt.summary(), 'ideal_speedup': ideal,
+                       **{f'{m}_speedup': s for m, s in speed.items()},
+                       **{f'{m}_best_of_speedup': s for m, s in best.items()}, 'agree': agree})
+    full = float(np.median(full_times))
+    print(f'full model: median {full:.2f}s per pass ({1e3 * full / len(labels):.1f} ms per example)', flush=True)
+    results['batch_sizes'][batch_size] = {'examples': len(labels), 'full_model_s': full, 'compile_s': compile_s,
+                                          'points': out_rows}
+  if args.out:
+    with open(args.out, 'w') as f:
+      json.dump(results, f, indent=1)
+  worst, worst_best = {}, {}
+  pts = [r for r in results['batch_sizes'].get(64, {}).get('points', []) if r['layer_fraction'] <= 0.7]
+  for m in adaptive.MODES:
+    if pts:
+      worst[m] = min(r[f'{m}_speedup'] / r['ideal_speedup'] for r in pts)
+      worst_best[m] = min(r[f'{m}_best_of_speedup'] / r['ideal_speedup'] for r in pts)
+  if worst:
+    print(f'\nbest-of-{args.repeats} estimator: worst measured/ideal stream {worst_best["stream"]:.2f} '
+          f'(compact {worst_best["compact"]:.2f}, calm {worst_best["calm"]:.2f})')
+    print(f'worst measured/ideal at batch 64 over thresholds with layer_fraction <= 0.7 (medians): '
+          f'stream {worst["stream"]:.2f} (compact {worst["compact"]:.2f}, calm {worst["calm"]:.2f})')
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,218 @@
+"""Encoder speed, JAX (encoder_jax) against torch (transformers BertForSequenceClassification), in one run.
+
+  PYTHONPATH=. .venv/bin/python bench/encoder_speed.py                 # MiniLM shape, seq 128 and 64
+  PYTHONPATH=. .venv/bin/python bench/encoder_speed.py --dtype bfloat16
+  PYTHONPATH=. .venv/bin/python bench/encoder_speed.py --layers 12 --hidden 768 --seq 128 --reps 3  # BERT-base
+
+Both sides run the same model: a BERT encoder (random weights), the pooler (dense + tanh on [CLS]) and a
+linear classifier, with dropout disabled on both sides (hidden and attention dropout 0, so the two do the
+same arithmetic). Two measurements per sequence length:
+  forward: logits of one batch (torch: eval mode under inference_mode; JAX: a jitted function).
+  train:   one full step: forward, softmax cross-entropy, backward and an AdamW update (torch.optim.AdamW;
+           optax.adamw in JAX, jitted with the train state donated).
+JAX runs at its default matmul precision (this script must not raise it), jitted with
+encoder_jax.compiler_options() unless --xla_options none. torch uses as many threads as cores. JAX and
+torch alternate within each repetition, so both see the same background load (which is not to say it
+slows them alike: torch's threads suffer more when another job holds a core; see bench/RESULTS.md). The
+table gives medians over the repetitions after warm-up, and the last line the ratios torch time / JAX
+time (above 1 means JAX is faster). Needs torch, which only bench/ and the fixture script may import.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import encoder_jax
+from encoder_jax import EncoderConfig
+
+
+def parse_args():
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument('--dtype', choices=('float32', 'bfloat16'), default='float32', help='compute dtype')
+  p.add_argument('--seq', default='128,64', help='comma-separated sequence lengths')
+  p.add_argument('--batch', type=int, default=32)
+  p.add_argument('--layers', type=int, default=6)
+  p.add_argument('--hidden', type=int, default=384)
+  p.add_argument('--heads', type=int, default=12, help='attention heads (MiniLM and BERT-base: 12)')
+  p.add_argument('--intermediate', type=int, default=0, help='default: 4 * hidden')
+  p.add_argument('--vocab', type=int, default=30522)
+  p.add_argument('--labels', type=int, default=3)
+  p.add_argument('--reps', type=int, default=7, help='timed repetitions after warm-up')
+  p.add_argument('--warmup', type=int, default=2)
+  p.add_argument('--threads', type=int, default=0, help='torch threads; default: cores available')
+  p.add_argument('--only', choices=('both', 'jax', 'torch'), default='both')
+  p.add_argument('--xla_options', choices=('library', 'none'), default='library',
+                 help="library: jit with encoder_jax.compiler_options(); none: XLA's defaults")
+  args = p.parse_args()
+  args.intermediate = args.intermediate or 4 * args.hidden
+  args.seqs = [int(s) for s in args.seq.split(',')]
+  args.threads = args.threads or len(os.sched_getaffinity(0))
+  return args
+
+
+def make_batch(args, seq, seed=0):
+  """Random ids with right padding (lengths between seq/2 and seq, the longest filling seq)."""
+  rng = np.random.default_rng(seed)
+  lengths = rng.integers(seq // 2, seq + 1, size=args.batch)
+  lengths[0] = seq
+  mask = (np.arange(seq)[None, :] < lengths[:, None]).astype(np.int32)
+  ids = np.where(mask > 0, rng.integers(1000, args.vocab, size=(args.batch, seq)), 0).astype(np.int32)
+  types = np.zeros_like(ids)
+  labels = rng.integers(0, args.labels, size=args.batch).astype(np.int32)
+  return {'input_ids': ids, 'attention_mask': mask, 'token_type_ids': types, 'labels': labels}
+
+
+# ----------------------------------------------------------------------------------------------------- JAX
+
+class JaxSide:
+  def __init__(self, args):
+    self.config = EncoderConfig(
+        vocab_size=args.vocab, hidden_size=args.hidden, num_layers=args.layers, num_heads=args.heads,
+        intermediate_size=args.intermediate, hidden_dropout=0.0, attention_dropout=0.0, dtype=args.dtype)
+    k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
+    h = args.hidden
+    init = jax.nn.initializers.normal(0.02)
+    params = {
+        'encoder': encoder_jax.init_params(self.config, k1),
+        'pooler': {'kernel': init(k2, (h, h)), 'bias': jnp.zeros((h,))},
+        'classifier': {'kernel': init(k3, (h, args.labels)), 'bias': jnp.zeros((args.labels,))},
+    }
+    self.optimizer = optax.adamw(2e-5, weight_decay=0.01)
+    self.state = (params, self.optimizer.init(params))
+    self.options = encoder_jax.compiler_options() if args.xla_options == 'library' else {}
+    self.forward = jax.jit(self._logits, compiler_options=self.options)
+    self.train_step = jax.jit(self._train_step, donate_argnums=(0,), compiler_options=self.options)
+
+  def _logits(self, params, batch):
+    dtype = jnp.dtype(self.config.dtype)
+    hidden = encoder_jax.encode(self.config, params['encoder'], batch['input_ids'], batch['attention_mask'],
+                                batch['token_type_ids'])[-1]
+    cls = hidden[:, 0].astype(dtype)
+    pooled = jnp.tanh(cls @ params['pooler']['kernel'].astype(dtype) + params['pooler']['bias'].astype(dtype))
+    logits = pooled @ params['classifier']['kernel'].astype(dtype) + params['classifier']['bias'].astype(dtype)
+    return logits.astype(jnp.float32)
+
+  def _train_step(self, state, batch):
+    params, opt_state = state
+
+    def loss_fn(p):
+      logits = self._logits(p, batch)
+      return optax.softmax_cross_entropy_with_integer_labels(logits, batch['labels']).mean()
+
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt_state = self.optimizer.update(grads, opt_state, params)
+    return (optax.apply_updates(params, updates), opt_state), loss
+
+  def run_forward(self, batch):
+    return self.forward(self.state[0], batch).block_until_ready()
+
+  def run_train(self, batch):
+    self.state, loss = self.train_step(self.state, batch)
+    return loss.block_until_ready()
+
+
+# --------------------------------------------------------------------------------------------------- torch
+
+class TorchSide:
+  def __init__(self, args):
+    import torch
+    import transformers
+    torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
+    self.torch = torch
+    config = transformers.BertConfig(
+        vocab_size=args.vocab, hidden_size=args.hidden, num_hidden_layers=args.layers,
+        num_attention_heads=args.heads, intermediate_size=args.intermediate, hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0, num_labels=args.labels)
+    self.model = transformers.BertForSequenceClassification(config)
+    self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=2e-5, weight_decay=0.01)
+    self.autocast = args.dtype == 'bfloat16'
+
+  def _inputs(self, batch):
+    t = self.torch
+    return {k: t.from_numpy(batch[k]).long() for k in ('input_ids', 'attention_mask', 'token_type_ids')}
+
+  def _ctx(self):
+    return self.torch.autocast('cpu', dtype=self.torch.bfloat16, enabled=self.autocast)
+
+  def run_forward(self, batch):
+    self.model.eval()
+    with self.torch.inference_mode(), self._ctx():
+      return self.model(**self._inputs(batch)).logits
+
+  def run_train(self, batch):
+    self.model.train()  # dropout probabilities are 0, so this only switches bookkeeping
+    self.optimizer.zero_grad(set_to_none=True)
+    with self._ctx():
+      loss = self.model(**self._inputs(batch), labels=self.torch.from_numpy(batch['labels']).long()).loss
+    loss.backward()
+    self.optimizer.step()
+    return loss
+
+
+# ------------------------------------------------------------------------------------------------ timing
+
+def timed(fn, batch):
+  start = time.perf_counter()
+  fn(batch)
+  return time.perf_counter() - start
+
+
+def cpu_model():
+  try:
+    with open('/proc/cpuinfo') as f:
+      return next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
+  except (OSError, StopIteration):
+    return platform.processor() or 'unknown'
+
+
+def main():
+  args = parse_args()
+  sides = {}
+  if args.only in ('both', 'jax'):
+    sides['jax'] = JaxSide(args)
+  if args.only in ('both', 'torch'):
+    sides['torch'] = TorchSide(args)
+  print(f'# machine: {len(os.sched_getaffinity(0))} cores, {cpu_model()}; jax {jax.__version__} '
+        f'({jax.default_backend()}), torch threads {args.threads}')
+  print(f'# model: {args.layers} layers x {args.hidden} hidden, {args.heads} heads, intermediate '
+        f'{args.intermediate}, vocab {args.vocab}; batch {args.batch}; {args.dtype}; dropout disabled')
+  if 'jax' in sides:
+    print(f'# JAX compiler options: {sides["jax"].options or "XLA defaults"}')
+  results = {}
+  for seq in args.seqs:
+    batch = make_batch(args, seq)
+    for task in ('forward', 'train'):
+      times = {name: [] for name in sides}
+      for _ in range(args.warmup):  # compiles (JAX) and warms allocators and caches (both)
+        for name, side in sides.items():
+          getattr(side, f'run_{task}')(batch)
+      for _ in range(args.reps):
+        for name, side in sides.items():  # alternate, so background load hits both sides alike
+          times[name].append(timed(getattr(side, f'run_{task}'), batch))
+      for name, ts in times.items():
+        results[(seq, task, name)] = ts
+
+  print(f'{"seq":>5} {"task":>8} {"side":>6} {"median s":>9} {"min s":>8} {"max s":>8}')
+  for (seq, task, name), ts in results.items():
+    print(f'{seq:>5} {task:>8} {name:>6} {statistics.median(ts):9.4f} {min(ts):8.4f} {max(ts):8.4f}')
+  if len(sides) == 2:
+    ratios = []
+    for seq in args.seqs:
+      for task in ('forward', 'train'):
+        r = statistics.median(results[(seq, task, 'torch')]) / statistics.median(results[(seq, task, 'jax')])
+        ratios.append(f'seq{seq} {task} {r:.2f}x')
+    print('speed ratio torch/JAX (>1: JAX faster): ' + ', '.join(ratios))
+
+
+if __name__ == '__main__':
+  main()

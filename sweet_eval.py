@@ -1,0 +1,251 @@
+"""Evaluation of an exit model (sweet, early_exit, multi_model): per-exit accuracy, temperatures, and the
+speed-accuracy curve with measured adaptive-inference speedups (floor 3: encoder_jax, sweet_jax,
+pipeline.data).
+
+evaluate(...) writes WORKDIR/eval/:
+  per_exit_accuracy.json  accuracy of every exit on the eval split
+  temperatures.json       one temperature per exit, fit on the calibration split (never on the eval split)
+  curve.json              {batch_size, method, rule, engine, timing_examples, points: [{threshold, accuracy,
+                          layer_fraction, flops_fraction, measured_speedup, exit_counts, engine_agreement}]}
+  curve.csv, curve.png    the same points; the plot is accuracy against speedup
+compare(workdirs, out_path) overlays several evaluated workdirs' curves.
+
+Config fields read (all under config.eval, each with the default used when absent):
+  batch_size (64)          batch size of evaluation and of the measured adaptive inference
+  thresholds (() / None)   empty: sweet_jax.curves.default_thresholds (11 from 1/num_labels to 1)
+  rule ('confidence')      'confidence' | 'entropy' | 'patience'; for 'patience' the thresholds ARE the patience
+                           k (exit once k consecutive exits agree), so the default sweep is k = 1..num_exits
+  timing_examples (1024)   the first this many eval examples are timed (0: all); accuracy uses all
+  timing_repeats (3)       timed runs per point; the median speedup is reported
+  engine ('stream')        sweet_jax.adaptive mode timed: 'stream' (continuous batching) | 'compact' | 'calm'
+
+No calibration split (data.calibration_size = 0): temperatures must not be fit on the data that is scored,
+so they stay 1 (plain softmax confidence), a warning says so, and temperatures.json records calibrated: false.
+
+measured_speedup: wall-clock of the full model (embeddings, every layer up to the last exit, the last exit's
+head; multi_model: its deepest member) over wall-clock of adaptive inference on the same eval batches at
+config.eval.batch_size, compilation excluded (both are compiled before timing). Each repeat times the full
+model and then the engine back to back; the median of the per-repeat ratios is reported.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import json
+import logging
+import os
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import numpy as np
+
+from pipeline import data
+from sweet_jax import adaptive, calibration, curves, exits, objectives
+
+_INPUT_KEYS = ('input_ids', 'attention_mask', 'token_type_ids')
+
+
+def _get(section, key, default):
+  """config.eval.<key>, or the default when the field is absent or None."""
+  if section is None:
+    return default
+  try:
+    value = section.get(key, default) if hasattr(section, 'get') else getattr(section, key, default)
+  except (KeyError, AttributeError):
+    return default
+  return default if value is None else value
+
+
+def _forward_fn(method: str, encoder_config, exit_config, constants):
+  """Jitted all-exit logits; without constants one per model config is kept (evaluate called again, e.g.
+  for several workdirs, does not recompile)."""
+  if constants is None:
+    return _cached_forward_fn(method, encoder_config, exit_config)
+  return _make_forward_fn(method, encoder_config, exit_config, constants)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_forward_fn(method, encoder_config, exit_config):
+  return _make_forward_fn(method, encoder_config, exit_config, None)
+
+
+def _make_forward_fn(method: str, encoder_config, exit_config, constants):
+  if method == 'multi_model':
+    return jax.jit(lambda p, b: exits.forward_multi_model(encoder_config, exit_config, p, b, constants=constants))
+  if method in ('sweet', 'early_exit'):
+    return jax.jit(lambda p, b: exits.forward(encoder_config, exit_config, p, b, stop_gradient=False,
+                                              constants=constants))
+  raise ValueError(f'sweet_eval evaluates exit models; unknown method {method!r} (choose from {objectives.METHODS}).')
+
+
+def tokenized_batches(dataset, encode_fn, batch_size: int) -> list[dict[str, np.ndarray]]:
+  """The dataset in order, as padded batches (pipeline.data.iterate_batches, no shuffling)."""
+  return list(data.iterate_batches(dataset, encode_fn, batch_size, seed=0, epoch=0, shuffle=False))
+
+
+def all_exit_logits(forward, params, batches) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Every exit's logits [E, N, C] float32, labels [N] and each example's padded length [N] (the length it is
+  computed at), padding rows (example_mask 0) dropped."""
+  logits, labels, lengths = [], [], []
+  for batch in batches:
+    keep = np.asarray(batch['example_mask']) > 0
+    out = np.asarray(jax.device_get(forward(params, {k: batch[k] for k in _INPUT_KEYS})), np.float32)
+    logits.append(out[:, keep])
+    labels.append(np.asarray(batch['labels'])[keep])
+    lengths.append(np.full(int(keep.sum()), batch['input_ids'].shape[1], np.int64))
+  return np.concatenate(logits, 1), np.concatenate(labels), np.concatenate(lengths)
+
+
+def evaluate(config, workdir: str, *, method: str, encoder_config, exit_config: exits.ExitConfig, params,
+             splits: data.Splits, encode_fn: Callable, constants=None) -> dict[str, Any]:
+  """Scores a trained exit model on splits.eval and writes WORKDIR/eval/ (see the module docstring).
+
+  Args:
+    config: the experiment ConfigDict (reads config.eval.*).
+    method: 'sweet' | 'early_exit' | 'multi_model' (params in the matching layout).
+    splits: pipeline.data.Splits; temperatures are fit on splits.calibration, accuracy on splits.eval.
+    encode_fn: (texts_a, texts_b | None) -> dict of int32 [rows, seq] input_ids, attention_mask, token_type_ids.
+    constants: PAPA constant attention matrices, when the encoder has constant heads.
+  Returns:
+    {'per_exit_accuracy': [E], 'temperatures': [E], 'points': [...]} (what the files hold).
+  """
+  section = config.get('eval') if hasattr(config, 'get') else getattr(config, 'eval', None)
+  batch_size = int(_get(section, 'batch_size', 64))
+  rule = str(_get(section, 'rule', 'confidence'))
+  curves.check_rule(rule)
+  thresholds = list(_get(section, 'thresholds', ()) or []) or None
+  timing_examples = int(_get(section, 'timing_examples', 1024))
+  repeats = max(1, int(_get(section, 'timing_repeats', 3)))
+  mode = str(_get(section, 'engine', 'stream'))
+  if mode not in adaptive.MODES:
+    raise ValueError(f'config.eval.engine must be one of {adaptive.MODES}, got {mode!r}.')
+  out_dir = os.path.join(workdir, 'eval')
+  # Onto the device once: numpy leaves would be copied in at every call (and distort the timing).
+  params, constants = jax.device_put((params, constants))
+  forward = _forward_fn(method, encoder_config, exit_config, constants)
+
+  # Temperatures: on the held-out calibration split only.
+  if splits.calibration is not None and len(splits.calibration):
+    cal_logits, cal_labels, _ = all_exit_logits(forward, params, tokenized_batches(splits.calibration, encode_fn,
+                                                                                    batch_size))
+    temps = calibration.fit_temperatures(cal_logits, cal_labels)
+    temp_info = {'temperatures': temps.tolist(), 'calibrated': True, 'calibration_examples': len(cal_labels),
+                 'nll_at_1': calibration.nll(cal_logits, cal_labels, np.ones(len(temps))).tolist(),
+                 'nll_fitted': calibration.nll(cal_logits, cal_labels, temps).tolist()}
+  else:
+    temps = np.ones(exit_config.num_exits, np.float32)
+    logging.warning('*** No calibration split (data.calibration_size = 0): temperatures are NOT fit and stay 1. '
+                    'They must not be fit on the eval split that is scored; set data.calibration_size > 0 to '
+                    'hold out part of the training data for them. ***')
+    temp_info = {'temperatures': temps.tolist(), 'calibrated': False, 'calibration_examples': 0}
+
+  eval_batches = tokenized_batches(splits.eval, encode_fn, batch_size)
+  logits, labels, lengths = all_exit_logits(forward, params, eval_batches)
+  per_exit = (logits.argmax(-1) == labels[None]).mean(-1)
+  points = curves.sweep(logits, labels, temperatures=temps, encoder_config=encoder_config, exit_config=exit_config,
+                        method=method, seq_lengths=lengths, thresholds=thresholds, rule=rule)
+
+  # Wall-clock: the first timing_examples eval examples, already tokenized, at the eval batch size.
+  n_time = len(labels) if timing_examples <= 0 else min(timing_examples, len(labels))
+  if n_time == len(labels):
+    timed, timed_logits = eval_batches, logits
+  else:
+    timed = tokenized_batches(splits.eval.subset(np.arange(n_time)), encode_fn, batch_size)
+    timed_logits, _, _ = all_exit_logits(forward, params, timed)
+  engine = adaptive.AdaptiveEngine(encoder_config, exit_config, params, method=method, temperatures=temps,
+                                   rule=rule, batch_size=batch_size, constants=constants)
+  compile_s = engine.warmup({b['input_ids'].shape[1] for b in timed})
+  rows = []
+  for pt in points:
+    ratios = []
+    want_exit, want_pred = map(np.asarray, curves.assign_exits(timed_logits, temps, pt.threshold, rule=rule))
+    for _ in range(repeats):
+      start = time.perf_counter()
+      engine.run_full(timed)
+      full_s = time.perf_counter() - start
+      start = time.perf_counter()
+      res = engine.run(timed, pt.threshold, mode=mode)
+      ratios.append(full_s / (time.perf_counter() - start))
+    keep = res.exit_index >= 0
+    # The engine must reproduce the offline decisions; a rare flip can only come from float rounding of a
+    # score that sits on the threshold.
+    agreement = float(np.mean((res.exit_index[keep] == want_exit) & (res.predictions[keep] == want_pred)))
+    if agreement < 1.0:
+      logging.warning('Adaptive engine and offline sweep disagree on %.2f%% of examples at threshold %g.',
+                      100 * (1 - agreement), pt.threshold)
+    rows.append({**pt.summary(), 'measured_speedup': float(np.median(ratios)), 'engine_agreement': agreement})
+
+  result = {'per_exit_accuracy': per_exit.tolist(), 'temperatures': temps.tolist(), 'points': rows}
+  if jax.process_index() == 0:
+    os.makedirs(out_dir, exist_ok=True)
+    _dump(os.path.join(out_dir, 'per_exit_accuracy.json'),
+          {'method': method, 'exit_layers': list(exit_config.exit_layers), 'accuracy': per_exit.tolist(),
+           'examples': len(labels)})
+    _dump(os.path.join(out_dir, 'temperatures.json'), temp_info)
+    curve = {'batch_size': batch_size, 'method': method, 'rule': rule, 'engine': mode,
+             'exit_layers': list(exit_config.exit_layers), 'eval_examples': len(labels),
+             'timing_examples': n_time, 'timing_repeats': repeats, 'compile_s': compile_s,
+             'device': f'{jax.default_backend()} x{jax.device_count()}', 'points': rows}
+    _dump(os.path.join(out_dir, 'curve.json'), curve)
+    _write_csv(os.path.join(out_dir, 'curve.csv'), rows)
+    plot_curves([(f'{method} ({mode}, batch {batch_size})', curve)], os.path.join(out_dir, 'curve.png'))
+  return result
+
+
+def _dump(path, obj):
+  with open(path, 'w') as f:
+    json.dump(obj, f, indent=1)
+
+
+def _write_csv(path, rows):
+  fields = ['threshold', 'accuracy', 'layer_fraction', 'flops_fraction', 'measured_speedup', 'exit_counts',
+            'engine_agreement']
+  with open(path, 'w', newline='') as f:
+    writer = csv.writer(f)
+    writer.writerow(fields)
+    for r in rows:
+      writer.writerow([';'.join(map(str, r[k])) if k == 'exit_counts' else r[k] for k in fields])
+
+
+def plot_curves(curves_: Sequence[tuple[str, dict[str, Any]]], path: str) -> None:
+  """Accuracy against measured speedup (left) and against the paper's layer-based speedup, 1 / layer_fraction,
+  with the FLOPs-ideal 1 / flops_fraction dotted (right), one line per (label, curve.json dict)."""
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+
+  fig, (ax_m, ax_l) = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+  for k, (label, curve) in enumerate(curves_):
+    pts = sorted(curve['points'], key=lambda p: p['layer_fraction'])
+    color = f'C{k}'
+    acc = [p['accuracy'] for p in pts]
+    ax_m.plot([p['measured_speedup'] for p in pts], acc, '-o', color=color, label=label, ms=4)
+    ax_l.plot([1 / p['layer_fraction'] for p in pts], acc, '-o', color=color, label=f'{label}: layers', ms=4)
+    ax_l.plot([1 / p['flops_fraction'] for p in pts], acc, ':', color=color, label=f'{label}: FLOPs ideal')
+  ax_m.set_xlabel('measured speedup (wall-clock, full model = 1)')
+  ax_l.set_xlabel('speedup from fraction of layers run (paper); dotted: 1 / FLOPs fraction')
+  ax_m.set_ylabel('accuracy')
+  for ax in (ax_m, ax_l):
+    ax.axvline(1.0, color='grey', lw=0.8)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def compare(workdirs: Sequence[str], out_path: str) -> None:
+  """Overlays the curves of evaluated workdirs (each WORKDIR/eval/curve.json) in one plot at out_path."""
+  found = []
+  for w in workdirs:
+    path = os.path.join(w, 'eval', 'curve.json')
+    if not os.path.exists(path):
+      raise FileNotFoundError(f'{path} does not exist: run eval.py --workdir {w} first.')
+    with open(path) as f:
+      curve = json.load(f)
+    found.append((f'{os.path.basename(os.path.normpath(w))} [{curve["method"]}]', curve))
+  if os.path.dirname(out_path):
+    os.makedirs(os.path.dirname(out_path), exist_ok=True)
+  plot_curves(found, out_path)
