@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+import encoder_jax
 from pipeline import checkpoints, data, reporting, sharding
 
 Params = Any
@@ -79,7 +80,7 @@ def make_train_step(method: Method, tx: optax.GradientTransformation):
 def predict_logits(method: Method, params: Params, dataset: data.TextDataset, encode_fn, batch_size: int,
                    mesh) -> np.ndarray:
   """Every exit's logits on a whole dataset, in order: [num_exits, N, num_labels] (numpy, every host)."""
-  predict = jax.jit(method.predict)
+  predict = jax.jit(method.predict, compiler_options=encoder_jax.compiler_options())
   chunks = []
   for batch in data.iterate_batches(dataset, encode_fn, batch_size, seed=0, epoch=0, shuffle=False,
                                     process_index=jax.process_index(), process_count=jax.process_count()):
@@ -156,7 +157,8 @@ def train_and_evaluate(config, workdir: str, method: Method, splits: data.Splits
   start = int(state['step'])
 
   train_step = jax.jit(make_train_step(method, tx), donate_argnums=(0,),
-                       out_shardings=(shardings, sharding.replicated(mesh)))
+                       out_shardings=(shardings, sharding.replicated(mesh)),
+                       compiler_options=encoder_jax.compiler_options())  # CPU: see encoder_jax/tuning.py
   writer = reporting.MetricWriter(workdir)
   log_every = max(1, tc.get('log_every', 50))
   ckpt_every = tc.get('checkpoint_every', 0) or steps_per_epoch
