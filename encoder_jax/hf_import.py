@@ -160,40 +160,18 @@ def resolve(path_or_id: str | os.PathLike) -> Path:
         f'from the Hugging Face hub failed: {type(e).__name__}: {e}') from e
 
 
-# safetensors dtype names -> numpy dtypes; bfloat16 comes from ml_dtypes (a jax dependency), because
-# safetensors.numpy cannot represent it and many hub checkpoints are stored in bfloat16.
-_ST_DTYPES = {'F64': np.float64, 'F32': np.float32, 'F16': np.float16, 'I64': np.int64, 'I32': np.int32,
-              'I16': np.int16, 'I8': np.int8, 'U8': np.uint8, 'BOOL': np.bool_}
-
-
 def read_safetensors(path: Path) -> dict[str, np.ndarray]:
-  """Every tensor of one .safetensors file as numpy (bfloat16 included; see _ST_DTYPES)."""
-  import ml_dtypes
+  """Every tensor of one .safetensors file as numpy, bfloat16 included.
+
+  safetensors.numpy cannot represent bfloat16 (common on the hub), so the file goes through the library's
+  flax reader (jax arrays; bfloat16 via ml_dtypes) and is handed on as numpy.
+  """
+  from safetensors import SafetensorError
+  from safetensors.flax import load_file
   try:
-    with open(path, 'rb') as f:
-      size = int.from_bytes(f.read(8), 'little')
-      header = json.loads(f.read(size))
-      data = f.read()
-  except (OSError, ValueError) as e:
+    return {name: np.asarray(tensor) for name, tensor in load_file(str(path)).items()}
+  except (SafetensorError, OSError, ValueError) as e:
     raise CheckpointError(f'{path} is not a readable safetensors file: {e}') from e
-  tensors = {}
-  for name, meta in header.items():
-    if name == '__metadata__':
-      continue
-    dtype = ml_dtypes.bfloat16 if meta.get('dtype') == 'BF16' else _ST_DTYPES.get(meta.get('dtype'))
-    if dtype is None:
-      raise CheckpointError(f'{path}: tensor {name!r} has unsupported dtype {meta.get("dtype")}.')
-    try:
-      start, stop = meta['data_offsets']
-      shape = tuple(meta['shape'])
-      count = int(np.prod(shape, dtype=np.int64))
-      if stop - start != count * np.dtype(dtype).itemsize or stop > len(data):
-        raise ValueError(f'data_offsets {start}..{stop} do not hold {shape} {meta["dtype"]}')
-      # A view into the file's bytes, no copy per tensor (convert() makes the float32 copies).
-      tensors[name] = np.frombuffer(data, dtype=dtype, count=count, offset=start).reshape(shape)
-    except (KeyError, TypeError, ValueError) as e:
-      raise CheckpointError(f'{path}: tensor {name!r} has a broken header entry: {e}') from e
-  return tensors
 
 
 def read_tensors(directory: Path, allow_pickle: bool = False) -> dict[str, np.ndarray]:

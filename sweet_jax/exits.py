@@ -13,7 +13,7 @@ head = {'pooler': {'kernel': [H, H], 'bias': [H]}, 'classifier': {'kernel': [H, 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp

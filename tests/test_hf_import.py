@@ -239,7 +239,7 @@ def test_truncated_safetensors_is_a_clear_error(tmp_path):
   directory = _copy(tmp_path)
   raw = (directory / 'model.safetensors').read_bytes()
   (directory / 'model.safetensors').write_bytes(raw[:-100])
-  with pytest.raises(CheckpointError, match='broken header entry'):
+  with pytest.raises(CheckpointError, match='not a readable safetensors file'):
     encoder_jax.load_pretrained(directory)
   (directory / 'model.safetensors').write_bytes(b'\x05\x00')
   with pytest.raises(CheckpointError, match='not a readable safetensors file'):

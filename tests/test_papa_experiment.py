@@ -2,13 +2,10 @@
 the packaged MiniLM's tokenizer) and tiny csv files: every stage, resume, extension, rescore."""
 
 import json
-import shutil
 
-import jax
 import numpy as np
 import pytest
 
-import encoder_jax
 import papa_experiment
 from configs import papa_demo
 from tests.tiny_checkpoint import write_checkpoint

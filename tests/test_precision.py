@@ -7,7 +7,6 @@ on hidden states and 5% relative on the loss; gradients' direction must agree (c
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 import encoder_jax
 from pipeline import train_loop
