@@ -51,6 +51,7 @@ MAX_LENGTH = 64
 def parse_args():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument('--batch-sizes', default='1,8,64', help='comma-separated batch sizes')
+  p.add_argument('--dtype', choices=('float32', 'bfloat16'), default='float32', help='encoder compute dtype')
   p.add_argument('--examples', type=int, default=512, help='eval sentences timed at batch sizes >= 16')
   p.add_argument('--examples-small', type=int, default=256, help='eval sentences timed at batch sizes 2..15')
   p.add_argument('--examples-batch1', type=int, default=64, help='eval sentences timed at batch size 1')
@@ -174,7 +175,7 @@ def main():
   else:
     tokenizer = encoder_jax.load_tokenizer('minilm')
     encode_fn = lambda a, b=None: encoder_jax.tokenize(tokenizer, a, b, max_length=MAX_LENGTH)
-    cfg, pretrained = encoder_jax.load_pretrained('minilm')
+    cfg, pretrained = encoder_jax.load_pretrained('minilm', dtype=args.dtype)
     ecfg, params = fit_heads(cfg, pretrained, splits, encode_fn, args.head_steps, num_labels)
     method = 'sweet'  # the same network as early_exit at inference
     source = f'pretrained MiniLM, frozen; heads fit for {args.head_steps} steps'

@@ -175,6 +175,40 @@ def cpu_model():
     return platform.processor() or 'unknown'
 
 
+# Dense peak FLOP/s of accelerators by device_kind substring: (bfloat16, float32). float32 matmuls run at
+# jax's default precision, which is TF32 on NVIDIA Ampere/Hopper and bf16 passes on TPU.
+PEAK_FLOPS = {
+    'H200': (989e12, 494e12), 'H100': (989e12, 494e12), 'A100': (312e12, 156e12), 'L4': (121e12, 60e12),
+    'TPU v6': (918e12, 918e12), 'TPU v5p': (459e12, 459e12), 'TPU v5': (197e12, 197e12),
+    'TPU v4': (275e12, 275e12), 'TPU v3': (123e12, 123e12), 'TPU v2': (45e12, 45e12),
+}
+
+
+def model_flops(args, seq: int) -> tuple[float, float]:
+  """Analytic FLOPs of one batch (sweet_jax.curves' count): forward, and train step = 3 x forward."""
+  from sweet_jax import curves
+  cfg = encoder_jax.EncoderConfig(vocab_size=args.vocab, hidden_size=args.hidden, num_layers=args.layers,
+                                  num_heads=args.heads, intermediate_size=args.intermediate,
+                                  max_position_embeddings=max(512, seq))
+  forward = args.batch * (curves.embedding_flops(cfg, seq) + sum(curves.layer_flops(cfg, l, seq)
+                                                                 for l in range(args.layers)))
+  return float(forward), 3.0 * forward
+
+
+def print_mfu(args, results) -> None:
+  """Model FLOPs utilisation of the JAX side where the device's peak is known."""
+  kind = jax.devices()[0].device_kind
+  peak = next((p for k, p in PEAK_FLOPS.items() if k in kind), None)
+  if peak is None:
+    print(f'# MFU: peak FLOP/s of {kind!r} unknown, not reported')
+    return
+  peak = peak[0] if args.dtype == 'bfloat16' else peak[1]
+  for seq in args.seqs:
+    for task, flops in zip(('forward', 'train'), model_flops(args, seq)):
+      t = statistics.median(results[(seq, task, 'jax')])
+      print(f'# MFU seq {seq} {task}: {flops / t / 1e12:.1f} TFLOP/s of {peak / 1e12:.0f} peak = {flops / t / peak:.1%}')
+
+
 def main():
   args = parse_args()
   sides = {}
@@ -205,6 +239,8 @@ def main():
   print(f'{"seq":>5} {"task":>8} {"side":>6} {"median s":>9} {"min s":>8} {"max s":>8}')
   for (seq, task, name), ts in results.items():
     print(f'{seq:>5} {task:>8} {name:>6} {statistics.median(ts):9.4f} {min(ts):8.4f} {max(ts):8.4f}')
+  if 'jax' in sides:
+    print_mfu(args, results)
   if len(sides) == 2:
     ratios = []
     for seq in args.seqs:
