@@ -717,6 +717,14 @@ def _sample(n: int, k: int, seed: int, stream: int) -> np.ndarray:
   return np.sort(_rng(seed, stream).permutation(n)[:k])
 
 
+def _carve(dataset: TextDataset, k: int, seed: int, stream: int) -> tuple[TextDataset, TextDataset]:
+  """A seeded random k examples of dataset, and the rest (both in file order)."""
+  taken = _sample(len(dataset), k, seed, stream)
+  keep = np.ones(len(dataset), bool)
+  keep[taken] = False
+  return dataset.subset(taken), dataset.subset(np.flatnonzero(keep))
+
+
 def load_splits(data_config, *, fetch: Callable | None = None) -> Splits:
   """Loads the configured source and makes train / calibration / eval (see the module docstring).
 
@@ -746,10 +754,7 @@ def load_splits(data_config, *, fetch: Callable | None = None) -> Splits:
     if not 0 < n_eval < len(train):
       raise EmptySplitError(f'{train.origin}: has no eval split, and eval_size={n_eval} cannot be carved out of '
                             f'its {len(train)} examples (need 0 < eval_size < {len(train)}).')
-    eval_idx = _sample(len(train), n_eval, seed, 0)
-    keep = np.ones(len(train), bool)
-    keep[eval_idx] = False
-    evaluation, train = train.subset(eval_idx), train.subset(np.flatnonzero(keep))
+    evaluation, train = _carve(train, n_eval, seed, 0)
   else:
     evaluation = _to_dataset(eval_table, text_fields, label_field, mapping, names, 'eval',
                              known_from=train_table.origin)
@@ -760,10 +765,7 @@ def load_splits(data_config, *, fetch: Callable | None = None) -> Splits:
     if n_cal >= len(train):
       raise EmptySplitError(f'{train.origin}: calibration_size={n_cal} would leave no training examples out of '
                             f'{len(train)}.')
-    cal_idx = _sample(len(train), n_cal, seed, 1)
-    keep = np.ones(len(train), bool)
-    keep[cal_idx] = False
-    calibration, train = train.subset(cal_idx), train.subset(np.flatnonzero(keep))
+    calibration, train = _carve(train, n_cal, seed, 1)
 
   max_train = int(_get(cfg, 'max_train_samples', 0))
   if 0 < max_train < len(train):
