@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import os
 import pathlib
 import time
 from typing import Any
@@ -30,17 +29,11 @@ import numpy as np
 
 import encoder_jax
 from papa_jax import averages, probe, ranking
-from pipeline import data
+from pipeline import data, reporting
 
 
 def _log(message: str) -> None:
   print(f'[papa {time.strftime("%H:%M:%S")}] {message}', flush=True)
-
-
-def _write_json(path: pathlib.Path, obj: Any) -> None:
-  tmp = path.with_suffix(path.suffix + '.tmp')
-  tmp.write_text(json.dumps(obj, indent=1) + '\n')
-  os.replace(tmp, path)  # atomic, so resume never trusts a half-written stage
 
 
 def _get(cfg, key, default):
@@ -167,7 +160,7 @@ def rank(s: _Setup, constants: np.ndarray, est_examples: int) -> list[tuple[int,
       log=lambda m: _log(f'ranking: {m}'))
   order = ranking.rank_heads(lambdas)
   seconds = time.perf_counter() - t0
-  _write_json(path, {
+  reporting.write_json(path, {
       'model': str(s.config.model.checkpoint), 'length': s.length, 'estimate_examples': est_examples,
       'recipe': _ranking_recipe(s), 'num_examples': n, 'learning_rate': lr,
       'steps': history[-1]['steps'] if history else 0, 'seconds': seconds,
@@ -308,10 +301,10 @@ def train_probe(s: _Setup, constants, order, k: int, label: str, mode: str, trai
                'steps': history[-1]['steps'], 'cache_seconds': cache_seconds, 'train_seconds': train_seconds,
                'num_train': len(s.splits.train), 'num_eval': len(s.splits.eval), 'history': history})
   if measure_speed and train_cache is not None:
-    _write_json(s.papa_dir / 'speed.json', _measure_speed(s, cfg_k, consts, head, train_cache, info))
+    reporting.write_json(s.papa_dir / 'speed.json', _measure_speed(s, cfg_k, consts, head, train_cache, info))
   probe.save_params(params_path, head, k=k, heads=np.asarray(heads, np.int32).reshape(-1, 2),
                     model=str(s.config.model.checkpoint), length=s.length)
-  _write_json(json_path, info)
+  reporting.write_json(json_path, info)
   _log(f'probe k={k}: eval accuracy {info["accuracy"]:.4f} (best {info["best_accuracy"]:.4f} at epoch '
        f'{info["best_epoch"]}); cache {cache_seconds:.1f} s, training {train_seconds:.1f} s')
   return info
@@ -386,7 +379,7 @@ def _markdown(res: dict) -> str:
 
 def _write_results(s: _Setup, est, per_k, rescored: bool) -> dict:
   res = _results(s, est, per_k, rescored)
-  _write_json(s.papa_dir / 'results.json', res)
+  reporting.write_json(s.papa_dir / 'results.json', res)
   md = _markdown(res)
   (s.papa_dir / 'results.md').write_text(md)
   print(md, flush=True)

@@ -41,7 +41,7 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 
-from pipeline import data
+from pipeline import data, reporting
 from sweet_jax import adaptive, calibration, curves, exits, objectives
 
 _INPUT_KEYS = ('input_ids', 'attention_mask', 'token_type_ids')
@@ -180,23 +180,18 @@ def evaluate(config, workdir: str, *, method: str, encoder_config, exit_config: 
   result = {'per_exit_accuracy': per_exit.tolist(), 'temperatures': temps.tolist(), 'points': rows}
   if jax.process_index() == 0:
     os.makedirs(out_dir, exist_ok=True)
-    _dump(os.path.join(out_dir, 'per_exit_accuracy.json'),
+    reporting.write_json(os.path.join(out_dir, 'per_exit_accuracy.json'),
           {'method': method, 'exit_layers': list(exit_config.exit_layers), 'accuracy': per_exit.tolist(),
            'examples': len(labels)})
-    _dump(os.path.join(out_dir, 'temperatures.json'), temp_info)
+    reporting.write_json(os.path.join(out_dir, 'temperatures.json'), temp_info)
     curve = {'batch_size': batch_size, 'method': method, 'rule': rule, 'engine': mode,
              'exit_layers': list(exit_config.exit_layers), 'eval_examples': len(labels),
              'timing_examples': n_time, 'timing_repeats': repeats, 'compile_s': compile_s,
              'device': f'{jax.default_backend()} x{jax.device_count()}', 'points': rows}
-    _dump(os.path.join(out_dir, 'curve.json'), curve)
+    reporting.write_json(os.path.join(out_dir, 'curve.json'), curve)
     _write_csv(os.path.join(out_dir, 'curve.csv'), rows)
     plot_curves([(f'{method} ({mode}, batch {batch_size})', curve)], os.path.join(out_dir, 'curve.png'))
   return result
-
-
-def _dump(path, obj):
-  with open(path, 'w') as f:
-    json.dump(obj, f, indent=1)
 
 
 def _write_csv(path, rows):
