@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 
 import jax
@@ -43,6 +42,8 @@ import optax
 import encoder_jax
 from pipeline import data
 from sweet_jax import adaptive, calibration, curves, exits
+
+from machine import cpu_model  # bench/ is on sys.path when a script here runs
 
 EXIT_LAYERS = (1, 2, 4, 6)
 MAX_LENGTH = 64
@@ -66,13 +67,7 @@ def parse_args():
 
 
 def machine() -> str:
-  cpu = platform.processor() or ''
-  try:
-    with open('/proc/cpuinfo') as f:
-      cpu = next((l.split(':', 1)[1].strip() for l in f if l.startswith('model name')), cpu)
-  except OSError:
-    pass
-  return f'{os.cpu_count()} cores ({cpu}), jax {jax.__version__} on {jax.default_backend()}'
+  return f'{os.cpu_count()} cores ({cpu_model()}), jax {jax.__version__} on {jax.default_backend()}'
 
 
 def batches(dataset, encode_fn, batch_size):

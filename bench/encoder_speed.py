@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import time
 
@@ -34,6 +33,7 @@ import optax
 import encoder_jax
 from encoder_jax import EncoderConfig
 
+from machine import cpu_model  # bench/ is on sys.path when a script here runs
 
 def parse_args():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -165,14 +165,6 @@ def timed(fn, batch):
   start = time.perf_counter()
   fn(batch)
   return time.perf_counter() - start
-
-
-def cpu_model():
-  try:
-    with open('/proc/cpuinfo') as f:
-      return next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
-  except (OSError, StopIteration):
-    return platform.processor() or 'unknown'
 
 
 # Dense peak FLOP/s of accelerators by device_kind substring: (bfloat16, float32). float32 matmuls run at

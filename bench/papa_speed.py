@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import time
 
 import jax
@@ -23,14 +22,7 @@ import numpy as np
 
 import encoder_jax
 
-
-def cpu_model() -> str:
-  try:
-    with open('/proc/cpuinfo') as f:
-      return next(l.split(':', 1)[1].strip() for l in f if l.startswith('model name'))
-  except (OSError, StopIteration):
-    return platform.processor() or 'unknown'
-
+from machine import cpu_model  # bench/ is on sys.path when a script here runs
 
 def analytic_ratio(seq: int, hidden: int, intermediate: int) -> float:
   """Multiply-adds of a softmax layer over a constant one (per example)."""
