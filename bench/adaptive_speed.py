@@ -24,6 +24,9 @@ then every mode back to back; a speedup is median(full-model times) / median(mod
 at that threshold (--calm-repeats for calm, only shown for comparison; a median of 1 is that one run). The
 JSON also holds best-of-repeats ratios (min / min: load from other processes only ever slows a run down).
 Every engine run is checked against the offline sweep (same exits and predictions).
+Per batch size: the full model's achieved FLOP/s and, where the device's peak is known (bench/machine.py),
+its model FLOPs utilisation (MFU), and the engines' range over thresholds (useful FLOPs / time / peak; an
+engine's MFU is the full model's times its measured / ideal ratio).
 Last line: the worst ratio at batch 64 over thresholds whose layer_fraction <= 0.7 (goal: >= 0.85).
 """
 
@@ -43,7 +46,7 @@ import encoder_jax
 from pipeline import data
 from sweet_jax import adaptive, calibration, curves, exits
 
-from machine import cpu_model  # bench/ is on sys.path when a script here runs
+from machine import cpu_model, peak_flops  # bench/ is on sys.path when a script here runs
 
 EXIT_LAYERS = (1, 2, 4, 6)
 MAX_LENGTH = 64
@@ -182,7 +185,9 @@ def main():
   print(f'model: {source}; exits {ecfg.exit_layers}; temperatures {np.round(temps, 3).tolist()} '
         f'({time.perf_counter() - t0:.0f}s)', flush=True)
 
-  results = {'machine': machine(), 'model': source, 'temperatures': temps.tolist(), 'batch_sizes': {}}
+  peak, device_kind = peak_flops(args.dtype)
+  results = {'machine': machine(), 'model': source, 'dtype': args.dtype, 'device_kind': device_kind,
+             'peak_flops': peak, 'temperatures': temps.tolist(), 'batch_sizes': {}}
   header = (f'{"batch":>5} {"thresh":>6} {"acc":>6} {"layers":>6} {"flops":>6} {"ideal":>6} | '
             f'{"stream":>6} {"ratio":>5} | {"compact":>7} {"ratio":>5} | {"calm":>6} {"ratio":>5} | agree')
   for batch_size in [int(b) for b in args.batch_sizes.split(',')]:
@@ -238,8 +243,22 @@ def main():
                        **{f'{m}_speedup': s for m, s in speed.items()},
                        **{f'{m}_best_of_speedup': s for m, s in best.items()}, 'agree': agree})
     full = float(np.median(full_times))
-    print(f'full model: median {full:.2f}s per pass ({1e3 * full / len(labels):.1f} ms per example)', flush=True)
+    # Model FLOPs of the timed examples through the full model (sweet_jax.curves' count; padding rows of a last
+    # partial batch are not counted); an engine run does flops_fraction of them.
+    full_flops = float(sum(curves.full_model_flops(cfg, ecfg, int(seq)) for seq in lengths))
+    mfu = ''
+    if peak:
+      for row in out_rows:
+        for m in modes:
+          row[f'{m}_mfu'] = full_flops * row['flops_fraction'] * row[f'{m}_speedup'] / full / peak
+      mfu = f'; MFU {full_flops / full / peak:.1%} of {peak / 1e12:.0f} TFLOP/s ({device_kind}), engines: ' + ', '.join(
+          f'{m} {min(r[f"{m}_mfu"] for r in out_rows):.1%}-{max(r[f"{m}_mfu"] for r in out_rows):.1%}' for m in modes)
+    print(f'full model: median {full:.2f}s per pass ({1e3 * full / len(labels):.1f} ms per example, '
+          f'{full_flops / full / 1e9:.1f} GFLOP/s){mfu or f"; MFU not reported (peak of {device_kind!r} unknown)"}',
+          flush=True)
     results['batch_sizes'][batch_size] = {'examples': len(labels), 'full_model_s': full, 'compile_s': compile_s,
+                                          'full_model_flops': full_flops,
+                                          'full_model_mfu': full_flops / full / peak if peak else None,
                                           'points': out_rows}
   if args.out:
     with open(args.out, 'w') as f:

@@ -33,7 +33,7 @@ import optax
 import encoder_jax
 from encoder_jax import EncoderConfig
 
-from machine import cpu_model  # bench/ is on sys.path when a script here runs
+from machine import cpu_model, peak_flops  # bench/ is on sys.path when a script here runs
 
 def parse_args():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -167,15 +167,6 @@ def timed(fn, batch):
   return time.perf_counter() - start
 
 
-# Dense peak FLOP/s of accelerators by device_kind substring: (bfloat16, float32). float32 matmuls run at
-# jax's default precision, which is TF32 on NVIDIA Ampere/Hopper and bf16 passes on TPU.
-PEAK_FLOPS = {
-    'H200': (989e12, 494e12), 'H100': (989e12, 494e12), 'A100': (312e12, 156e12), 'L4': (121e12, 60e12),
-    'TPU v6': (918e12, 918e12), 'TPU v5p': (459e12, 459e12), 'TPU v5': (197e12, 197e12),
-    'TPU v4': (275e12, 275e12), 'TPU v3': (123e12, 123e12), 'TPU v2': (45e12, 45e12),
-}
-
-
 def model_flops(args, seq: int) -> tuple[float, float]:
   """Analytic FLOPs of one batch (sweet_jax.curves' count): forward, and train step = 3 x forward."""
   from sweet_jax import curves
@@ -188,17 +179,15 @@ def model_flops(args, seq: int) -> tuple[float, float]:
 
 
 def print_mfu(args, results) -> None:
-  """Model FLOPs utilisation of the JAX side where the device's peak is known."""
-  kind = jax.devices()[0].device_kind
-  peak = next((p for k, p in PEAK_FLOPS.items() if k in kind), None)
+  """Achieved FLOP/s of the JAX side, and its model FLOPs utilisation where the device's peak is known."""
+  peak, kind = peak_flops(args.dtype)
   if peak is None:
     print(f'# MFU: peak FLOP/s of {kind!r} unknown, not reported')
-    return
-  peak = peak[0] if args.dtype == 'bfloat16' else peak[1]
   for seq in args.seqs:
     for task, flops in zip(('forward', 'train'), model_flops(args, seq)):
-      t = statistics.median(results[(seq, task, 'jax')])
-      print(f'# MFU seq {seq} {task}: {flops / t / 1e12:.1f} TFLOP/s of {peak / 1e12:.0f} peak = {flops / t / peak:.1%}')
+      rate = flops / statistics.median(results[(seq, task, 'jax')])
+      mfu = f' of {peak / 1e12:.0f} peak = {rate / peak:.1%}' if peak else ''
+      print(f'# seq {seq} {task}: {rate / 1e12:.3f} TFLOP/s{mfu}')
 
 
 def main():

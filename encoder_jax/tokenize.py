@@ -27,11 +27,13 @@ def bucket_length(longest: int, max_length: int, buckets: Sequence[int] = DEFAUL
 
 
 def tokenize(tokenizer, texts_a: Sequence[str], texts_b: Sequence[str] | None = None, *, max_length: int = 128,
-             buckets: Sequence[int] | None = DEFAULT_BUCKETS) -> dict[str, np.ndarray]:
+             buckets: Sequence[int] | None = DEFAULT_BUCKETS, length: int | None = None) -> dict[str, np.ndarray]:
   """Tokenizes sentences (or pairs), truncating to max_length and padding to a bucket length.
 
-  Returns int32 arrays input_ids, attention_mask, token_type_ids: [batch, seq], where seq is the
-  smallest bucket >= the longest example (or max_length when buckets is None).
+  length: pad to exactly this many tokens instead (at least the longest example, at most max_length); the
+  caller picks it when several processes each tokenize part of one batch and must agree on its shape.
+  Returns int32 arrays input_ids, attention_mask, token_type_ids: [batch, seq], where seq is `length`, or
+  the smallest bucket >= the longest example (or max_length when buckets is None).
   """
   for name, texts in (('texts_a', texts_a), ('texts_b', texts_b)):
     if texts is not None and not all(isinstance(t, str) for t in texts):
@@ -43,6 +45,10 @@ def tokenize(tokenizer, texts_a: Sequence[str], texts_b: Sequence[str] | None = 
                   max_length=max_length, padding='longest', return_token_type_ids=True)
   longest = max((len(x) for x in enc['input_ids']), default=1)
   seq = max_length if buckets is None else bucket_length(longest, max_length, buckets)
+  if length is not None:
+    if not longest <= length <= max_length:
+      raise ValueError(f'length={length} must lie in [{longest} (the longest example), max_length={max_length}].')
+    seq = length
   out = {}
   for key, pad in (('input_ids', tokenizer.pad_token_id), ('attention_mask', 0), ('token_type_ids', 0)):
     arr = np.full((len(texts_a), seq), pad, np.int32)

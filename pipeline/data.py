@@ -794,17 +794,23 @@ def epoch_order(n_examples: int, *, seed: int, epoch: int, shuffle: bool) -> np.
 
 def iterate_batches(dataset: TextDataset, encode_fn: Callable, batch_size: int, *, seed: int, epoch: int,
                     shuffle: bool, start_batch: int = 0, process_index: int = 0, process_count: int = 1,
+                    agree_length: Callable[[int], int] | None = None,
                     drop_remainder: bool = False) -> Iterator[dict[str, np.ndarray]]:
   """One epoch of tokenized batches, each with one shape so jit compiles once per sequence bucket.
 
-  batch_size is the global batch; process p of process_count yields rows [p * b, (p + 1) * b) of each global
-  batch, b = batch_size / process_count. The last partial batch is padded to batch_size with copies of its
-  first (real) row, marked by example_mask 0, unless drop_remainder. start_batch skips that many batches of
-  this epoch without tokenizing them (resuming from a saved data position).
+  batch_size is the global batch; process p of process_count reads and tokenizes only rows
+  [p * b, (p + 1) * b) of each global batch, b = batch_size / process_count, so the global batches do not
+  depend on the number of processes. The last partial batch is padded to batch_size with copies of its first
+  (real) row, marked by example_mask 0, unless drop_remainder. start_batch skips that many batches of this
+  epoch without tokenizing them (resuming from a saved data position).
 
-  encode_fn(texts_a, texts_b or None) -> dict of int32 [rows, seq] arrays (input_ids, attention_mask,
-  token_type_ids). It sees the whole global batch, so every process pads to the same sequence length (a
-  bucketing tokenizer would otherwise pick different lengths on different hosts), then keeps its rows.
+  encode_fn(texts_a, texts_b or None, length=None) -> dict of int32 [rows, seq] arrays (input_ids,
+  attention_mask, token_type_ids); seq is its own choice (a bucket) unless `length` is given.
+  With several processes every one must pad a batch to the same seq, the one a single process would pick
+  for the whole batch: agree_length(seq of my rows) -> the longest over all processes (a collective, e.g.
+  pipeline.sharding.max_over_processes); a process whose rows padded shorter tokenizes them again at that
+  length. A bucketing tokenizer's bucket of the whole batch is the largest of its parts' buckets, so the
+  rows equal those of one process tokenizing the whole batch.
 
   Yields: the encode_fn arrays [b, seq], labels int32 [b], example_mask float32 [b].
   """
@@ -815,6 +821,8 @@ def iterate_batches(dataset: TextDataset, encode_fn: Callable, batch_size: int, 
   if batch_size % process_count:
     raise BadConfigError(f'The global batch_size {batch_size} must divide evenly among {process_count} '
                          'processes.')
+  if process_count > 1 and agree_length is None:
+    raise BadConfigError(f'{process_count} processes need agree_length, so that they pad to one sequence length.')
   if start_batch < 0:
     raise BadConfigError(f'start_batch must be >= 0, got {start_batch}.')
   n = len(dataset)
@@ -825,11 +833,16 @@ def iterate_batches(dataset: TextDataset, encode_fn: Callable, batch_size: int, 
     idx = order[b * batch_size:(b + 1) * batch_size]
     mask = np.zeros(batch_size, np.float32)
     mask[:len(idx)] = 1.0
-    idx = np.concatenate([idx, np.full(batch_size - len(idx), idx[0], idx.dtype)])
+    idx = np.concatenate([idx, np.full(batch_size - len(idx), idx[0], idx.dtype)])[rows]
     texts = [[field[i] for i in idx] for field in dataset.texts]
-    encoded = encode_fn(texts[0], texts[1] if len(texts) == 2 else None)
-    batch = {k: np.asarray(v)[rows] for k, v in encoded.items()}
-    batch['labels'] = dataset.labels[idx[rows]].astype(np.int32)
+    pair = texts[1] if len(texts) == 2 else None
+    batch = {k: np.asarray(v) for k, v in encode_fn(texts[0], pair).items()}
+    if process_count > 1:
+      seq = batch['input_ids'].shape[1]
+      agreed = int(agree_length(seq))
+      if agreed != seq:
+        batch = {k: np.asarray(v) for k, v in encode_fn(texts[0], pair, length=agreed).items()}
+    batch['labels'] = dataset.labels[idx].astype(np.int32)
     batch['example_mask'] = mask[rows]
     yield batch
 

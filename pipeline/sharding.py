@@ -84,6 +84,18 @@ def global_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Arra
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
 
 
+def max_over_processes(value: int) -> int:
+  """The largest of every process's value (each process passes its own; all get the same answer).
+
+  pipeline.data.iterate_batches(agree_length=...) uses it so that processes which tokenize different rows of
+  a batch pad them to one length; one tiny all-gather per batch, cheap next to a train step.
+  """
+  if jax.process_count() == 1:
+    return int(value)
+  from jax.experimental import multihost_utils
+  return int(np.max(multihost_utils.process_allgather(np.int32(value))))
+
+
 def to_host(x: jax.Array) -> np.ndarray:
   """A (possibly multi-host) global array gathered to every host as numpy."""
   if jax.process_count() == 1:

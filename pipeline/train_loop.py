@@ -83,7 +83,8 @@ def predict_logits(method: Method, params: Params, dataset: data.TextDataset, en
   predict = jax.jit(method.predict, compiler_options=encoder_jax.compiler_options())
   chunks = []
   for batch in data.iterate_batches(dataset, encode_fn, batch_size, seed=0, epoch=0, shuffle=False,
-                                    process_index=jax.process_index(), process_count=jax.process_count()):
+                                    process_index=jax.process_index(), process_count=jax.process_count(),
+                                    agree_length=sharding.max_over_processes):
     global_batch = sharding.global_batch(batch, mesh)
     logits = sharding.to_host(predict(params, global_batch))
     keep = sharding.to_host(global_batch['example_mask']) > 0
@@ -176,7 +177,7 @@ def train_and_evaluate(config, workdir: str, method: Method, splits: data.Splits
       epoch, offset = divmod(step, steps_per_epoch)
       batches = data.iterate_batches(splits.train, encode_fn, tc.batch_size, seed=tc.seed, epoch=epoch,
                                      shuffle=True, start_batch=offset, process_index=pi, process_count=pc,
-                                     drop_remainder=True)
+                                     agree_length=sharding.max_over_processes, drop_remainder=True)
       for batch in batches:
         state, metrics = train_step(state, sharding.global_batch(batch, mesh), jax.random.fold_in(train_rng, step))
         step += 1

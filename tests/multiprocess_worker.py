@@ -27,9 +27,28 @@ import numpy as np  # noqa: E402
 from pipeline import train_loop  # noqa: E402
 from tests import test_train_loop as t  # noqa: E402
 
+WORDS = {w: i for i, w in enumerate(['good', 'bad', 'film', 'plot', 'dull', 'fun'], 1)}
+lengths_asked = []
+
+
+def encode(texts_a, texts_b=None, length=None):
+  """One id per word, padded to a bucket (5 or 8) of this process's rows, or to `length` when asked: the two
+  processes tokenize different rows, so they disagree on the bucket of some batches."""
+  del texts_b  # single sentences only
+  tokens = [[WORDS[w] for w in t.split()] for t in texts_a]
+  longest = max(map(len, tokens))
+  if length is not None:
+    lengths_asked.append(length)
+  ids = np.zeros((len(tokens), length or (5 if longest <= 5 else 8)), np.int32)
+  for r, row in enumerate(tokens):
+    ids[r, :len(row)] = row
+  return {'input_ids': ids, 'attention_mask': (ids > 0).astype(np.int32), 'token_type_ids': np.zeros_like(ids)}
+
+
 method = t.tiny_method()
-results = train_loop.train_and_evaluate(t.config(batch_size=8, num_epochs=1), workdir, method, t.splits(), t.encode)
+results = train_loop.train_and_evaluate(t.config(batch_size=8, num_epochs=1), workdir, method, t.splits(), encode)
 params = train_loop.restore_params(t.config(), workdir, method)
 flat = {jax.tree_util.keystr(k): sharding.to_host(v) for k, v in jax.tree_util.tree_leaves_with_path(params)}
-np.savez(os.path.join(workdir, f'params_{pid}.npz'), accuracy=np.asarray(results['per_exit_accuracy']), **flat)
+np.savez(os.path.join(workdir, f'params_{pid}.npz'), accuracy=np.asarray(results['per_exit_accuracy']),
+         retokenized=np.int32(len(lengths_asked)), **flat)
 jax.distributed.shutdown() if count > 1 else None

@@ -400,23 +400,49 @@ def test_start_batch_resumes_exactly_without_tokenizing_skipped_batches():
   assert list(data.iterate_batches(ds, fake_encode, 4, seed=7, epoch=2, shuffle=True, start_batch=99)) == []
 
 
-def test_process_shards_partition_the_global_batch():
-  # Texts of different lengths, so a per-process tokenizer would pick different sequence lengths.
-  ds = data.TextDataset(((tuple(f'ex{i}' + 'x' * (i % 5) for i in range(21))),), np.arange(21) % 2, ('0', '1'))
-  encode = lambda a, b: fake_encode([t.rstrip('x') for t in a], b) | {
-      'attention_mask': np.ones((len(a), max(map(len, a))), np.int32)}
+def test_each_process_tokenizes_only_its_rows_at_one_agreed_length():
+  # Texts of different lengths, so processes' own rows pad to different lengths (buckets 4 and 8).
+  ds = data.TextDataset((tuple('abcdefg'[i % 7] + 'x' * (i * 5 % 8) for i in range(21)),), np.arange(21) % 2,
+                        ('0', '1'))
+
+  def encode(texts_a, texts_b, length=None, calls=None):
+    if calls is not None:
+      calls.append((list(texts_a), length))
+    longest = max(map(len, texts_a))
+    seq = length if length is not None else 4 if longest <= 4 else 8
+    assert longest <= seq
+    ids = np.zeros((len(texts_a), seq), np.int32)
+    for r, t in enumerate(texts_a):
+      ids[r, :len(t)] = [ord(c) for c in t]
+    return {'input_ids': ids, 'attention_mask': (ids > 0).astype(np.int32)}
+
+  run = lambda p, agree, calls=None: list(data.iterate_batches(
+      ds, functools.partial(encode, calls=calls), 8, seed=0, epoch=0, shuffle=True, process_index=p,
+      process_count=4, agree_length=agree))
   full = list(data.iterate_batches(ds, encode, 8, seed=0, epoch=0, shuffle=True))
-  shards = [list(data.iterate_batches(ds, encode, 8, seed=0, epoch=0, shuffle=True, process_index=p,
-                                      process_count=4)) for p in range(4)]
-  assert all(len(s) == len(full) for s in shards)
+  # The processes run one after another here, so the collective is played back: a first pass records each
+  # process's own length per batch, the second answers with their maximum, as max_over_processes would.
+  own = [[] for _ in range(4)]
+  for p in range(4):
+    run(p, lambda seq, p=p: own[p].append(seq) or seq)
+  agreed = np.max(own, axis=0)
+  assert len(set(np.array(own).ravel())) == 2 and (np.array(own) < agreed).any()  # lengths did differ
+  calls = [[] for _ in range(4)]
+  shards = [run(p, lambda seq, it=iter(agreed): next(it), calls[p]) for p in range(4)]
+  for p in range(4):
+    # Only this process's 2 rows of every batch are tokenized: once, and again where its length was short.
+    assert all(len(texts) == 2 for texts, _ in calls[p])
+    assert [length for _, length in calls[p] if length is not None] == [
+        a for a, o in zip(agreed, own[p]) if a != o]
   for i, batch in enumerate(full):
     parts = [s[i] for s in shards]
-    assert all(p['labels'].shape == (2,) for p in parts)
-    assert len({p['attention_mask'].shape for p in parts}) == 1  # one sequence length on every host
+    assert all(part['labels'].shape == (2,) for part in parts)
     for k in batch:
-      np.testing.assert_array_equal(np.concatenate([p[k] for p in parts]), batch[k])
+      np.testing.assert_array_equal(np.concatenate([part[k] for part in parts]), batch[k])
   with pytest.raises(data.BadConfigError, match='divide evenly'):
     next(data.iterate_batches(ds, encode, 6, seed=0, epoch=0, shuffle=False, process_index=0, process_count=4))
+  with pytest.raises(data.BadConfigError, match='agree_length'):
+    next(data.iterate_batches(ds, encode, 8, seed=0, epoch=0, shuffle=False, process_index=0, process_count=4))
 
 
 def test_pairs_through_the_real_tokenizer(tmp_path):

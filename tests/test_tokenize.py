@@ -73,6 +73,21 @@ def test_truncation_to_max_length(tokenizer):
   assert pairs['token_type_ids'][0].sum() > 0  # both sentences keep a share
 
 
+def test_an_agreed_length_pads_like_the_bucket_of_the_whole_batch(tokenizer):
+  """Two hosts tokenizing halves of a batch at the agreed length give the rows of the whole batch."""
+  texts = ['a cat', ' '.join(['word'] * 40), 'the dog sat', 'hi']
+  whole = encoder_jax.tokenize(tokenizer, texts)
+  assert whole['input_ids'].shape == (4, 64)
+  halves = [encoder_jax.tokenize(tokenizer, texts[:2], length=64), encoder_jax.tokenize(tokenizer, texts[2:], length=64)]
+  assert encoder_jax.tokenize(tokenizer, texts[2:])['input_ids'].shape == (2, 32)  # its own bucket is shorter
+  for key in whole:
+    np.testing.assert_array_equal(np.concatenate([h[key] for h in halves]), whole[key])
+  with pytest.raises(ValueError, match=r'length=16 must lie in \[42'):
+    encoder_jax.tokenize(tokenizer, texts, length=16)
+  with pytest.raises(ValueError, match='max_length=128'):
+    encoder_jax.tokenize(tokenizer, texts, length=256)
+
+
 def test_input_errors(tokenizer):
   with pytest.raises(ValueError, match='2 first sentences but 1 second'):
     encoder_jax.tokenize(tokenizer, ['a', 'b'], ['c'])
