@@ -112,6 +112,10 @@ class JaxSide:
     updates, opt_state = self.optimizer.update(grads, opt_state, params)
     return (optax.apply_updates(params, updates), opt_state), loss
 
+  def prepare(self, batch):
+    """The batch on the device once, so that no timed call includes a host-to-device copy."""
+    return jax.device_put(batch)
+
   def run_forward(self, batch):
     return self.forward(self.state[0], batch).block_until_ready()
 
@@ -129,33 +133,42 @@ class TorchSide:
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     self.torch = torch
+    # The GPU when jax has one too (both sides on the same kind of device), else the CPU.
+    self.device = 'cuda' if torch.cuda.is_available() and jax.default_backend() == 'gpu' else 'cpu'
     config = transformers.BertConfig(
         vocab_size=args.vocab, hidden_size=args.hidden, num_hidden_layers=args.layers,
         num_attention_heads=args.heads, intermediate_size=args.intermediate, hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0, num_labels=args.labels)
-    self.model = transformers.BertForSequenceClassification(config)
+    self.model = transformers.BertForSequenceClassification(config).to(self.device)
     self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=2e-5, weight_decay=0.01)
     self.autocast = args.dtype == 'bfloat16'
 
-  def _inputs(self, batch):
-    t = self.torch
-    return {k: t.from_numpy(batch[k]).long() for k in ('input_ids', 'attention_mask', 'token_type_ids')}
+  def prepare(self, batch):
+    """int64 tensors on the device, once (see JaxSide.prepare)."""
+    return {k: self.torch.from_numpy(v).long().to(self.device) for k, v in batch.items()}
 
   def _ctx(self):
-    return self.torch.autocast('cpu', dtype=self.torch.bfloat16, enabled=self.autocast)
+    return self.torch.autocast(self.device, dtype=self.torch.bfloat16, enabled=self.autocast)
+
+  def _sync(self):
+    if self.device == 'cuda':  # kernels run asynchronously: wait for them, as block_until_ready does
+      self.torch.cuda.synchronize()
 
   def run_forward(self, batch):
     self.model.eval()
     with self.torch.inference_mode(), self._ctx():
-      return self.model(**self._inputs(batch)).logits
+      logits = self.model(**{k: v for k, v in batch.items() if k != 'labels'}).logits
+    self._sync()
+    return logits
 
   def run_train(self, batch):
     self.model.train()  # dropout probabilities are 0, so this only switches bookkeeping
     self.optimizer.zero_grad(set_to_none=True)
     with self._ctx():
-      loss = self.model(**self._inputs(batch), labels=self.torch.from_numpy(batch['labels']).long()).loss
+      loss = self.model(**batch).loss
     loss.backward()
     self.optimizer.step()
+    self._sync()
     return loss
 
 
@@ -198,7 +211,8 @@ def main():
   if args.only in ('both', 'torch'):
     sides['torch'] = TorchSide(args)
   print(f'# machine: {len(os.sched_getaffinity(0))} cores, {cpu_model()}; jax {jax.__version__} '
-        f'({jax.default_backend()}), torch threads {args.threads}')
+        f'({jax.default_backend()}: {jax.devices()[0].device_kind}), torch threads {args.threads}'
+        + (f', torch on {sides["torch"].device}' if 'torch' in sides else ''))
   print(f'# model: {args.layers} layers x {args.hidden} hidden, {args.heads} heads, intermediate '
         f'{args.intermediate}, vocab {args.vocab}; batch {args.batch}; {args.dtype}; dropout disabled')
   if 'jax' in sides:
@@ -206,14 +220,15 @@ def main():
   results = {}
   for seq in args.seqs:
     batch = make_batch(args, seq)
+    prepared = {name: side.prepare(batch) for name, side in sides.items()}
     for task in ('forward', 'train'):
       times = {name: [] for name in sides}
       for _ in range(args.warmup):  # compiles (JAX) and warms allocators and caches (both)
         for name, side in sides.items():
-          getattr(side, f'run_{task}')(batch)
+          getattr(side, f'run_{task}')(prepared[name])
       for _ in range(args.reps):
         for name, side in sides.items():  # alternate, so background load hits both sides alike
-          times[name].append(timed(getattr(side, f'run_{task}'), batch))
+          times[name].append(timed(getattr(side, f'run_{task}'), prepared[name]))
       for name, ts in times.items():
         results[(seq, task, name)] = ts
 
