@@ -70,8 +70,11 @@ class _Setup:
 
 def _setup(config, workdir) -> _Setup:
   papa_dir = pathlib.Path(workdir) / 'papa'
+  # Every process of a multi-host job computes the same thing on its own devices; only process 0 writes
+  # results (each process keeps its own disk feature cache, if any).
   papa_dir.mkdir(parents=True, exist_ok=True)
-  (papa_dir / 'config.json').write_text(config.to_json_best_effort(indent=1) + '\n')
+  if reporting.is_writer():
+    (papa_dir / 'config.json').write_text(config.to_json_best_effort(indent=1) + '\n')
   splits = data.load_splits(config.data)
   _log(f'data: {json.dumps(splits.summary())}')
   checkpoint = config.model.checkpoint
@@ -111,7 +114,8 @@ def estimate(s: _Setup) -> averages.AttentionSums:
   bs = int(s.p.eval_batch_size)
   est = averages.accumulate(s.enc_config, s.enc_params, s.batches(subset, bs), est,
                             model=str(s.config.model.checkpoint), length=s.length)
-  averages.save(path, est)
+  if reporting.is_writer():
+    averages.save(path, est)
   _log(f'averages: {est.num_examples} examples in {time.perf_counter() - t0:.1f} s -> {path}')
   return est
 
@@ -275,7 +279,8 @@ def train_probe(s: _Setup, constants, order, k: int, label: str, mode: str, trai
     cache_seconds, train_cache = 0.0, None
   else:
     t0 = time.perf_counter()
-    path = (lambda name: s.papa_dir / f'features_{name}.npy') if mode == 'disk' else (lambda name: None)
+    own = f'.process{jax.process_index()}' if jax.process_count() > 1 else ''
+    path = (lambda name: s.papa_dir / f'features_{name}{own}.npy') if mode == 'disk' else (lambda name: None)
     train_cache = probe.cache_features(cfg_k, s.enc_params, train_tokens.batches, constants=consts,
                                        path=path('train'))
     eval_cache = probe.cache_features(cfg_k, s.enc_params, eval_tokens.batches, constants=consts,
@@ -302,8 +307,9 @@ def train_probe(s: _Setup, constants, order, k: int, label: str, mode: str, trai
                'num_train': len(s.splits.train), 'num_eval': len(s.splits.eval), 'history': history})
   if measure_speed and train_cache is not None:
     reporting.write_json(s.papa_dir / 'speed.json', _measure_speed(s, cfg_k, consts, head, train_cache, info))
-  probe.save_params(params_path, head, k=k, heads=np.asarray(heads, np.int32).reshape(-1, 2),
-                    model=str(s.config.model.checkpoint), length=s.length)
+  if reporting.is_writer():
+    probe.save_params(params_path, head, k=k, heads=np.asarray(heads, np.int32).reshape(-1, 2),
+                      model=str(s.config.model.checkpoint), length=s.length)
   reporting.write_json(json_path, info)
   _log(f'probe k={k}: eval accuracy {info["accuracy"]:.4f} (best {info["best_accuracy"]:.4f} at epoch '
        f'{info["best_epoch"]}); cache {cache_seconds:.1f} s, training {train_seconds:.1f} s')
@@ -381,7 +387,8 @@ def _write_results(s: _Setup, est, per_k, rescored: bool) -> dict:
   res = _results(s, est, per_k, rescored)
   reporting.write_json(s.papa_dir / 'results.json', res)
   md = _markdown(res)
-  (s.papa_dir / 'results.md').write_text(md)
+  if reporting.is_writer():
+    (s.papa_dir / 'results.md').write_text(md)
   print(md, flush=True)
   return res
 

@@ -41,7 +41,7 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 
-from pipeline import data, reporting
+from pipeline import data, reporting, sharding
 from sweet_jax import adaptive, calibration, curves, exits, objectives
 
 _INPUT_KEYS = ('input_ids', 'attention_mask', 'token_type_ids')
@@ -122,8 +122,10 @@ def evaluate(config, workdir: str, *, method: str, encoder_config, exit_config: 
   if mode not in adaptive.MODES:
     raise ValueError(f'config.eval.engine must be one of {adaptive.MODES}, got {mode!r}.')
   out_dir = os.path.join(workdir, 'eval')
-  # Onto the device once: numpy leaves would be copied in at every call (and distort the timing).
-  params, constants = jax.device_put((params, constants))
+  # Every process evaluates on its own devices (the adaptive engine times one device; only process 0 writes),
+  # so params restored as global arrays over all hosts come to this host first. Then onto the device once:
+  # numpy leaves would be copied in at every call (and distort the timing).
+  params, constants = jax.device_put(sharding.host_local((params, constants)))
   forward = _forward_fn(method, encoder_config, exit_config, constants)
 
   # Temperatures: on the held-out calibration split only.

@@ -32,8 +32,10 @@ def gradient_conflict(config, workdir, built, splits):
   if built.method.name == 'multi_model':
     logging.warning('multi_model shares no weights between exits: no gradient conflict to measure.')
     return
-  for name, params in (('pretrained', built.method.init(jax.random.key(config.train.seed))),
-                       ('trained', train_loop.restore_params(config, workdir, built.method))):
+  trained = sharding.host_local(train_loop.restore_params(config, workdir, built.method))  # every process
+  if not reporting.is_writer():
+    return  # process 0 measures on its own devices and writes; the others have nothing to add
+  for name, params in (('pretrained', built.method.init(jax.random.key(config.train.seed))), ('trained', trained)):
     batches = data.iterate_batches(splits.train, built.encode_fn, config.train.batch_size, seed=0, epoch=0,
                                    shuffle=True)
     out = os.path.join(workdir, 'analysis', name)

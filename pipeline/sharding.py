@@ -102,3 +102,13 @@ def to_host(x: jax.Array) -> np.ndarray:
     return np.asarray(x)
   from jax.experimental import multihost_utils
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def host_local(tree: Any) -> Any:
+  """A pytree of (possibly multi-host) global arrays as numpy arrays, whole, on every process.
+
+  For work each process then does on its own devices (evaluation and adaptive-inference timing, analyses):
+  a jit over arrays that span other hosts' devices would be a computation all processes must join. A
+  collective when arrays span several processes: every process calls it, in the same order.
+  """
+  return jax.tree.map(lambda x: to_host(x) if isinstance(x, jax.Array) else x, tree)

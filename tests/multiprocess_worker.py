@@ -24,7 +24,8 @@ assert jax.process_count() == count and jax.device_count() == 2 * count
 
 import numpy as np  # noqa: E402
 
-from pipeline import train_loop  # noqa: E402
+import sweet_eval  # noqa: E402
+from pipeline import data, train_loop  # noqa: E402
 from tests import test_train_loop as t  # noqa: E402
 
 WORDS = {w: i for i, w in enumerate(['good', 'bad', 'film', 'plot', 'dull', 'fun'], 1)}
@@ -49,6 +50,15 @@ method = t.tiny_method()
 results = train_loop.train_and_evaluate(t.config(batch_size=8, num_epochs=1), workdir, method, t.splits(), encode)
 params = train_loop.restore_params(t.config(), workdir, method)
 flat = {jax.tree_util.keystr(k): sharding.to_host(v) for k, v in jax.tree_util.tree_leaves_with_path(params)}
+# eval.py's evaluation: temperatures, the threshold sweep and the adaptive engine, on every process.
+config = t.config()
+config.eval.update(batch_size=8, thresholds=[0.6, 0.9], timing_examples=16, timing_repeats=1)
+evaluation = sweet_eval.evaluate(config, workdir, method='sweet', encoder_config=t.tiny_encoder_config(),
+                                 exit_config=t.EXIT_CONFIG, params=params,
+                                 splits=data.Splits(t.dataset(40, 0), t.dataset(16, 2), t.dataset(20, 1)),
+                                 encode_fn=encode)
 np.savez(os.path.join(workdir, f'params_{pid}.npz'), accuracy=np.asarray(results['per_exit_accuracy']),
-         retokenized=np.int32(len(lengths_asked)), **flat)
+         retokenized=np.int32(len(lengths_asked)), eval_per_exit=np.asarray(evaluation['per_exit_accuracy']),
+         eval_temperatures=np.asarray(evaluation['temperatures']),
+         eval_curve=np.asarray([[p['accuracy'], p['layer_fraction']] for p in evaluation['points']]), **flat)
 jax.distributed.shutdown() if count > 1 else None

@@ -1,5 +1,5 @@
 """Two local processes (jax's multi-process mode over loopback), each tokenizing only its rows of every batch,
-train to the same result as one."""
+train to the same result as one, and evaluate (eval.py's sweet_eval.evaluate) to the same figures."""
 
 import os
 import socket
@@ -40,5 +40,8 @@ def test_two_processes_train_like_one(tmp_path):
   for key in set(single.files) - {'retokenized'}:
     np.testing.assert_allclose(first[key], single[key], atol=2e-5, err_msg=key)
     np.testing.assert_array_equal(first[key], second[key], err_msg=key)  # both hosts hold the same result
+  # eval.py's evaluation (restored global params, calibration, sweep, adaptive engine) ran on every process.
+  assert single['eval_curve'].shape == (2, 2) and 0 < single['eval_temperatures'].min()
   # Only process 0 writes logs and results.
-  assert (tmp_path / 'two' / 'results.json').exists() and (tmp_path / 'two' / 'metrics.jsonl').exists()
+  for name in ('results.json', 'metrics.jsonl', 'eval/curve.json', 'eval/temperatures.json'):
+    assert (tmp_path / 'two' / name).exists(), name

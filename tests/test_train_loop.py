@@ -17,11 +17,18 @@ VOCAB, SEQ = 53, 8
 SENTINEL = VOCAB - 1  # a token id the synthetic encoder never emits, used to poison one batch
 
 
+EXIT_CONFIG = exits.ExitConfig((1, 3), 2)
+
+
+def tiny_encoder_config():
+  return encoder_jax.EncoderConfig(vocab_size=VOCAB, hidden_size=15, num_layers=3, num_heads=3,
+                                   intermediate_size=23, max_position_embeddings=17)
+
+
 def tiny_method(name='sweet'):
-  cfg = encoder_jax.EncoderConfig(vocab_size=VOCAB, hidden_size=15, num_layers=3, num_heads=3,
-                                  intermediate_size=23, max_position_embeddings=17)
+  cfg = tiny_encoder_config()
   pretrained = encoder_jax.init_params(cfg, jax.random.key(0))
-  init, loss, predict = objectives.make_fns(name, cfg, exits.ExitConfig((1, 3), 2), pretrained)
+  init, loss, predict = objectives.make_fns(name, cfg, EXIT_CONFIG, pretrained)
   return train_loop.Method(name, init, loss, predict)
 
 
