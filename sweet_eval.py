@@ -233,8 +233,34 @@ def plot_curves(curves_: Sequence[tuple[str, dict[str, Any]]], path: str) -> Non
   plt.close(fig)
 
 
+LAYER_BUDGETS = (0.25, 0.33, 0.5, 0.75, 1.0)
+SPEEDUP_FLOORS = (4.0, 3.0, 2.0, 1.5)
+
+
+def best_accuracy(points: Sequence[dict[str, Any]], key: str, bound: float, *, at_least: bool) -> float | None:
+  """The best accuracy among curve points whose `key` is <= bound (or >= bound with at_least); None if none.
+
+  E.g. key 'layer_fraction', bound 0.5: the most accurate threshold that runs at most half the layers."""
+  ok = [p['accuracy'] for p in points if (p[key] >= bound if at_least else p[key] <= bound + 1e-9)]
+  return max(ok) if ok else None
+
+
+def budget_table(curves_: Sequence[tuple[str, dict[str, Any]]]) -> str:
+  """A markdown table: per curve, the best accuracy within each layer budget (the paper's axis) and at each
+  measured speedup floor; methods are compared at equal cost, not at equal threshold."""
+  cols = [('layer_fraction', b, False, f'layers <= {b:g}') for b in LAYER_BUDGETS] + [
+      ('measured_speedup', f, True, f'speedup >= {f:g}x') for f in SPEEDUP_FLOORS]
+  fmt = lambda a: '-' if a is None else f'{a:.3f}'
+  lines = ['| run | ' + ' | '.join(c[3] for c in cols) + ' |', '|---' * (len(cols) + 1) + '|']
+  for label, curve in curves_:
+    row = [fmt(best_accuracy(curve['points'], key, bound, at_least=ge)) for key, bound, ge, _ in cols]
+    lines.append(f'| {label} | ' + ' | '.join(row) + ' |')
+  return '\n'.join(lines) + '\n'
+
+
 def compare(workdirs: Sequence[str], out_path: str) -> None:
-  """Overlays the curves of evaluated workdirs (each WORKDIR/eval/curve.json) in one plot at out_path."""
+  """Overlays the curves of evaluated workdirs (each WORKDIR/eval/curve.json) in one plot at out_path, and
+  prints and writes beside it (same name, .md) the best accuracy of each at equal cost (budget_table)."""
   found = []
   for w in workdirs:
     path = os.path.join(w, 'eval', 'curve.json')
@@ -246,3 +272,7 @@ def compare(workdirs: Sequence[str], out_path: str) -> None:
   if os.path.dirname(out_path):
     os.makedirs(os.path.dirname(out_path), exist_ok=True)
   plot_curves(found, out_path)
+  table = budget_table(found)
+  with open(os.path.splitext(out_path)[0] + '.md', 'w') as f:
+    f.write(table)
+  print(table, end='')

@@ -218,3 +218,20 @@ def test_sweet_eval_writes_curve_files(models, tmp_path, caplog):
   assert 'NOT fit' in caplog.text
   sweet_eval.compare([str(tmp_path / 'a'), str(tmp_path / 'b')], str(tmp_path / 'cmp.png'))
   assert (tmp_path / 'cmp.png').stat().st_size > 10_000
+  table = (tmp_path / 'cmp.md').read_text().splitlines()
+  assert len(table) == 4 and table[2].startswith('| a [sweet] |') and table[3].startswith('| b [sweet] |')
+
+
+def test_budget_table_takes_the_best_point_within_each_budget():
+  import sweet_eval
+  points = [{'accuracy': 0.70, 'layer_fraction': 0.2, 'measured_speedup': 4.5},
+            {'accuracy': 0.80, 'layer_fraction': 0.5, 'measured_speedup': 1.8},
+            {'accuracy': 0.79, 'layer_fraction': 1.0, 'measured_speedup': 1.0}]
+  best = lambda key, bound, ge: sweet_eval.best_accuracy(points, key, bound, at_least=ge)
+  assert best('layer_fraction', 0.25, False) == 0.70
+  assert best('layer_fraction', 0.5, False) == 0.80  # the budget includes its bound
+  assert best('layer_fraction', 1.0, False) == 0.80  # a cheaper point beats the full model here
+  assert best('layer_fraction', 0.1, False) is None
+  assert best('measured_speedup', 2.0, True) == 0.70 and best('measured_speedup', 5.0, True) is None
+  row = sweet_eval.budget_table([('x', {'points': points})]).splitlines()[2]
+  assert row == '| x | 0.700 | 0.700 | 0.800 | 0.800 | 0.800 | 0.700 | 0.700 | 0.700 | 0.800 |'
