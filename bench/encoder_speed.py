@@ -11,7 +11,9 @@ same arithmetic). Two measurements per sequence length:
   train:   one full step: forward, softmax cross-entropy, backward and an AdamW update (torch.optim.AdamW;
            optax.adamw in JAX, jitted with the train state donated).
 JAX runs at its default matmul precision (this script must not raise it), jitted with
-encoder_jax.compiler_options() unless --xla_options none. torch uses as many threads as cores. JAX and
+encoder_jax.compiler_options() unless --xla_options none. torch uses as many threads as cores, or the GPU
+when jax runs on one (float32 matmuls in TF32 there, like jax's default). Batches are on the device before
+timing, for both. bfloat16: JAX computes in bf16 with float32 params; torch under autocast. JAX and
 torch alternate within each repetition, so both see the same background load (which is not to say it
 slows them alike: torch's threads suffer more when another job holds a core; see bench/RESULTS.md). The
 table gives medians over the repetitions after warm-up, and the last line the ratios torch time / JAX
@@ -135,6 +137,8 @@ class TorchSide:
     self.torch = torch
     # The GPU when jax has one too (both sides on the same kind of device), else the CPU.
     self.device = 'cuda' if torch.cuda.is_available() and jax.default_backend() == 'gpu' else 'cpu'
+    if self.device == 'cuda':  # float32 matmuls in TF32, as jax's default precision does on NVIDIA GPUs
+      torch.set_float32_matmul_precision('high')
     config = transformers.BertConfig(
         vocab_size=args.vocab, hidden_size=args.hidden, num_hidden_layers=args.layers,
         num_attention_heads=args.heads, intermediate_size=args.intermediate, hidden_dropout_prob=0.0,
