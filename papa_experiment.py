@@ -30,15 +30,11 @@ import numpy as np
 import encoder_jax
 from papa_jax import averages, probe, ranking
 from pipeline import data, reporting
+from pipeline.config_fields import get as _get
 
 
 def _log(message: str) -> None:
   print(f'[papa {time.strftime("%H:%M:%S")}] {message}', flush=True)
-
-
-def _get(cfg, key, default):
-  value = cfg.get(key, default)
-  return default if value is None else value
 
 
 @dataclasses.dataclass

