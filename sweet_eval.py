@@ -48,7 +48,7 @@ from sweet_jax import adaptive, calibration, curves, exits, objectives
 _INPUT_KEYS = ('input_ids', 'attention_mask', 'token_type_ids')
 
 
-def _forward_fn(method: str, encoder_config, exit_config, constants):
+def forward_fn(method: str, encoder_config, exit_config, constants):
   """Jitted all-exit logits; without constants one per model config is kept (evaluate called again, e.g.
   for several workdirs, does not recompile)."""
   if constants is None:
@@ -116,7 +116,7 @@ def evaluate(config, workdir: str, *, method: str, encoder_config, exit_config: 
   # so params restored as global arrays over all hosts come to this host first. Then onto the device once:
   # numpy leaves would be copied in at every call (and distort the timing).
   params, constants = jax.device_put(sharding.host_local((params, constants)))
-  forward = _forward_fn(method, encoder_config, exit_config, constants)
+  forward = forward_fn(method, encoder_config, exit_config, constants)
 
   # Temperatures: on the held-out calibration split only.
   if splits.calibration is not None and len(splits.calibration):

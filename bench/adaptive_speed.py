@@ -43,6 +43,7 @@ import numpy as np
 import optax
 
 import encoder_jax
+import sweet_eval
 from pipeline import data
 from sweet_jax import adaptive, calibration, curves, exits
 
@@ -73,9 +74,7 @@ def machine() -> str:
   return f'{os.cpu_count()} cores ({cpu_model()}), jax {jax.__version__} on {jax.default_backend()}'
 
 
-def batches(dataset, encode_fn, batch_size):
-  """Tokenized eval batches, materialised once (the timing excludes tokenization)."""
-  return list(data.iterate_batches(dataset, encode_fn, batch_size, seed=0, epoch=0, shuffle=False))
+batches = sweet_eval.tokenized_batches  # materialised once: the timing excludes tokenization
 
 
 def pooled_features(cfg, params, dataset, encode_fn, batch_size=64):
@@ -145,18 +144,9 @@ def restore(config, workdir, num_labels):
 
 
 def all_exit_logits(cfg, ecfg, params, method, batch_list):
-  """Every exit's logits [E, N, C] and each example's padded length [N], from the same batches."""
-  if method == 'multi_model':
-    fwd = jax.jit(lambda p, b: exits.forward_multi_model(cfg, ecfg, p, b))
-  else:
-    fwd = jax.jit(lambda p, b: exits.forward(cfg, ecfg, p, b, stop_gradient=False))
-  logits, lengths = [], []
-  for b in batch_list:
-    keep = b['example_mask'] > 0
-    x = {k: b[k] for k in ('input_ids', 'attention_mask', 'token_type_ids')}
-    logits.append(np.asarray(fwd(params, x))[:, keep])
-    lengths.append(np.full(int(keep.sum()), b['input_ids'].shape[1]))
-  return np.concatenate(logits, 1), np.concatenate(lengths)
+  """Every exit's logits [E, N, C] and each example's padded length [N], from the same batches (eval.py's)."""
+  logits, _, lengths = sweet_eval.all_exit_logits(sweet_eval.forward_fn(method, cfg, ecfg, None), params, batch_list)
+  return logits, lengths
 
 
 def main():
