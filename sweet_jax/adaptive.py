@@ -64,10 +64,12 @@ def default_buckets(batch_size: int, count: int = 8) -> tuple[int, ...]:
 
 @dataclasses.dataclass
 class Result:
-  """predictions, exit_index: int32 [N] in input order (-1 for rows whose example_mask is 0)."""
+  """predictions, exit_index: int32 [N] in input order (-1 for rows whose example_mask is 0); logits: float32
+  [N, C], each example's logits at the exit it left at (zeros for skipped rows)."""
   predictions: np.ndarray
   exit_index: np.ndarray
   stats: dict[str, Any]
+  logits: np.ndarray | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,7 +104,8 @@ def _stage(spec: _Spec, params, constants, temperatures, rule, threshold, keep_a
   queue of this exit, a ring of spec.capacity rows; the `src_take` rows from ring position src_head on are
   real (the rest of `rows` is padding). Rows that stay on (all valid rows when keep_all: CALM's mode) are
   scattered into the next exit's queue `dst` from ring position dst_end on.
-  Returns ({'leave' bool [rows], 'pred' int32 [rows], 'index' int32 [rows], 'kept' int32}, updated dst).
+  Returns ({'leave' bool [rows], 'pred' int32 [rows], 'index' int32 [rows], 'logits' float32 [rows, C],
+  'kept' int32}, updated dst).
   """
   positions = jnp.arange(rows)
   if index == 0:
@@ -115,7 +118,7 @@ def _stage(spec: _Spec, params, constants, temperatures, rule, threshold, keep_a
   payload, logits = _forward(spec, index, params, constants, x['payload'])
   last = index == spec.exit_config.num_exits - 1
   leave, pred, state = curves.decide(rule, logits, temperatures[index], threshold, state, is_last=last)
-  out = {'leave': leave & valid, 'pred': pred, 'index': x['index']}
+  out = {'leave': leave & valid, 'pred': pred, 'index': x['index'], 'logits': logits}
   if last:
     return out, dst
   keep = valid & (~leave | keep_all)
@@ -219,7 +222,7 @@ class AdaptiveEngine:
     thr, calm = jnp.float32(threshold), mode == 'calm'
     keep_all = jnp.bool_(calm)
     stats = {'calls': [0] * E, 'rows': [0] * E, 'left': [0] * E}
-    got_index, got_pred, got_exit = [], [], []
+    got_index, got_pred, got_exit, got_logits = [], [], [], []
     queues = self._queues  # seq -> per exit i >= 1: [ring, head, count] (entry 0 unused)
     for q in queues.values():  # rings are kept between runs (no allocation per run); empty them
       for entry in q[1:]:
@@ -239,6 +242,7 @@ class AdaptiveEngine:
       got_index.append(out['index'][leave])
       got_pred.append(out['pred'][leave])
       got_exit.append(np.full(int(leave.sum()), i, np.int32))
+      got_logits.append(out['logits'][leave])
       stats['calls'][i] += 1
       stats['rows'][i] += rows
       stats['left'][i] += int(leave.sum())
@@ -276,11 +280,13 @@ class AdaptiveEngine:
 
     predictions = np.full(total, -1, np.int32)
     exit_index = np.full(total, -1, np.int32)
+    logits = np.zeros((total, self.exit_config.num_labels), np.float32)
     if got_index:
       idx = np.concatenate(got_index)
       predictions[idx] = np.concatenate(got_pred)
       exit_index[idx] = np.concatenate(got_exit)
-    return Result(predictions, exit_index, stats)
+      logits[idx] = np.concatenate(got_logits)
+    return Result(predictions, exit_index, stats, logits)
 
   def run_full(self, batches: Iterable[dict[str, np.ndarray]]) -> np.ndarray:
     """The full model (single final exit) on every batch: predictions int32 [N] (the timing baseline)."""

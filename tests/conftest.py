@@ -13,3 +13,24 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 
 jax.config.update('jax_default_matmul_precision', 'highest')
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope='session')
+def trained(tmp_path_factory):
+  """Tiny checkpointed workdirs (tests/trained_workdirs.py) shared by test_predict and test_export: name -> (config, workdir), made on first use."""
+  from tests import trained_workdirs
+  root = trained_workdirs.task(tmp_path_factory.mktemp('trained'))
+  made = {}
+
+  def get(name):
+    if name not in made:
+      method, constant, evaluate = {'sweet': ('sweet', False, True), 'multi_model': ('multi_model', False, False),
+                                    'papa': ('sweet', True, False)}[name]
+      made[name] = trained_workdirs.make_workdir(root, name, method, constant=constant, evaluate=evaluate)
+    return made[name]
+
+  get.root = root
+  return get
