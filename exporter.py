@@ -89,7 +89,9 @@ def export(config, workdir: str, out_dir: str) -> list[Path]:
   out.mkdir(parents=True, exist_ok=True)
   info = {'method': trained.method, 'exit_layers': list(ecfg.exit_layers), 'pooling': ecfg.pooling,
           'label_names': list(trained.label_names), 'text_fields': list(predictor.text_fields(config)),
-          'source_checkpoint': str(config.model.checkpoint), **_evaluated(workdir)}
+          'source_checkpoint': str(config.model.checkpoint), **_evaluated(workdir),
+          'note': 'The encoder has no pooler: every exit owns its own (exit_heads.safetensors), so transformers '
+                  'initialises its pooler at random; use the hidden states, not pooler_output.'}
   if built.constants is not None:
     from safetensors.numpy import save_file
     save_file({'constants': np.ascontiguousarray(np.asarray(built.constants, np.float32))},

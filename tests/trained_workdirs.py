@@ -33,11 +33,12 @@ def task(root):
   return root
 
 
-def config_for(root, method: str, constant: bool = False):
+def config_for(root, method: str, constant: bool = False, *, checkpoint=None, exit_layers=None):
+  """The config of a workdir under root (checkpoint: default the tiny one; exit_layers: EXIT_LAYERS)."""
   config = (sweet_papa_demo if constant else sweet_demo).get_config()
   config.method = method
-  config.model.checkpoint = str(root / 'ckpt')
-  config.model.exit_layers = EXIT_LAYERS
+  config.model.checkpoint = checkpoint or str(root / 'ckpt')
+  config.model.exit_layers = exit_layers or EXIT_LAYERS
   if constant:
     config.model.constants_path = str(root / 'avg.npz')
   d = config.data
@@ -57,9 +58,9 @@ def _sharpen(head, scale):
                                  'bias': head['classifier']['bias']}}
 
 
-def make_workdir(root, name: str, method: str, *, constant: bool = False, evaluate: bool = True):
-  """A checkpointed (and, with evaluate, evaluated) workdir: -> (config, workdir)."""
-  config = config_for(root, method, constant)
+def make_workdir(root, name: str, method: str, *, constant: bool = False, evaluate: bool = True, **model):
+  """A checkpointed (and, with evaluate, evaluated) workdir: -> (config, workdir). model: config_for's."""
+  config = config_for(root, method, constant, **model)
   workdir = str(root / name)
   splits = data.load_splits(config.data)
   built = methods.build(config, num_labels=len(splits.train.label_names))
