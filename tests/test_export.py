@@ -63,6 +63,10 @@ def test_sweet_export_loads_back_to_the_checkpoint(trained, tmp_path):
   source = load_file(str(trained.root / 'ckpt' / 'model.safetensors'))
   assert set(load_file(str(out / 'model.safetensors'))) == {k for k in source if not k.startswith('pooler.')}
   assert (out / 'tokenizer.json').exists()
+  # Heads in torch nn.Linear layout [out, in].
+  heads = load_file(str(out / 'exit_heads.safetensors'))
+  np.testing.assert_array_equal(heads['exit_2.classifier.weight'], params['heads'][2]['classifier']['kernel'].T)
+  np.testing.assert_array_equal(heads['exit_0.pooler.dense.weight'], params['heads'][0]['pooler']['kernel'].T)
 
 
 def test_multi_model_exports_one_directory_per_member(trained, tmp_path):
