@@ -33,8 +33,8 @@ and the exit rule's state (patience). Gather from the source queue, the segment,
 scatter into the destination queue are one jitted call per (segment, rows, seq); rows is the batch size or
 a bucket size, so compilations are bounded by segments x buckets x sequence lengths; `warmup` compiles them
 all before timing. The destination queue is donated, so the scatter writes in place. The host reads back
-only the per-row exit flags, predictions and indices (a few hundred bytes), which also tells it how many
-rows the next queue holds.
+only the per-row exit flags, predictions, indices and exit logits (a few hundred bytes to a few KB), which
+also tells it how many rows the next queue holds.
 """
 
 from __future__ import annotations
