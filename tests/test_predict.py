@@ -163,3 +163,23 @@ def test_truncated_texts_are_counted(trained, name, short, long):
   out = model([short, long, short])
   np.testing.assert_array_equal(out.truncated, [False, True, False])
   assert model.summary(out)['truncated'] == 1
+
+
+def test_pairs_follow_the_offline_sweep(trained):
+  config, workdir = trained('sweet')
+  config = config.copy_and_resolve_references()
+  config.data.text_fields = ('premise', 'hypothesis')  # the model reads pairs the same way; only inputs change
+  pairs = [('good plot', 'the acting fine'), ('awful', 'dull movie great'), ('the movie', 'bad'),
+           ('fine acting great', 'good'), ('dull plot', 'awful the movie')]
+  model = predictor.Predictor(config, workdir, threshold=0.65)
+  out = model(pairs)
+  built = model.built
+  dataset = data.TextDataset(tuple(zip(*pairs)), np.zeros(len(pairs), np.int32), ('0', '1'))
+  forward = sweet_eval.forward_fn('sweet', built.encoder_config, built.exit_config, None)
+  logits, _, _ = sweet_eval.all_exit_logits(forward, model.params,
+                                            sweet_eval.tokenized_batches(dataset, built.encode_fn, 8))
+  exit_index, preds = map(np.asarray, curves.assign_exits(logits, np.ones(3), 0.65))
+  np.testing.assert_array_equal(out.exit_index, exit_index)
+  np.testing.assert_array_equal(out.label_ids, preds)
+  with pytest.raises(ValueError, match=r"input 1: the model reads 2 text\(s\)"):
+    model([('a', 'b'), 'just one'])
