@@ -18,6 +18,8 @@ import dataclasses
 import json
 import logging
 import os
+import pathlib
+import sys
 import time
 from typing import Any, Sequence
 
@@ -334,13 +336,12 @@ def read_inputs(path: str, fields: Sequence[str], stdin=None) -> Inputs:
   path '-' (the lines of stdin, as .txt)."""
   fields = tuple(fields)
   if path == '-':
-    import sys
     return _text_lines('<stdin>', (stdin or sys.stdin).read(), fields)
   try:
     if path.lower().endswith('.txt'):
       if not os.path.isfile(path):
         raise data.DataFileNotFoundError(f'{path}: no such input file.')
-      raw = open(path, 'rb').read()  # pylint: disable=consider-using-with
+      raw = pathlib.Path(path).read_bytes()
       return _text_lines(path, data._decode(raw, path, ('utf-8-sig',)), fields)  # pylint: disable=protected-access
     table = data.read_file(path)
   except PermissionError as e:

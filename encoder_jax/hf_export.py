@@ -61,7 +61,7 @@ def to_hf_tensors(params: dict[str, Any], config: EncoderConfig, like: dict[str,
       continue
     out[raw] = invert(transform, np.asarray(value), tuple(tensor.shape), config)
     used.add(path)
-  leaves = {path for path in hf_import.expected_shapes(config)}
+  leaves = set(hf_import.expected_shapes(config))
   leaves |= {'pooler/kernel', 'pooler/bias'} if 'pooler' in params else set()
   missing = sorted(leaves - used)
   if missing:
