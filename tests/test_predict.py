@@ -17,7 +17,7 @@ import methods
 import predictor
 import sweet_eval
 from pipeline import data, train_loop
-from sweet_jax import curves
+from sweet_jax import adaptive, curves
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -41,7 +41,11 @@ def softmax(z):
 def test_threshold_one_answers_with_the_last_exit_that_eval_scored(trained):
   config, workdir = trained('sweet')
   logits, labels, texts = offline(config, workdir)
-  out = predictor.Predictor(config, workdir, threshold=1.0)(texts)
+  model = predictor.Predictor(config, workdir, threshold=1.0)
+  out = model(texts)
+  compiled = adaptive._stage._cache_size()  # pylint: disable=protected-access
+  model(texts[::-1])
+  assert adaptive._stage._cache_size() == compiled  # built once: a second call compiles nothing
   np.testing.assert_array_equal(out.exit_index, np.full(len(texts), 2))
   np.testing.assert_array_equal(out.label_ids, logits[-1].argmax(-1))
   scored = json.loads(open(os.path.join(workdir, 'eval', 'per_exit_accuracy.json')).read())['accuracy'][-1]
