@@ -111,6 +111,23 @@ def test_early_exit_gradient_reaches_every_lower_segment(tiny_bert, i):
       assert nonzero(g), f'exit {i} does not reach {jax.tree_util.keystr(path)}'
 
 
+def test_clip_groups_are_the_segments_and_members(pretrained):
+  """SWEET's clip groups (objectives.param_groups) are exactly owner()'s segments, head i with segment i;
+  Multi-Model's are its members; Early-Exit has one (None)."""
+  ecfg = exit_config()
+  params = exits.init_exit_model(jax.random.key(1), CFG, pretrained, ecfg)
+  labels = objectives.param_groups('sweet', ecfg)(params)
+  for path, label in jax.tree_util.tree_leaves_with_path(labels):
+    assert owner(path)[1] == label, (jax.tree_util.keystr(path), label)
+  assert set(jax.tree.leaves(labels)) == {0, 1, 2}
+  mm = exits.init_multi_model(jax.random.key(1), CFG, pretrained, ecfg)
+  for path, label in jax.tree_util.tree_leaves_with_path(objectives.param_groups('multi_model', ecfg)(mm)):
+    assert path[1].idx == label
+  assert objectives.param_groups('early_exit', ecfg) is None
+  with pytest.raises(ValueError, match="Unexpected encoder parameter 'pooler'"):
+    exits.exit_model_groups(ecfg, {'encoder': {'pooler': {'kernel': 0}}, 'heads': ()})
+
+
 def test_multi_model_members_share_no_parameter(pretrained):
   params = exits.init_multi_model(jax.random.key(1), CFG, pretrained, exit_config())
   leaves = jax.tree.leaves(params)

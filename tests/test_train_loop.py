@@ -33,7 +33,7 @@ def tiny_method(name='sweet'):
   cfg = tiny_encoder_config()
   pretrained = encoder_jax.init_params(cfg, jax.random.key(0))
   init, loss, predict = objectives.make_fns(name, cfg, EXIT_CONFIG, pretrained)
-  return train_loop.Method(name, init, loss, predict)
+  return train_loop.Method(name, init, loss, predict, objectives.param_groups(name, EXIT_CONFIG))
 
 
 def dataset(n=40, seed=0):
