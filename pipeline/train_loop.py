@@ -259,7 +259,8 @@ def train_and_evaluate(config, workdir: str, method: Method, splits: data.Splits
 def restore_params(config, workdir: str, method: Method) -> Params:
   """The trained params of the latest checkpoint in workdir (for eval), replicated on this mesh."""
   mesh, min_shard = _mesh(config)
-  tx = make_optimizer(config.train, 1, method.param_groups)  # the optimizer state's structure does not depend on the step count
+  # The optimizer state's structure depends on neither the step count nor the clip groups.
+  tx = make_optimizer(config.train, 1, method.param_groups)
 
   def init_state(rng):
     params = method.init(rng)

@@ -13,7 +13,7 @@ import pytest
 
 import encoder_jax
 import methods
-from configs import sweet_demo, sweet_mnli
+from configs import early_exit_mnli, multi_model_mnli, sweet_demo, sweet_mnli
 from pipeline import checkpoints, data, sharding, train_loop
 from sweet_jax import exits, objectives
 
@@ -240,7 +240,8 @@ def test_adam_eps_is_the_config_field():
   del c.train['adam_eps']
   with pytest.raises(ValueError, match='train.adam_eps'):
     train_loop.make_optimizer(c.train, 10)
-  assert sweet_mnli.get_config().train.adam_eps == 1e-8  # Hugging Face Trainer's default, as the reference
+  for paper in (sweet_mnli, early_exit_mnli, multi_model_mnli):
+    assert paper.get_config().train.adam_eps == 1e-8  # Hugging Face Trainer's default, as the reference
   assert sweet_demo.get_config().train.adam_eps == 1e-6  # what the demo results were measured with
 
 
