@@ -77,4 +77,5 @@ def build(config, num_labels: int) -> Built:
   else:
     max_length = min(config.data.max_seq_length, encoder_config.max_length)
     encode_fn = functools.partial(encoder_jax.tokenize, tokenizer, max_length=max_length)
-  return Built(Method(name, init, loss, predict), encoder_config, exit_config, encode_fn, constants)
+  method = Method(name, init, loss, predict, param_groups=objectives.param_groups(name, exit_config))
+  return Built(method, encoder_config, exit_config, encode_fn, constants)
