@@ -18,7 +18,6 @@ The reported accuracy is the last epoch's (no selection on the eval split); the 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import pathlib
 import time
@@ -80,7 +79,7 @@ def _setup(config, workdir) -> _Setup:
   if length > enc_config.max_length:
     raise ValueError(f'papa.length {length} exceeds the position table of {checkpoint} ({enc_config.max_length}).')
   tokenizer = encoder_jax.load_tokenizer(checkpoint)
-  encode_fn = functools.partial(encoder_jax.papa_layout, tokenizer, length=length)
+  encode_fn = encoder_jax.make_encode_fn(tokenizer, enc_config, layout_length=length)  # checks token types
   return _Setup(config, papa_dir, splits, enc_config, jax.device_put(enc_params), encode_fn, length,
                 int(config.train.seed))
 
