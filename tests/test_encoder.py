@@ -294,18 +294,32 @@ def test_recommended_compiler_options_keep_parity(bert):
 def test_constant_and_mixed_fast_paths_match_their_probabilities():
   """Without dropout or returned probabilities, constant and mixed heads never form [b, heads, L, L]
   probabilities; the result must equal applying those probabilities, zero-mass rows included."""
-  q, k, v = RNG.standard_normal((3, 3, 7, 2, 5), np.float32)
-  mask = np.array([[1] * 7, [1] * 4 + [0] * 3, [0] * 7])  # full, padded, and an all-padding row
+  q, k, v = RNG.standard_normal((3, 3, 9, 2, 5), np.float32)
+  mask = np.array([[1] * 9, [1] * 4 + [0] * 5, [0] * 9])  # full, padded, and an all-padding row
   constant = RNG.uniform(size=(2, 9, 9)).astype(np.float32)
   constant[1, 2] = 0.0  # a query row of head 1 that was never observed
   gate = np.array([0.7, -1.3], np.float32)
   for kernel in (attention.constant_attention, attention.mixed_attention):
     fast, none = jax.jit(kernel)(q, k, v, mask, constant, gate)
     slow, probs = jax.jit(kernel, static_argnames='return_probs')(q, k, v, mask, constant, gate, return_probs=True)
-    assert none is None and probs.shape == (3, 2, 7, 7)
+    assert none is None and probs.shape == (3, 2, 9, 9)
     np.testing.assert_allclose(fast, slow, rtol=0, atol=1e-6, err_msg=kernel.__name__)
   fast, _ = attention.constant_attention(None, None, v, mask, constant)
   assert not np.asarray(fast[2]).any() and not np.asarray(fast[1, 4:]).any()  # padded queries give 0
   assert not np.asarray(fast[0, 2, 1]).any() and np.asarray(fast[0, 2, 0]).any()  # only the unobserved row
-  with pytest.raises(ValueError, match='cover 9 positions'):
-    attention.constant_attention(None, None, np.zeros((1, 10, 2, 5)), np.ones((1, 10)), constant)
+
+
+@pytest.mark.parametrize('seq', [12, 14])
+def test_constant_heads_refuse_an_input_that_is_not_the_layout_length(bert, seq):
+  """Constants of a length-13 layout put the final [SEP] at slot 12: a shorter input (which used to be
+  cropped silently) or a longer one misaligns every slot, so both stop at trace time, naming L."""
+  config, params = _shallow(*bert[:2])
+  ids = np.full((2, seq), 5, np.int32)
+  consts = jnp.full((1, 3, 13, 13), 1 / 13)
+  for cfg in (config.with_heads('constant', [(0, 1)]), config.with_heads('mixed', 'all')):
+    with pytest.raises(ValueError, match=f'length L=13; the input has length {seq}'):
+      encode(cfg, params, ids, np.ones_like(ids), np.zeros_like(ids), constants=consts, gates=jnp.zeros((1, 3)))
+  for kernel in (attention.constant_attention, attention.mixed_attention):
+    with pytest.raises(ValueError, match='L=13'):
+      kernel(np.zeros((1, seq, 3, 5)), np.zeros((1, seq, 3, 5)), np.zeros((1, seq, 3, 5)), np.ones((1, seq)),
+             consts[0], np.zeros(3), return_probs=True)
