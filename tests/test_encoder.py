@@ -321,5 +321,5 @@ def test_constant_heads_refuse_an_input_that_is_not_the_layout_length(bert, seq)
       encode(cfg, params, ids, np.ones_like(ids), np.zeros_like(ids), constants=consts, gates=jnp.zeros((1, 3)))
   for kernel in (attention.constant_attention, attention.mixed_attention):
     with pytest.raises(ValueError, match='L=13'):
-      kernel(np.zeros((1, seq, 3, 5)), np.zeros((1, seq, 3, 5)), np.zeros((1, seq, 3, 5)), np.ones((1, seq)),
-             consts[0], np.zeros(3), return_probs=True)
+      qkv = np.zeros((1, seq, 3, 5), np.float32)
+      kernel(qkv, qkv, qkv, np.ones((1, seq)), consts[0], np.zeros(3, np.float32), return_probs=True)
