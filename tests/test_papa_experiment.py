@@ -2,11 +2,15 @@
 the packaged MiniLM's tokenizer) and tiny csv files: every stage, resume, extension, rescore."""
 
 import json
+import shutil
 
+import jax
+import ml_collections
 import numpy as np
 import pytest
 
 import papa_experiment
+from papa_jax import probe
 from configs import papa_demo
 from tests.tiny_checkpoint import write_checkpoint
 
@@ -76,3 +80,38 @@ def test_run_resume_extend_rescore(setup):
   extended = papa_experiment.run(config, workdir)
   assert extended['estimate_examples'] == 30 and [r['k'] for r in extended['results']] == [0, 6]
   assert json.loads((out / 'ranking.json').read_text())['estimate_examples'] == 30
+
+
+def test_feature_cache_modes_train_and_rescore_alike(setup, tmp_path):
+  """'memory', 'disk' and 'none' (what the paper-size configs use) train and score a probe alike in float32:
+  the cached batches hold the online batches' rows in the same order (same dropout masks), and training
+  evaluates each epoch through the one function that eval.py's rescore calls."""
+  base, _ = setup
+  histories, rescored = {}, {}
+  for i, mode in enumerate(('memory', 'disk', 'none')):
+    config = ml_collections.ConfigDict(base.to_dict())
+    config.papa.ks = (0, 'all')
+    config.papa.feature_cache, config.papa.cache_dtype, config.papa.measure_speed = mode, 'float32', False
+    config.papa.estimate_max_examples, config.papa.num_epochs, config.papa.learning_rate = 20, 3, 1e-2
+    workdir = tmp_path / mode
+    if i:  # the same averages and ranking: only the probes differ by mode
+      (workdir / 'papa').mkdir(parents=True)
+      for name in ('averages.npz', 'ranking.json'):
+        shutil.copy(tmp_path / 'memory' / 'papa' / name, workdir / 'papa' / name)
+    res = papa_experiment.run(config, workdir)
+    histories[mode] = [[row['eval_accuracy'] for row in json.loads((workdir / 'papa' / f'probe_k{k}.json').read_text())
+                        ['history']] for k in (0, LAYERS * HEADS)]
+    rescored[mode] = [r['accuracy'] for r in papa_experiment.rescore(config, workdir)['results']]
+    assert rescored[mode] == [r['accuracy'] for r in res['results']]  # rescoring is training's evaluation
+    assert not list((workdir / 'papa').glob('features_*.npy'))  # disk caches are removed
+  for mode in ('disk', 'none'):
+    np.testing.assert_allclose(histories[mode], histories['memory'], rtol=0, atol=1e-6, err_msg=mode)
+    np.testing.assert_allclose(rescored[mode], rescored['memory'], rtol=0, atol=1e-6, err_msg=mode)
+    for k in (0, LAYERS * HEADS):  # the trained heads themselves agree
+      with np.load(tmp_path / mode / 'papa' / f'probe_k{k}.npz') as got, \
+           np.load(tmp_path / 'memory' / 'papa' / f'probe_k{k}.npz') as want:
+        for name in ('position_weights', 'dense/kernel', 'classifier/kernel'):
+          np.testing.assert_allclose(got[name], want[name], rtol=0, atol=1e-5, err_msg=f'{mode} k={k} {name}')
+  init = probe.init_head(jax.random.key(int(base.train.seed)), LAYERS, H, LENGTH, 2)
+  with np.load(tmp_path / 'memory' / 'papa' / f'probe_k{LAYERS * HEADS}.npz') as trained:
+    assert np.abs(trained['dense/kernel'] - np.asarray(init['dense']['kernel'])).max() > 1e-3  # training moved it
