@@ -13,6 +13,7 @@ import pytest
 import encoder_jax
 import papa_experiment
 from papa_jax import probe
+from tests.test_papa import _rank_by_hand
 from configs import papa_demo
 from tests.tiny_checkpoint import write_checkpoint
 
@@ -59,7 +60,7 @@ def test_run_resume_extend_rescore(setup):
   assert res['estimate_examples'] == 20 and res['speed']['step_speedup'] > 0
   assert '| 3 (half) | 50% |' in (out / 'results.md').read_text()
   ranking = json.loads((out / 'ranking.json').read_text())
-  assert sorted(map(tuple, ranking['ranking'])) == [(l, h) for l in range(LAYERS) for h in range(HEADS)]
+  assert [tuple(h) for h in ranking['ranking']] == _rank_by_hand(ranking['lambdas'])
   probe_k3 = json.loads((out / 'probe_k3.json').read_text())
   assert probe_k3['heads'] == ranking['ranking'][:3]
   with np.load(out / 'probe_k3.npz', allow_pickle=False) as f:
