@@ -406,9 +406,10 @@ def _markdown(res: dict) -> str:
     drop = '(baseline)' if r['k'] == 0 else drop
     lines.append(f'| {name} | {100 * r["fraction_constant"]:.0f}% | {r["accuracy"]:.4f} | {drop} |')
   cov = res['slot_coverage']
+  examples = cov['eval_examples_with_tokens_in_unoccupied_slots']
   lines += ['', f'{cov["num_unoccupied_slots"]} of {res["length"]} layout slots were occupied by no estimate example; '
-            f'{cov["eval_tokens_in_unoccupied_slots"]} eval tokens (in {cov["eval_examples_with_tokens_in_unoccupied_slots"]} '
-            'examples) land in them, where constant heads give them no context.']
+            f'{cov["eval_tokens_in_unoccupied_slots"]} eval tokens (in {examples} examples) land in them, where '
+            'constant heads give them no context.']
   sp = res.get('speed')
   if sp:
     lines += ['', f'Probe training on cached features: {sp["cached_step_seconds"] * 1e3:.2f} ms per step against '

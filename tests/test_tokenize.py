@@ -185,7 +185,8 @@ def test_papa_layout_uses_each_familys_own_separators_and_types():
   np.testing.assert_array_equal(got['attention_mask'][0], want != WORDS.index('<pad>'))
   assert not got['token_type_ids'].any()
   single = encoder_jax.papa_layout(tiny_tokenizer('roberta'), [' '.join(['word'] * 20)], length=L)
-  np.testing.assert_array_equal(single['input_ids'][0], _ids('<s>') + _ids('word') * 7 + _ids('<pad>') * 7 + _ids('</s>'))
+  want_single = _ids('<s>') + _ids('word') * 7 + _ids('<pad>') * 7 + _ids('</s>')
+  np.testing.assert_array_equal(single['input_ids'][0], want_single)
 
   got = encoder_jax.papa_layout(tiny_tokenizer('bert'), a, b, length=L)
   want = np.full(L, WORDS.index('<pad>'))
