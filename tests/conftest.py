@@ -19,8 +19,18 @@ import pytest  # noqa: E402
 
 
 @pytest.fixture(scope='session')
+def tiny_bert(tmp_path_factory):
+  """A random 3-layer BERT (hidden 15, 3 heads) as a Hugging Face checkpoint directory, written once."""
+  from tests.tiny_checkpoint import write_checkpoint
+  path = tmp_path_factory.mktemp('tiny_bert') / 'ckpt'
+  write_checkpoint(path, hidden=15, layers=3, heads=3, intermediate=7, max_positions=17)
+  return path
+
+
+@pytest.fixture(scope='session')
 def trained(tmp_path_factory):
-  """Tiny checkpointed workdirs (tests/trained_workdirs.py) shared by test_predict and test_export: name -> (config, workdir), made on first use."""
+  """Tiny checkpointed workdirs (tests/trained_workdirs.py) shared by test_predict and test_export:
+  name -> (config, workdir), made on first use."""
   from tests import trained_workdirs
   root = trained_workdirs.task(tmp_path_factory.mktemp('trained'))
   made = {}
