@@ -82,7 +82,8 @@ def claim_sentence(claim: str, estimate: float, se: float, *, threshold: float =
   here = {'holds': 'holds here', 'does not hold': 'does not hold here'}.get(v, v)
   runs = 'single run' if seeds == 1 else f'{seeds} seeds'
   extra = f'; {detail}' if detail else ''
-  return (f'- {claim}: **{here}** (estimate {estimate * scale:+.1f}{unit} ± {se * scale:.1f}{unit} standard '
+  shown = round(estimate * scale, 1) + 0.0  # + 0.0 turns a rounded -0.0 into 0.0
+  return (f'- {claim}: **{here}** (estimate {shown:+.1f}{unit} ± {se * scale:.1f}{unit} standard '
           f'error, threshold {threshold * scale:+.1f}{unit}; {runs}{extra}).')
 
 
