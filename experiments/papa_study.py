@@ -195,7 +195,7 @@ def plot_curves(runs: Sequence[dict[str, Any]], path: str) -> None:
 def write_report(study_dir: str, work_root: str) -> str:
   runs = common.load_runs(study_dir)
   lengths_path = os.path.join(study_dir, 'seq_lengths.json')
-  lengths = common.read_json(lengths_path) if os.path.exists(lengths_path) else 'not chosen yet'
+  lengths = common.lengths_line(lengths_path)
   sections = []
   if runs:
     plot_curves(runs, os.path.join(study_dir, 'accuracy_vs_constant.png'))

@@ -129,13 +129,12 @@ def method_claims(task: str, by: dict[str, list[dict[str, Any]]], budgets: Seque
 
 
 def settings(configs: dict[str, str], work_root: str, seq_lengths_path: str) -> str:
-  lengths = common.read_json(seq_lengths_path) if os.path.exists(seq_lengths_path) else {}
   return (f'MiniLM (`{CHECKPOINT}`), exits after layers {EXIT_LAYERS}, {TRAIN_EXAMPLES} training examples, '
           f'seeds {SEEDS} (train.seed), configs {configs}; see the runner\'s docstring for the grid and the '
           'evaluation settings (7 thresholds, 1 timing repeat).\n\n'
           f'Command: `python -m experiments.sweet_study_a` (workdirs under `{work_root}`; each cell\'s exact '
           'commands are in its raw JSON).\n\nSequence lengths (99th percentile of the training split\'s token '
-          f'counts, rounded up to a padding bucket): {lengths or "not chosen yet"}.\n')
+          f'counts, rounded up to a padding bucket): {common.lengths_line(seq_lengths_path)}.\n')
 
 
 def write_report(study_dir: str, configs: dict[str, str], work_root: str) -> str:

@@ -84,7 +84,7 @@ def write_report(study_dir: str, configs: dict[str, str], work_root: str) -> str
   runs = common.load_runs(study_dir)
   study_a_runs = common.load_runs(os.path.join(common.RESULTS_ROOT, sweet_study_a.STUDY))
   lengths_path = os.path.join(study_dir, 'seq_lengths.json')
-  lengths = common.read_json(lengths_path) if os.path.exists(lengths_path) else 'not chosen yet'
+  lengths = common.lengths_line(lengths_path)
   settings = (f'all-mpnet-base-v2 (`{CHECKPOINT}`), exits after layers {EXIT_LAYERS}, {TASK}, '
               f'{sweet_study_a.TRAIN_EXAMPLES} training examples, configs {configs}; evaluation: 7 thresholds, '
               f'1 timing repeat (see the runner\'s docstring).\n\nCommand: `python -m experiments.sweet_study_b` '
