@@ -40,11 +40,11 @@ def test_spread_and_difference_by_hand():
   assert s.fmt() == '0.820 ± 0.020' and stats.Spread.of([0.5]).fmt() == '0.500 (1 run)'
   assert s.sem() == pytest.approx(0.02 / math.sqrt(3))
   assert stats.binomial_se(0.8, 100) == pytest.approx(0.04)
-  # Paired by seed: differences 0.10, 0.12 -> mean 0.11, std sqrt(0.0002), sem 0.01; binomial part of the two
-  # means (0.71 and 0.60 on 1,000 examples) added in quadrature.
-  est, se, n = stats.difference([0.70, 0.72], [0.60, 0.60], 1000)
-  binom = math.hypot(math.sqrt(0.71 * 0.29 / 1000), math.sqrt(0.6 * 0.4 / 1000))
-  assert est == pytest.approx(0.11) and se == pytest.approx(math.hypot(0.01, binom)) and n == 2
+  # Paired by seed: differences 0.10, 0.11 -> mean 0.105, std 0.01 / sqrt(2), sem 0.005 (unpaired it would be
+  # hypot(0.01, 0.005)); binomial part of the two means (0.71 and 0.605 on 1,000 examples) in quadrature.
+  est, se, n = stats.difference([0.70, 0.72], [0.60, 0.61], 1000)
+  binom = math.hypot(math.sqrt(0.71 * 0.29 / 1000), math.sqrt(0.605 * 0.395 / 1000))
+  assert est == pytest.approx(0.105) and se == pytest.approx(math.hypot(0.005, binom)) and n == 2
   # Unequal lengths: unpaired; one value has no seed spread.
   est, se, n = stats.difference([0.7, 0.8], [0.5], 0)
   assert est == pytest.approx(0.25) and se == pytest.approx(stats.Spread.of([0.7, 0.8]).sem()) and n == 1
