@@ -252,3 +252,38 @@ def test_cell_commands_parse_against_their_configs(tmp_path):
   assert len(papa) == 6
   cfg = _parse(papa[1].steps[0].argv)
   assert tuple(cfg.papa.ks) == (0, 9, 18, 36, 54, 72) and cfg.train.seed == 43 and cfg.papa.length == 64
+
+
+def test_extract_keeps_only_the_fields_the_tables_need(tmp_path, monkeypatch):
+  work = tmp_path / 'cell'
+  common.write_json(str(work / 'results.json'), {
+      'method': 'sweet', 'seed': 42, 'exit_layers': [1, 2], 'per_exit_accuracy': [0.6, 0.7], 'num_examples': 20,
+      'num_train_examples': 48, 'steps': 6, 'train_time_s': 3.5, 'config': {'big': 'x' * 1000}})
+  point = {'threshold': 0.5, 'accuracy': 0.7, 'layer_fraction': 0.75, 'flops_fraction': 0.8, 'measured_speedup': 1.2,
+           'exit_counts': [5, 15], 'engine_agreement': 1.0}
+  common.write_json(str(work / 'eval' / 'curve.json'), {'device': 'cpu x1', 'timing_repeats': 1, 'points': [point]})
+  out = exit_study.extract(common.Cell('c', str(work), (common.Step('train', ('train.py',), 'results.json'),), {}))
+  assert out['per_exit_accuracy'] == [0.6, 0.7] and out['eval_examples'] == 20 and 'config' not in out
+  assert out['curve']['points'] == [{'threshold': 0.5, 'accuracy': 0.7, 'layer_fraction': 0.75, 'flops_fraction': 0.8,
+                                     'measured_speedup': 1.2}]
+  assert out['curve']['device'] == 'cpu x1' and out['curve']['timing_repeats'] == 1
+
+  from papa_jax import averages
+  monkeypatch.setattr(common, 'RESULTS_ROOT', str(tmp_path / 'results'))
+  papa_dir = tmp_path / 'papa_cell' / 'papa'
+  est = averages.AttentionSums.zeros(2, 3, 12)
+  est.sums[:] = np.random.default_rng(0).random(est.sums.shape)
+  est.counts[:] = 1.0
+  papa_dir.mkdir(parents=True)
+  averages.save(papa_dir / 'averages.npz', est)
+  rows = [{'k': 0, 'label': '0', 'num_constant_heads': 0, 'fraction_constant': 0.0, 'accuracy': 0.8,
+           'relative_drop': 0.0, 'best_accuracy': 0.85}]
+  common.write_json(str(papa_dir / 'results.json'), {
+      'model': 'tiny', 'length': 12, 'num_heads': 6, 'baseline_accuracy': 0.8, 'results': rows,
+      'data': {'num_eval': 13, 'num_train': 40}, 'slot_coverage': {'big': list(range(100))}})
+  cell = common.Cell('p', str(tmp_path / 'papa_cell'), (common.Step('papa', ('train.py',), 'papa/results.json'),),
+                     {'model': 'tiny', 'task': 'movie_reviews', 'seed': papa_study.SEEDS[0]})
+  out = papa_study.extract(cell)
+  assert out['results'] == [{k: v for k, v in rows[0].items() if k not in ('label', 'best_accuracy')}]
+  assert out['eval_examples'] == 13 and 'slot_coverage' not in out
+  assert (tmp_path / 'results' / papa_study.STUDY / 'constants_tiny_movie_reviews.png').stat().st_size > 0
