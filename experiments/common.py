@@ -23,6 +23,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -79,11 +80,28 @@ def read_json(path: str) -> Any:
     return json.load(f)
 
 
+def accelerator() -> str:
+  """$STUDY_ACCELERATOR, else the NVIDIA GPUs nvidia-smi names, else ''. Asked outside jax on purpose: the
+  runner must not initialise a backend (see write_json)."""
+  if os.environ.get('STUDY_ACCELERATOR'):
+    return os.environ['STUDY_ACCELERATOR']
+  if shutil.which('nvidia-smi') is None:
+    return ''
+  try:
+    out = subprocess.run(['nvidia-smi', '--query-gpu=name', '--format=csv,noheader'], capture_output=True,
+                         text=True, timeout=30).stdout.split('\n')
+  except (OSError, subprocess.SubprocessError):
+    return ''
+  names = [n.strip() for n in out if n.strip()]
+  return f'{len(names)} x {names[0]}' if names else ''
+
+
 def machine() -> dict[str, Any]:
-  """The CPU model (bench.machine), its core count and the platform, recorded with every cell."""
+  """The CPU model (bench.machine), its core count, the accelerator and the platform, recorded with every
+  cell."""
   from bench import machine as bench_machine
   return {'cpu': bench_machine.cpu_model(), 'cpu_count': os.cpu_count(), 'platform': platform.platform(),
-          'accelerator': os.environ.get('STUDY_ACCELERATOR', '')}
+          'accelerator': accelerator()}
 
 
 def run_subprocess(step: Step, workdir: str, log_path: str) -> tuple[int, str]:
