@@ -9,7 +9,7 @@ Command (from the repository root; rerun the same command to continue where it s
 
 Grid (15 cells with the default --tweet_seeds=1, 21 with 3):
   tasks     movie_reviews (binary, 2,114 held-out sentences) and tweets (3 classes, data source 'tweets';
-            a seeded 2,000 of its 7,632 carved-out eval tweets, to keep evaluation time comparable)
+            a seeded 2,000 of its ~7,600 carved-out eval tweets, to keep evaluation time comparable)
   methods   sweet, early_exit, multi_model (configs/sweet_demo.py, early_exit_demo.py, multi_model_demo.py,
             or --configs=method=path,...)
   seeds     train.seed 42, 43, 44 on movie reviews (--movie_seeds=3); --tweet_seeds on tweets (default 1 on
@@ -27,6 +27,10 @@ special tokens included), rounded up to the tokenizer's next padding bucket (32,
 the percentiles in docs/results/sweet_study_a/seq_lengths.json (common.choose_seq_length).
 Expected time per cell on 2 CPU cores: Early-Exit and SWEET training ~10 min, Multi-Model 20-30 min, eval
 ~3 min with these settings; the whole CPU grid ~4.5 h (6 h with --tweet_seeds=3).
+Claims judged per task on mean pooling (stats.verdict: holds / does not hold when the estimate is 2 standard
+errors past 0, else inconclusive): SWEET's first exit beats Early-Exit's; Early-Exit's last exit beats
+SWEET's; SWEET beats Early-Exit and Multi-Model within 0.33 and 0.5 of the layers (best threshold of each);
+and on movie reviews, Early-Exit's first exit learns more with mean than with [CLS] pooling (one seed).
 Outputs: docs/results/sweet_study_a/{README.md, *.png, runs/<cell>.json, seq_lengths.json, failures.json};
 workdirs (checkpoints, logs) under runs/studies/sweet_study_a/ (not committed).
 """
