@@ -1,6 +1,7 @@
 """Runs that cannot mix, lose or fake data (issue 11): fingerprinted workdirs, checkpoint fallback, configs
 refused before any work. A tiny random BERT (tests/tiny_checkpoint.py) and csv files the tests write."""
 
+import hashlib
 import json
 import logging
 import pathlib
@@ -72,12 +73,15 @@ def files_of(work):
 def test_finished_rerun_with_same_data_leaves_results_and_metrics_untouched(trained, tmp_path, capsys):
   work = copy_workdir(trained, tmp_path)
   before = files_of(work)
-  assert json.loads(before['results.json'])['fingerprint']['data']['num_train'] == 48
   capsys.readouterr()
   again = train_cli.run(tiny_config(trained), str(work))
-  assert 'already holds this finished run' in capsys.readouterr().out
   assert files_of(work) == before  # byte for byte: no new eval row, no rewritten results
-  assert again['per_exit_accuracy'] == json.loads(before['results.json'])['per_exit_accuracy']
+  assert 'already holds this finished run' in capsys.readouterr().out
+  saved = json.loads(before['results.json'])
+  assert again['per_exit_accuracy'] == saved['per_exit_accuracy']
+  made_from = saved['fingerprint']['data']
+  assert made_from['num_train'] == 48 and made_from['num_calibration'] == 12 and made_from['num_eval'] == 20
+  assert made_from['train']['sha256'] == hashlib.sha256((trained / 'train.csv').read_bytes()).hexdigest()
 
 
 def test_finished_rerun_with_another_train_file_is_refused(trained, tmp_path):
