@@ -17,8 +17,8 @@ import train as train_cli
 from configs import papa_demo, sweet_demo
 from pipeline import checkpoints, data, train_loop
 from tests import test_train_loop as tl
+from tests.test_cli import write_task
 from tests.test_papa_experiment import write_split
-from tests.tiny_checkpoint import write_checkpoint
 
 
 def tiny_config(root, **data_fields):
@@ -40,10 +40,7 @@ def tiny_config(root, **data_fields):
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory):
   """A finished sweet workdir (checkpoints at steps 3 and 6) and its data."""
-  root = tmp_path_factory.mktemp('runsafety')
-  write_checkpoint(root / 'ckpt', max_positions=20)
-  write_split(root / 'train.csv', 60, 0)
-  write_split(root / 'eval.csv', 20, 1)
+  root = write_task(tmp_path_factory.mktemp('runsafety'))
   train_cli.run(tiny_config(root), str(root / 'work'))
   return root
 
