@@ -33,22 +33,50 @@ class Method:
   """What the pipeline calls; it knows nothing else about a method.
 
   init(rng) -> params (trainable only); loss(params, batch, rng) -> (loss, metrics dict of scalars);
-  predict(params, batch) -> logits [num_exits, batch, num_labels].
+  predict(params, batch) -> logits [num_exits, batch, num_labels];
+  param_groups(params) -> a tree of the params' structure whose leaves are hashable group labels: each group
+  is clipped by its own global norm (None: the whole tree is one group).
   """
   name: str
   init: Callable[[jax.Array], Params]
   loss: Callable[[Params, Batch, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
   predict: Callable[[Params, Batch], jax.Array]
+  param_groups: Callable[[Params], Any] | None = None
 
 
 class TrainingDiverged(FloatingPointError):
   """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
-def make_optimizer(train_config, total_steps: int) -> optax.GradientTransformation:
+def clip_by_group_norm(max_norm: float, param_groups: Callable[[Params], Any]) -> optax.GradientTransformation:
+  """optax.clip_by_global_norm applied to each group of leaves on its own (its own global norm), so a large
+  gradient in one group cannot shrink another group's update. param_groups(updates) labels every leaf.
+
+  The state is optax's EmptyState, as clip_by_global_norm's: checkpoints keep their structure."""
+  clip = optax.clip_by_global_norm(max_norm)
+
+  def update(updates, state, params=None):
+    del params  # the norm is of the updates alone
+    leaves, treedef = jax.tree.flatten(updates)
+    labels = treedef.flatten_up_to(param_groups(updates))
+    out = list(leaves)
+    for label in dict.fromkeys(labels):  # first-seen order: static and deterministic
+      members = [k for k, l in enumerate(labels) if l == label]
+      clipped, _ = clip.update([leaves[k] for k in members], optax.EmptyState())
+      for k, leaf in zip(members, clipped):
+        out[k] = leaf
+    return jax.tree.unflatten(treedef, out), state
+
+  return optax.GradientTransformation(optax.init_empty_state, update)
+
+
+def make_optimizer(train_config, total_steps: int, param_groups: Callable[[Params], Any] | None = None
+                   ) -> optax.GradientTransformation:
   """AdamW with gradient clipping; warmup then linear decay to 0 ('linear') or constant after warmup.
 
   Weight decay skips biases and layer-norm scales (leaves with fewer than 2 dimensions), as BERT does.
+  Clipping is by global norm over the whole tree, or over each group of `param_groups` (Method.param_groups)
+  on its own. Adam's epsilon is train_config.adam_eps (required: it changes every update of small gradients).
   """
   lr = train_config.learning_rate
   warmup = int(round(train_config.warmup_fraction * total_steps))
@@ -58,12 +86,17 @@ def make_optimizer(train_config, total_steps: int) -> optax.GradientTransformati
     after = optax.constant_schedule(lr)
   else:
     raise ValueError(f"train.schedule must be 'linear' or 'constant', got {train_config.schedule!r}.")
+  if 'adam_eps' not in train_config:
+    raise ValueError('train.adam_eps is missing: set it in the config (Hugging Face Trainer and optax: 1e-8; '
+                     'the demo configs: 1e-6, as BERT).')
   schedule = optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), after], [warmup]) if warmup else after
   decay_mask = lambda params: jax.tree.map(lambda x: jnp.ndim(x) >= 2, params)
-  parts = [optax.adamw(schedule, b1=0.9, b2=0.999, eps=1e-6, weight_decay=train_config.weight_decay,
-                       mask=decay_mask)]
+  parts = [optax.adamw(schedule, b1=0.9, b2=0.999, eps=float(train_config.adam_eps),
+                       weight_decay=train_config.weight_decay, mask=decay_mask)]
   if train_config.grad_clip > 0:
-    parts.insert(0, optax.clip_by_global_norm(train_config.grad_clip))
+    clip = (optax.clip_by_global_norm(train_config.grad_clip) if param_groups is None
+            else clip_by_group_norm(train_config.grad_clip, param_groups))
+    parts.insert(0, clip)
   return optax.chain(*parts)
 
 
@@ -145,7 +178,7 @@ def train_and_evaluate(config, workdir: str, method: Method, splits: data.Splits
   if steps_per_epoch == 0:
     raise ValueError(f'The training split has {len(splits.train)} examples, fewer than one batch of {tc.batch_size}.')
   total_steps = tc.num_epochs * steps_per_epoch
-  tx = make_optimizer(tc, total_steps)
+  tx = make_optimizer(tc, total_steps, method.param_groups)
 
   init_rng, train_rng = jax.random.split(jax.random.key(tc.seed))
   params = method.init(init_rng)
@@ -277,7 +310,8 @@ def restore(config, workdir: str, method: Method,
   """The newest checkpoint in workdir that restores (for eval): Restored with state = the trained params,
   replicated on this mesh; check_meta(meta) may refuse it (see Checkpointer.restore_newest)."""
   mesh, min_shard = _mesh(config)
-  tx = make_optimizer(config.train, 1)  # the optimizer state's structure does not depend on the step count
+  # The optimizer state's structure depends on neither the step count nor the clip groups.
+  tx = make_optimizer(config.train, 1, method.param_groups)
 
   def init_state(rng):
     params = method.init(rng)
