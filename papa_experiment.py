@@ -4,9 +4,12 @@
   python eval.py  --config configs/papa_demo.py --workdir runs/papa_demo    # calls rescore(config, workdir)
   PYTHONPATH=. python papa_experiment.py --config configs/papa_demo.py --workdir runs/papa_demo [--rescore]
 
-Stages, all under WORKDIR/papa/; each is skipped when its output exists, so rerunning resumes:
+Stages, all under WORKDIR/papa/; each is skipped when its output exists and records this run's fingerprint
+(pipeline.fingerprint: data files, fields, seeds, split sizes, model) and recipe, so rerunning resumes; a stage
+made from other data, seeds or model is recomputed, and the log says which fields differ:
   1. averages.npz   masked average attention of the pretrained encoder over the train split (or a seeded
-                    random estimate_max_examples of it; raising that later extends the saved sums).
+                    random estimate_max_examples of it; raising that later extends the saved sums);
+                    averages.json records the fingerprint and order seed the sums were made with.
   2. ranking.json   the lambda-gated run: lambdas per head and the global ranking (ascending lambda).
   3. probe_k{k}.npz / .json   for each k in config.papa.ks: the probe head trained on the frozen encoder with
                     the first k ranked heads constant, and its eval accuracy per epoch.
@@ -33,7 +36,7 @@ import numpy as np
 
 import encoder_jax
 from papa_jax import averages, probe, ranking
-from pipeline import data, reporting
+from pipeline import data, fingerprint, reporting
 from pipeline.config_fields import get as _get
 
 
@@ -51,6 +54,7 @@ class _Setup:
   encode_fn: Any
   length: int
   seed: int
+  fingerprint: dict  # pipeline.fingerprint.of_run: what every stage's saved output must have been made from
 
   @property
   def p(self):
@@ -86,7 +90,7 @@ def _setup(config, workdir) -> _Setup:
   tokenizer = encoder_jax.load_tokenizer(checkpoint)
   encode_fn = encoder_jax.make_encode_fn(tokenizer, enc_config, layout_length=length)  # checks token types
   return _Setup(config, papa_dir, splits, enc_config, jax.device_put(enc_params), encode_fn, length,
-                int(config.train.seed))
+                int(config.train.seed), fingerprint.of_run(config, splits))
 
 
 # --------------------------------------------------------------------------------- 1. attention averages
@@ -99,11 +103,14 @@ def estimate(s: _Setup) -> averages.AttentionSums:
   # One fixed seeded order: an estimate on n examples uses its first n; extending it takes the next ones.
   order = np.random.default_rng([s.seed, 101]).permutation(len(train))
   est = None
-  if path.exists():
+  made_from = {'fingerprint': s.fingerprint, 'order_seed': s.seed}  # what the saved sums must come from
+  record = s.papa_dir / 'averages.json'
+  diffs = fingerprint.differences(json.loads(record.read_text()) if record.exists() else {}, made_from)
+  if path.exists() and diffs:
+    _log(f'averages: {path} was estimated from other data, seeds or model ({"; ".join(diffs[:5])}'
+         f'{"; ..." if len(diffs) > 5 else ""}): recomputing it')
+  elif path.exists():
     est = averages.load(path)
-    if (est.model, est.length) != (str(s.config.model.checkpoint), s.length):
-      raise ValueError(f'{path} holds averages of {est.model!r} at length {est.length}; this run uses '
-                       f'{s.config.model.checkpoint!r} at length {s.length}. Use another workdir.')
     if est.num_examples >= target:
       _log(f'averages: reusing {path} ({est.num_examples} examples)')
       return est
@@ -116,6 +123,7 @@ def estimate(s: _Setup) -> averages.AttentionSums:
                             model=str(s.config.model.checkpoint), length=s.length)
   if reporting.is_writer():
     averages.save(path, est)
+    record.write_text(json.dumps(made_from, indent=1) + '\n')  # after the sums: a crash between means recompute
   _log(f'averages: {est.num_examples} examples in {time.perf_counter() - t0:.1f} s -> {path}')
   return est
 
@@ -128,14 +136,16 @@ def _ranking_recipe(s: _Setup) -> dict:
   return {'learning_rate': float(_get(p, 'ranking_learning_rate', 0.0)) or float(p.learning_rate),
           'epochs': int(p.ranking_epochs), 'max_steps': int(_get(p, 'ranking_max_steps', 0)),
           'max_examples': int(_get(p, 'ranking_max_examples', 0)), 'batch_size': int(p.batch_size),
-          'dropout': float(p.dropout), 'seed': s.seed, 'num_train': len(s.splits.train)}
+          'dropout': float(p.dropout), 'seed': s.seed, 'num_train': len(s.splits.train),
+          'fingerprint': s.fingerprint}
 
 
 def _probe_recipe(s: _Setup) -> dict:
   """What a probe depends on besides its constant heads and the averages."""
   p = s.p
   return {'learning_rate': float(p.learning_rate), 'epochs': int(p.num_epochs), 'batch_size': int(p.batch_size),
-          'dropout': float(p.dropout), 'seed': s.seed, 'num_train': len(s.splits.train)}
+          'dropout': float(p.dropout), 'seed': s.seed, 'num_train': len(s.splits.train),
+          'fingerprint': s.fingerprint}
 
 
 def rank(s: _Setup, constants: np.ndarray, est_examples: int) -> list[tuple[int, int]]:
@@ -147,7 +157,9 @@ def rank(s: _Setup, constants: np.ndarray, est_examples: int) -> list[tuple[int,
     if saved.get('estimate_examples') == est_examples and saved.get('recipe') == _ranking_recipe(s):
       _log(f'ranking: reusing {path}')
       return [tuple(x) for x in saved['ranking']]
-    _log(f'ranking: {path} was made with other averages or settings: redoing it')
+    diffs = fingerprint.differences(saved.get('recipe') or {}, _ranking_recipe(s))
+    _log(f'ranking: {path} was made with other averages or settings ({"; ".join(diffs[:5]) or "averages"}): '
+         'redoing it')
   train = s.splits.train
   n = min(int(_get(s.p, 'ranking_max_examples', 0)) or len(train), len(train))
   subset = train.subset(np.sort(np.random.default_rng([s.seed, 102]).permutation(len(train))[:n]))
@@ -388,7 +400,7 @@ def _results(s: _Setup, est: averages.AttentionSums, per_k: list[dict], eval_tok
       'data': {'source': d.source, 'name': d.get('name', ''), 'subset': d.get('subset', ''),
                'eval_split': d.get('eval_split', ''), 'num_train': len(s.splits.train),
                'num_eval': len(s.splits.eval), 'label_names': list(s.splits.train.label_names)},
-      'num_heads': s.total_heads, 'estimate_examples': est.num_examples,
+      'num_heads': s.total_heads, 'estimate_examples': est.num_examples, 'fingerprint': s.fingerprint,
       'slot_coverage': averages.slot_coverage(est, eval_tokens.masks),
       'baseline_accuracy': base, 'results': rows, 'rescored': rescored,
       'speed': json.loads(speed_path.read_text()) if speed_path.exists() else None,
@@ -465,7 +477,9 @@ def rescore(config, workdir) -> dict:
     raise FileNotFoundError(f'{s.papa_dir} lacks {missing}; run train.py with this config and workdir first.')
   est = averages.load(s.papa_dir / 'averages.npz')
   constants = jax.device_put(est.averages)
-  order = [tuple(x) for x in json.loads((s.papa_dir / 'ranking.json').read_text())['ranking']]
+  saved_ranking = json.loads((s.papa_dir / 'ranking.json').read_text())
+  fingerprint.check_for_eval(saved_ranking.get('recipe', {}).get('fingerprint'), s.fingerprint, str(s.papa_dir))
+  order = [tuple(x) for x in saved_ranking['ranking']]
   eval_tokens = _tokens(s, s.splits.eval)
   mode = cache_mode(s, _Tokens([], np.zeros((0, s.length), bool)), eval_tokens)
   per_k = []
