@@ -1,6 +1,8 @@
 """The adaptive engine (sweet_jax.adaptive) answers exactly as the offline sweep (curves.assign_exits) says:
 same exit and prediction, example for example, for every mode, method, rule and batch size."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -185,8 +187,7 @@ def padded_batches(data, size):
   return out
 
 
-@pytest.mark.parametrize('n', [77, 151])
-def test_four_exits_lose_no_example(n):
+def test_four_exits_lose_no_example():
   """The issue's reproduction: 6 random layers, exits after 1, 2, 4, 6, classifiers scaled by 30, threshold at
   the 96th percentile of the first three exits' confidences. The final flush drained exit 2's queue in two
   calls and pushed both calls' survivors into the last queue, past its capacity: examples came back as -1."""
@@ -195,7 +196,7 @@ def test_four_exits_lose_no_example(n):
   params = exits.init_exit_model(jax.random.key(1), cfg, encoder_jax.init_params(cfg, jax.random.key(0)), ecfg)
   params['heads'] = tuple({**h, 'classifier': {**h['classifier'], 'kernel': h['classifier']['kernel'] * 30.0}}
                           for h in params['heads'])
-  rng = np.random.default_rng(0)
+  n, rng = 77, np.random.default_rng(0)
   mask = (np.arange(S)[None] < rng.integers(2, S + 1, n)[:, None]).astype(np.int32)
   ids = rng.integers(1, cfg.vocab_size, (n, S)).astype(np.int32) * mask
   data = {'input_ids': ids, 'attention_mask': mask, 'token_type_ids': np.zeros_like(ids)}
@@ -204,10 +205,29 @@ def test_four_exits_lose_no_example(n):
   want_exit, want_pred = map(np.asarray, curves.assign_exits(logits, np.ones(4), t))
   assert want_exit[-1] == 3 and np.bincount(want_exit, minlength=4)[3] > n / 2  # most reach the last exit
   got = adaptive.AdaptiveEngine(cfg, ecfg, params, method='sweet', batch_size=8,
-                                buckets=(4, 8)).run(padded_batches(data, 8), t)
+                                buckets=(8,)).run(padded_batches(data, 8), t)
   np.testing.assert_array_equal(got.exit_index[:n], want_exit)
   np.testing.assert_array_equal(got.predictions[:n], want_pred)
   np.testing.assert_array_equal(got.exit_index[n:], -1)
+
+
+def test_queue_checks_its_count():
+  q = adaptive.Queue(exit=2, seq=7, capacity=16, ring={})
+  q.reserve(16)
+  q.push({'index': 'new ring'}, 10)
+  q.pop(4)
+  assert (q.head, q.count, q.end, q.ring) == (4, 6, 10, {'index': 'new ring'})
+  q.push(q.ring, 10)
+  assert q.end == 4  # wrapped around
+  with pytest.raises(RuntimeError, match='exit 2 at sequence length 7: pushing up to 1 rows onto 16 .* capacity 16'):
+    q.reserve(1)
+  with pytest.raises(RuntimeError, match='pushing 1 rows onto 16'):
+    q.push(q.ring, 1)
+  with pytest.raises(RuntimeError, match='popping 17 rows of 16'):
+    q.pop(17)
+  with pytest.raises(RuntimeError, match='pop of -1 rows'):
+    q.pop(-1)
+  assert q.count == 16  # a refused push or pop changes nothing
 
 
 # A model whose exit pattern is chosen per example, with wide margins (no float rounding between batch shapes can
@@ -221,14 +241,22 @@ CODED_SEQS = (4, 6)  # batches come at two sequence lengths in one run
 CODED_THRESHOLD = 0.9
 
 
-def coded_model(method, num_exits):
-  ecfg = exits.ExitConfig(CODED_LAYOUTS[num_exits], 2, pooling='mean')
-  pretrained = encoder_jax.init_params(CODED, jax.random.key(num_exits))
+@functools.lru_cache(maxsize=1)
+def coded_encoder():
+  """The random encoder with coded word embeddings (token 1 + 2 (2e + c) + k, k = 0, 1: exit e, class c)."""
+  pretrained = encoder_jax.init_params(CODED, jax.random.key(4))
   words = 0.02 * np.asarray(jax.random.normal(jax.random.key(7), (CODED.vocab_size, CODED.hidden_size)))
   for e in range(6):
     for c in range(2):
       words[1 + 2 * (2 * e + c):3 + 2 * (2 * e + c), 2 * e:2 * e + 2] += (1.0, -1.0) if c else (-1.0, 1.0)
   pretrained['embeddings']['word_embeddings']['embedding'] = jnp.asarray(words)
+  return pretrained
+
+
+def coded_model(method, num_exits):
+  """(exit config, params, un-jitted all-exit forward) of the coded model with `num_exits` exits."""
+  ecfg = exits.ExitConfig(CODED_LAYOUTS[num_exits], 2, pooling='mean')
+  pretrained = coded_encoder()
 
   def head(i):
     kernel = np.zeros((CODED.hidden_size, 2), np.float32)
@@ -276,38 +304,41 @@ def coded_stream(seed, num_exits):
 
 
 def offline_logits(forward, params, batches):
-  """All exits' logits [E, N, C] of the real rows of `batches`, in stream order. The batches of one length are
-  stacked and padded to 256 rows, and the forward is not jitted: JAX's per-operation cache then serves every
-  model of these shapes (a jitted forward would compile once per model and length)."""
+  """All exits' logits [E, N, C] of the real rows of `batches`, in order. The rows of one length are computed
+  in one call, padded to a multiple of 2048 rows; the forward is not jitted, so JAX's per-operation cache
+  serves every model of these shapes (a jitted forward would compile once per model and length)."""
+  real = [{key: b[key][b['example_mask'] > 0] for key in adaptive._PAYLOAD_KEYS} for b in batches]
   per_batch = [None] * len(batches)
   for seq in CODED_SEQS:
-    ks = [k for k, b in enumerate(batches) if b['input_ids'].shape[1] == seq]
-    if not ks:
-      continue
-    stacked = {key: np.concatenate([batches[k][key] for k in ks]) for key in adaptive._PAYLOAD_KEYS}
-    out = np.asarray(forward(params, {key: np.concatenate([v, np.repeat(v[:1], 256 - len(v), 0)])
+    ks = [k for k, b in enumerate(real) if b['input_ids'].shape[1] == seq]
+    stacked = {key: np.concatenate([real[k][key] for k in ks]) for key in adaptive._PAYLOAD_KEYS}
+    pad = -len(stacked['input_ids']) % 2048
+    out = np.asarray(forward(params, {key: np.concatenate([v, np.repeat(v[:1], pad, 0)])
                                       for key, v in stacked.items()}))
-    starts = np.cumsum([0] + [len(batches[k]['input_ids']) for k in ks])
+    starts = np.cumsum([0] + [len(real[k]['input_ids']) for k in ks])
     for k, start, stop in zip(ks, starts, starts[1:]):
-      per_batch[k] = out[:, start:stop][:, batches[k]['example_mask'] > 0]
+      per_batch[k] = out[:, start:stop]
   return np.concatenate(per_batch, 1)
 
 
-# Seeds of one model share its compiled programs; early_exit shares sweet's (the same network at inference).
-# Compilation dominates the time: one partial-batch bucket (4) with four exits only.
-@pytest.mark.parametrize('method,num_exits,seeds,buckets', [
-    ('sweet', 4, range(12), (4, 8)), ('sweet', 5, range(12), (8,)), ('sweet', 6, range(12), (8,)),
-    ('early_exit', 5, range(12, 16), (8,)), ('multi_model', 4, range(16, 24), (8,))])
-def test_many_exits_match_offline_sweep(method, num_exits, seeds, buckets):
+# Seeds of one model share its compiled programs, which take most of the time (early_exit shares sweet's: the
+# same network at inference); the offline logits of all seeds come from one call per length.
+@pytest.mark.parametrize('method,num_exits,seeds', [
+    ('sweet', 4, range(32)), ('sweet', 5, range(32)), ('sweet', 6, range(16)), ('early_exit', 5, range(32, 40)),
+    ('multi_model', 4, range(16, 24))])
+def test_many_exits_match_offline_sweep(method, num_exits, seeds):
   """Seeded exit patterns x batchings x sequence lengths: every mode answers every example as the offline
   sweep does (exit and prediction), padding rows get -1, and no queue passes its capacity (it would raise)."""
   ecfg, params, forward = coded_model(method, num_exits)
-  engine = adaptive.AdaptiveEngine(CODED, ecfg, params, method=method, batch_size=8, buckets=buckets)
-  for seed in seeds:
-    batches, target = coded_stream(seed, num_exits)
+  engine = adaptive.AdaptiveEngine(CODED, ecfg, params, method=method, batch_size=8, buckets=(8,))
+  streams = [coded_stream(seed, num_exits) for seed in seeds]
+  logits = offline_logits(forward, params, [b for batches, _ in streams for b in batches])
+  # One sweep over all seeds' examples (each example's exit depends on its own logits only).
+  all_exit, all_pred = map(np.asarray, curves.assign_exits(logits, np.ones(num_exits), CODED_THRESHOLD))
+  offsets = np.cumsum([0] + [len(target) for _, target in streams])
+  for seed, (batches, target), start, stop in zip(seeds, streams, offsets, offsets[1:]):
     valid = np.concatenate([b['example_mask'] > 0 for b in batches])
-    logits = offline_logits(forward, params, batches)
-    want_exit, want_pred = map(np.asarray, curves.assign_exits(logits, np.ones(num_exits), CODED_THRESHOLD))
+    want_exit, want_pred = all_exit[start:stop], all_pred[start:stop]
     np.testing.assert_array_equal(want_exit, target, err_msg=f'seed {seed}: the coded model misses its pattern')
     for mode in adaptive.MODES:
       got = engine.run(batches, CODED_THRESHOLD, mode=mode)
