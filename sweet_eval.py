@@ -156,26 +156,11 @@ def evaluate(config, workdir: str, *, method: str, encoder_config, exit_config: 
   else:
     timed = tokenized_batches(splits.eval.subset(np.arange(n_time)), encode_fn, batch_size)
     timed_logits, _, timed_lengths = all_exit_logits(forward, params, timed)
-  timed_real = np.concatenate([np.asarray(b['example_mask']) > 0 for b in timed])
   engine = adaptive.AdaptiveEngine(encoder_config, exit_config, params, method=method, temperatures=temps,
                                    rule=rule, batch_size=batch_size, constants=constants)
   compile_s = engine.warmup({b['input_ids'].shape[1] for b in timed})
-  rows = []
-  for pt in points:
-    ratios = []
-    for _ in range(repeats):
-      start = time.perf_counter()
-      engine.run_full(timed)
-      full_s = time.perf_counter() - start
-      start = time.perf_counter()
-      res = engine.run(timed, pt.threshold, mode=mode)
-      ratios.append(full_s / (time.perf_counter() - start))
-    want_exit, want_pred = map(np.asarray, curves.assign_exits(timed_logits, temps, pt.threshold, rule=rule))
-    check_engine(res, timed_real, want_exit, want_pred, pt.threshold)
-    _, timed_flops = curves.cost_fractions(want_exit, encoder_config=encoder_config, exit_config=exit_config,
-                                           method=method, seq_lengths=timed_lengths)
-    rows.append({**pt.summary(), 'measured_speedup': float(np.median(ratios)), 'timed_flops_fraction': timed_flops,
-                 'engine_agreement': 1.0})
+  rows = [{**pt.summary(), **measure(engine, pt.threshold, timed, timed_logits, timed_lengths, mode=mode,
+                                     repeats=repeats, temperatures=temps, rule=rule)} for pt in points]
 
   result = {'per_exit_accuracy': per_exit.tolist(), 'temperatures': temps.tolist(), 'points': rows}
   if jax.process_index() == 0:
@@ -192,6 +177,30 @@ def evaluate(config, workdir: str, *, method: str, encoder_config, exit_config: 
     _write_csv(os.path.join(out_dir, 'curve.csv'), rows)
     plot_curves([(f'{method} ({mode}, batch {batch_size})', curve)], os.path.join(out_dir, 'curve.png'))
   return result
+
+
+def measure(engine: adaptive.AdaptiveEngine, threshold: float, batches, logits, lengths, *, mode: str,
+            repeats: int, temperatures, rule: str) -> dict[str, float]:
+  """One curve point's figures on the timed examples: measured_speedup, timed_flops_fraction, engine_agreement.
+
+  batches: the timed batches (padding rows marked by example_mask 0); logits [E, N, C], lengths [N]: their
+  real rows' all-exit logits and padded lengths (all_exit_logits). Raises (check_engine) unless the engine
+  answered every example as the offline sweep does.
+  """
+  ratios = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    engine.run_full(batches)
+    full_s = time.perf_counter() - start
+    start = time.perf_counter()
+    res = engine.run(batches, threshold, mode=mode)
+    ratios.append(full_s / (time.perf_counter() - start))
+  want_exit, want_pred = map(np.asarray, curves.assign_exits(logits, temperatures, threshold, rule=rule))
+  check_engine(res, np.concatenate([np.asarray(b['example_mask']) > 0 for b in batches]), want_exit, want_pred,
+               threshold)
+  _, flops = curves.cost_fractions(want_exit, encoder_config=engine.encoder_config, exit_config=engine.exit_config,
+                                   method=engine.method, seq_lengths=lengths)
+  return {'measured_speedup': float(np.median(ratios)), 'timed_flops_fraction': flops, 'engine_agreement': 1.0}
 
 
 def check_engine(result: adaptive.Result, real: np.ndarray, want_exit: np.ndarray, want_pred: np.ndarray,
