@@ -6,7 +6,8 @@ evaluate(...) writes WORKDIR/eval/:
   per_exit_accuracy.json  accuracy of every exit on the eval split
   temperatures.json       one temperature per exit, fit on the calibration split (never on the eval split)
   curve.json              {batch_size, method, rule, engine, timing_examples, points: [{threshold, accuracy,
-                          layer_fraction, flops_fraction, measured_speedup, exit_counts, engine_agreement}]}
+                          layer_fraction, flops_fraction, exit_counts, measured_speedup, timed_flops_fraction,
+                          engine_agreement}]}
   curve.csv, curve.png    the same points; the plot is accuracy against speedup
 compare(workdirs, out_path) overlays several evaluated workdirs' curves.
 
@@ -22,10 +23,19 @@ Config fields read (all under config.eval, each with the default used when absen
 No calibration split (data.calibration_size = 0): temperatures must not be fit on the data that is scored,
 so they stay 1 (plain softmax confidence), a warning says so, and temperatures.json records calibrated: false.
 
-measured_speedup: wall-clock of the full model (embeddings, every layer up to the last exit, the last exit's
-head; multi_model: its deepest member) over wall-clock of adaptive inference on the same eval batches at
-config.eval.batch_size, compilation excluded (both are compiled before timing). Each repeat times the full
-model and then the engine back to back; the median of the per-repeat ratios is reported.
+Which examples each figure of a point describes:
+  accuracy, layer_fraction, flops_fraction, exit_counts   all eval examples (the offline sweep).
+  measured_speedup, timed_flops_fraction                  the timed examples (the first timing_examples; all
+                          when 0 or when the split is no larger). measured_speedup is wall-clock of the full
+                          model (embeddings, every layer up to the last exit, the last exit's head; multi_model:
+                          its deepest member) over wall-clock of adaptive inference on the same eval batches at
+                          config.eval.batch_size, compilation excluded (both are compiled before timing); each
+                          repeat times the full model and then the engine back to back, and the median of the
+                          per-repeat ratios is reported. Compare it with 1 / timed_flops_fraction, the FLOPs-ideal
+                          speedup of exactly what was timed (flops_fraction is that of all examples).
+  engine_agreement        1.0: every timed example is answered by the engine with the sweep's exit and
+                          prediction, else evaluate raises naming the threshold (check_engine); an example the
+                          engine did not answer is an error too, never left out.
 """
 
 from __future__ import annotations
@@ -142,32 +152,15 @@ def evaluate(config, workdir: str, *, method: str, encoder_config, exit_config: 
   # Wall-clock: the first timing_examples eval examples, already tokenized, at the eval batch size.
   n_time = len(labels) if timing_examples <= 0 else min(timing_examples, len(labels))
   if n_time == len(labels):
-    timed, timed_logits = eval_batches, logits
+    timed, timed_logits, timed_lengths = eval_batches, logits, lengths
   else:
     timed = tokenized_batches(splits.eval.subset(np.arange(n_time)), encode_fn, batch_size)
-    timed_logits, _, _ = all_exit_logits(forward, params, timed)
+    timed_logits, _, timed_lengths = all_exit_logits(forward, params, timed)
   engine = adaptive.AdaptiveEngine(encoder_config, exit_config, params, method=method, temperatures=temps,
                                    rule=rule, batch_size=batch_size, constants=constants)
   compile_s = engine.warmup({b['input_ids'].shape[1] for b in timed})
-  rows = []
-  for pt in points:
-    ratios = []
-    want_exit, want_pred = map(np.asarray, curves.assign_exits(timed_logits, temps, pt.threshold, rule=rule))
-    for _ in range(repeats):
-      start = time.perf_counter()
-      engine.run_full(timed)
-      full_s = time.perf_counter() - start
-      start = time.perf_counter()
-      res = engine.run(timed, pt.threshold, mode=mode)
-      ratios.append(full_s / (time.perf_counter() - start))
-    keep = res.exit_index >= 0
-    # The engine must reproduce the offline decisions; a rare flip can only come from float rounding of a
-    # score that sits on the threshold.
-    agreement = float(np.mean((res.exit_index[keep] == want_exit) & (res.predictions[keep] == want_pred)))
-    if agreement < 1.0:
-      logging.warning('Adaptive engine and offline sweep disagree on %.2f%% of examples at threshold %g.',
-                      100 * (1 - agreement), pt.threshold)
-    rows.append({**pt.summary(), 'measured_speedup': float(np.median(ratios)), 'engine_agreement': agreement})
+  rows = [{**pt.summary(), **measure(engine, pt.threshold, timed, timed_logits, timed_lengths, mode=mode,
+                                     repeats=repeats, temperatures=temps, rule=rule)} for pt in points]
 
   result = {'per_exit_accuracy': per_exit.tolist(), 'temperatures': temps.tolist(), 'points': rows}
   if jax.process_index() == 0:
@@ -186,9 +179,57 @@ def evaluate(config, workdir: str, *, method: str, encoder_config, exit_config: 
   return result
 
 
+def measure(engine: adaptive.AdaptiveEngine, threshold: float, batches, logits, lengths, *, mode: str,
+            repeats: int, temperatures, rule: str) -> dict[str, float]:
+  """One curve point's figures on the timed examples: measured_speedup, timed_flops_fraction, engine_agreement.
+
+  batches: the timed batches (padding rows marked by example_mask 0); logits [E, N, C], lengths [N]: their
+  real rows' all-exit logits and padded lengths (all_exit_logits). Raises (check_engine) unless the engine
+  answered every example as the offline sweep does.
+  """
+  ratios = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    engine.run_full(batches)
+    full_s = time.perf_counter() - start
+    start = time.perf_counter()
+    res = engine.run(batches, threshold, mode=mode)
+    ratios.append(full_s / (time.perf_counter() - start))
+  want_exit, want_pred = map(np.asarray, curves.assign_exits(logits, temperatures, threshold, rule=rule))
+  check_engine(res, np.concatenate([np.asarray(b['example_mask']) > 0 for b in batches]), want_exit, want_pred,
+               threshold)
+  _, flops = curves.cost_fractions(want_exit, encoder_config=engine.encoder_config, exit_config=engine.exit_config,
+                                   method=engine.method, seq_lengths=lengths)
+  return {'measured_speedup': float(np.median(ratios)), 'timed_flops_fraction': flops, 'engine_agreement': 1.0}
+
+
+def check_engine(result: adaptive.Result, real: np.ndarray, want_exit: np.ndarray, want_pred: np.ndarray,
+                 threshold: float) -> None:
+  """Raises unless the adaptive engine answered every real example as the offline sweep does.
+
+  result: the engine's answers over all rows [R] of the timed batches (padding rows included); real: bool [R],
+  example_mask > 0; want_exit, want_pred: int [N] the sweep's exits and predictions of the N real rows. A
+  disagreement can only come from an engine bug or from float rounding of a score that sits on the threshold
+  (the engine computes in other batch shapes); either way the curve point would not describe what ran.
+  """
+  got_exit, got_pred = result.exit_index[real], result.predictions[real]
+  lost = np.flatnonzero(got_exit < 0)
+  if lost.size:
+    raise RuntimeError(f'At threshold {threshold:g} the adaptive engine did not answer {lost.size} of {real.sum()} '
+                       f'timed examples (the first: example {lost[0]}).')
+  if np.any(result.exit_index[~real] >= 0):
+    raise RuntimeError(f'At threshold {threshold:g} the adaptive engine answered padding rows (example_mask 0).')
+  wrong = np.flatnonzero((got_exit != want_exit) | (got_pred != want_pred))
+  if wrong.size:
+    k = wrong[0]
+    raise RuntimeError(f'At threshold {threshold:g} the adaptive engine and the offline sweep disagree on '
+                       f'{wrong.size} of {real.sum()} timed examples (the first: example {k}, engine exit '
+                       f'{got_exit[k]} prediction {got_pred[k]}, sweep exit {want_exit[k]} prediction {want_pred[k]}).')
+
+
 def _write_csv(path, rows):
-  fields = ['threshold', 'accuracy', 'layer_fraction', 'flops_fraction', 'measured_speedup', 'exit_counts',
-            'engine_agreement']
+  fields = ['threshold', 'accuracy', 'layer_fraction', 'flops_fraction', 'measured_speedup', 'timed_flops_fraction',
+            'exit_counts', 'engine_agreement']
   with open(path, 'w', newline='') as f:
     writer = csv.writer(f)
     writer.writerow(fields)

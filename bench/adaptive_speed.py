@@ -23,7 +23,7 @@ Compilation is excluded (every program is compiled by warm-up first). Each repea
 then every mode back to back; a speedup is median(full-model times) / median(mode times) over the --repeats
 at that threshold (--calm-repeats for calm, only shown for comparison; a median of 1 is that one run). The
 JSON also holds best-of-repeats ratios (min / min: load from other processes only ever slows a run down).
-Every engine run is checked against the offline sweep (same exits and predictions).
+Every engine run is checked against the offline sweep (every real example answered, same exits and predictions).
 Per batch size: the full model's achieved FLOP/s and, where the device's peak is known (bench/machine.py),
 its model FLOPs utilisation (MFU), and the engines' range over thresholds (useful FLOPs / time / peak; an
 engine's MFU is the full model's times its measured / ideal ratio).
@@ -185,6 +185,7 @@ def main():
     evaluation = splits.eval.subset(np.arange(min(n, len(splits.eval))))
     batch_list = batches(evaluation, encode_fn, batch_size)
     logits, lengths = all_exit_logits(cfg, ecfg, params, method, batch_list)
+    real = np.concatenate([b['example_mask'] > 0 for b in batch_list])  # padding rows of a last partial batch
     labels = evaluation.labels
     points = curves.sweep(logits, labels, temperatures=temps, encoder_config=cfg, exit_config=ecfg,
                           method=method, seq_lengths=lengths)
@@ -214,9 +215,11 @@ def main():
           start = time.perf_counter()
           res = engine.run(batch_list, pt.threshold, mode=m)
           times[m].append(time.perf_counter() - start)
-          keep = res.exit_index >= 0
-          agree &= bool(np.array_equal(res.exit_index[keep], pt.exit_index)
-                        and np.array_equal(res.predictions[keep], pt.predictions))
+          try:  # every real example answered, with the sweep's exit and prediction
+            sweet_eval.check_engine(res, real, pt.exit_index, pt.predictions, pt.threshold)
+          except RuntimeError as e:
+            print(e, flush=True)
+            agree = False
       full_times += times['full']
       ratios = {m: [float(np.median(times['full']) / np.median(times[m])),
                     float(np.min(times['full']) / np.min(times[m]))] for m in modes}

@@ -7,7 +7,7 @@ equal what curves.assign_exits derives offline from all-exit logits with the sam
              the device, capacity 2 x batch_size) of examples waiting for its segment. A segment runs only
              when its queue holds a full batch, so every segment works at the batch size the full model
              runs at; examples that stay on are scattered into the next queue inside the same jitted call.
-             At the end of the stream the queues are flushed in order, each remainder padded up to a bucket.
+             At the end of the stream the queues are flushed in exit order (see 'Queues' below).
   'compact'  batch compaction, one input batch at a time: after each exit the confident examples leave and
              the rest are gathered into a smaller batch, padded up to the next bucket size, for the next
              segment; every batch is finished before the next one starts (bounded latency per batch).
@@ -35,6 +35,20 @@ a bucket size, so compilations are bounded by segments x buckets x sequence leng
 all before timing. The destination queue is donated, so the scatter writes in place. The host reads back
 only the per-row exit flags, predictions, indices and exit logits (a few hundred bytes to a few KB), which
 also tells it how many rows the next queue holds.
+
+Queues and their invariant. A queue (`Queue`: ring buffers, head, count) holds the examples waiting for one
+exit's segment at one sequence length; its capacity is 2 x batch_size rows. A call takes at most batch_size
+rows, so it pushes at most batch_size survivors into the next queue, and every call first pumps that next
+queue (full-batch calls, which in turn first pump the queue after it, down to the last exit) until it holds
+fewer than batch_size rows. So every queue holds at most 2 x batch_size - 1 rows at any time, whatever the
+exit pattern, the number of exits or of sequence lengths, and whatever order the host calls segments in.
+`Queue` checks 0 <= count <= capacity at every push and pop and raises otherwise: on the device the scatter
+would silently overwrite unread rows. The schedule: after each input batch, 'stream' pumps every queue of
+that sequence length, in exit order, to below one batch; 'compact' and 'calm' empty them. At the end of the
+stream (the flush) every queue is emptied in exit order: full calls while it holds a full batch, then one
+call on the remainder padded up to a bucket. A queue emptied in several calls feeds the next several calls'
+survivors; that is where the room-making matters (without it, the flush with four or more exits pushed two
+calls' survivors onto a queue already holding up to batch_size - 1 rows, past its capacity, and lost rows).
 """
 
 from __future__ import annotations
@@ -79,6 +93,52 @@ class _Spec:
   exit_config: exits.ExitConfig
   multi_model: bool
   capacity: int
+
+
+@dataclasses.dataclass
+class Queue:
+  """Examples waiting for exit `exit`'s segment at sequence length `seq`: a ring buffer on the device.
+
+  ring: {'payload': ..., 'index', 'last', 'streak'}, each with a leading axis of `capacity` rows; the `count`
+  rows from ring position `head` on (wrapping) are the queued examples, oldest first.
+  Invariant: 0 <= count <= capacity, checked at every push and pop: a push past the capacity would overwrite
+  unread rows on the device (examples lost without a trace), so it raises instead.
+  """
+  exit: int
+  seq: int
+  capacity: int
+  ring: dict[str, Any]
+  head: int = 0
+  count: int = 0
+
+  @property
+  def end(self) -> int:
+    """Ring position the next pushed row goes to."""
+    return (self.head + self.count) % self.capacity
+
+  def _check(self, count: int, what: str) -> None:
+    if not 0 <= count <= self.capacity:
+      raise RuntimeError(f'Queue of exit {self.exit} at sequence length {self.seq}: {what} would leave {count} '
+                         f'rows, outside [0, capacity {self.capacity}] (an engine bug: rows would be lost).')
+
+  def reserve(self, rows: int) -> None:
+    """Checks, before a call may push up to `rows` rows, that they fit (the device writes them unchecked)."""
+    self._check(self.count + rows, f'pushing up to {rows} rows onto {self.count}')
+
+  def push(self, ring: dict[str, Any], rows: int) -> None:
+    """The ring after a call wrote `rows` rows at `end` (the old ring was donated to that call)."""
+    self._check(self.count + rows, f'pushing {rows} rows onto {self.count}')
+    self.ring, self.count = ring, self.count + rows
+
+  def pop(self, rows: int) -> None:
+    """Drops the `rows` oldest rows (a call has read them)."""
+    if rows < 0:
+      raise RuntimeError(f'Queue of exit {self.exit} at sequence length {self.seq}: pop of {rows} rows.')
+    self._check(self.count - rows, f'popping {rows} rows of {self.count}')
+    self.head, self.count = (self.head + rows) % self.capacity, self.count - rows
+
+  def clear(self) -> None:
+    self.head = self.count = 0
 
 
 def _forward(spec: _Spec, index: int, params, constants, payload):
@@ -177,17 +237,17 @@ class AdaptiveEngine:
     self.temperatures = jnp.asarray(temps, jnp.float32).reshape(self.num_exits)
     self.buckets = tuple(sorted(b for b in set(buckets or default_buckets(batch_size)) if b < batch_size))
     self.buckets += (batch_size,)
-    self.capacity = 2 * batch_size  # a queue holds < batch_size rows, plus at most one call's survivors
+    self.capacity = 2 * batch_size  # < batch_size rows before a call, plus its <= batch_size survivors
     self.spec = _Spec(encoder_config, exit_config, method == 'multi_model', self.capacity)
-    self._queues: dict[int, list] = {}
+    self._queues: dict[int, dict[int, Queue]] = {}  # seq -> exit i >= 1 -> its queue (kept between runs)
 
   # --------------------------------------------------------------------------------------- host side
 
   def _bucket(self, n: int) -> int:
     return next(b for b in self.buckets if b >= n)
 
-  def _queue(self, seq: int):
-    """An empty queue for exits >= 1 at sequence length seq (ring buffer of `capacity` rows)."""
+  def _ring(self, seq: int) -> dict[str, Any]:
+    """Device buffers of an empty queue at sequence length seq (`capacity` rows)."""
     cap, cfg = self.capacity, self.encoder_config
     if self.spec.multi_model:
       payload = {'input_ids': jnp.zeros((cap, seq), jnp.int32), 'attention_mask': jnp.ones((cap, seq), jnp.int32),
@@ -197,6 +257,12 @@ class AdaptiveEngine:
                  'attention_mask': jnp.ones((cap, seq), jnp.int32)}
     ints = lambda fill: jnp.full((cap,), fill, jnp.int32)  # separate buffers: the queue is donated
     return {'payload': payload, 'index': ints(0), 'last': ints(-1), 'streak': ints(0)}
+
+  def _queues_at(self, seq: int) -> dict[int, Queue]:
+    """The queues of exits 1 .. E-1 at sequence length seq, allocated on first use."""
+    if seq not in self._queues:
+      self._queues[seq] = {i: Queue(i, seq, self.capacity, self._ring(seq)) for i in range(1, self.num_exits)}
+    return self._queues[seq]
 
   def _input(self, batch, offset: int, rows: int):
     """An input batch padded to `rows` rows: payload, global 'index' and 'valid' (example_mask > 0)."""
@@ -218,75 +284,24 @@ class AdaptiveEngine:
     """
     if mode not in MODES:
       raise ValueError(f'Unknown mode {mode!r}; choose from {MODES}.')
-    E, B, cap = self.num_exits, self.batch_size, self.capacity
-    thr, calm = jnp.float32(threshold), mode == 'calm'
-    keep_all = jnp.bool_(calm)
-    stats = {'calls': [0] * E, 'rows': [0] * E, 'left': [0] * E}
-    got_index, got_pred, got_exit, got_logits = [], [], [], []
-    queues = self._queues  # seq -> per exit i >= 1: [ring, head, count] (entry 0 unused)
-    for q in queues.values():  # rings are kept between runs (no allocation per run); empty them
-      for entry in q[1:]:
-        entry[1] = entry[2] = 0
-    pending = {}  # calm: global index -> still in (the queue carries rows that already left)
-
-    def call(i, seq, src, take, rows):
-      q = queues[seq]
-      dst, dst_end = (None, 0) if i == E - 1 else (q[i + 1][0], (q[i + 1][1] + q[i + 1][2]) % cap)
-      out, dst = _stage(self.spec, self.params, self.constants, self.temperatures, self.rule, thr, keep_all,
-                        src, 0 if i == 0 else q[i][1], take, dst, dst_end, index=i, rows=rows)
-      out = jax.device_get(out)
-      leave = out['leave']
-      if calm:  # rows that left earlier ride along; record each example's first exit only
-        leave = leave & np.array([pending.get(int(k), False) for k in out['index']])
-        pending.update((int(k), False) for k in out['index'][leave])
-      got_index.append(out['index'][leave])
-      got_pred.append(out['pred'][leave])
-      got_exit.append(np.full(int(leave.sum()), i, np.int32))
-      got_logits.append(out['logits'][leave])
-      stats['calls'][i] += 1
-      stats['rows'][i] += rows
-      stats['left'][i] += int(leave.sum())
-      if i > 0:
-        q[i][1], q[i][2] = (q[i][1] + take) % cap, q[i][2] - take
-      if i < E - 1:
-        q[i + 1][0] = dst
-        q[i + 1][2] += int(out['kept'])
-        if calm and not any(pending.values()):  # the whole batch has left: CALM stops here
-          q[i + 1][2] = 0
-
-    def drain(seq, full_only):
-      q = queues[seq]
-      for i in range(1, E):
-        while q[i][2] >= B or (not full_only and q[i][2] > 0):
-          take = min(q[i][2], B)
-          call(i, seq, q[i][0], take, B if take == B else self._bucket(take))
-
+    for queues in self._queues.values():  # rings are kept between runs (no allocation per run); empty them
+      for q in queues.values():
+        q.clear()
+    state = _Run(self, threshold, calm=mode == 'calm')
     total = 0
     for batch in batches:
       n, seq = batch['input_ids'].shape
-      if n > B:
-        raise ValueError(f'A batch of {n} rows exceeds the engine batch_size {B}.')
-      if seq not in queues:
-        queues[seq] = [None] + [[self._queue(seq), 0, 0] for _ in range(1, E)]
+      if n > self.batch_size:
+        raise ValueError(f'A batch of {n} rows exceeds the engine batch_size {self.batch_size}.')
+      queues = self._queues_at(seq)
       x = self._input(batch, total, self._bucket(n))
-      if calm:
-        pending.clear()
-        pending.update({int(k): True for k in x['index'][x['valid']]})
-      call(0, seq, x, n, self._bucket(n))
-      drain(seq, full_only=(mode == 'stream'))
+      state.start_batch(x['index'][x['valid']])
+      state.call(queues, 0, n, batch=x)
+      state.drain(queues, full_only=mode == 'stream')
       total += n
-    for seq in queues:
-      drain(seq, full_only=False)
-
-    predictions = np.full(total, -1, np.int32)
-    exit_index = np.full(total, -1, np.int32)
-    logits = np.zeros((total, self.exit_config.num_labels), np.float32)
-    if got_index:
-      idx = np.concatenate(got_index)
-      predictions[idx] = np.concatenate(got_pred)
-      exit_index[idx] = np.concatenate(got_exit)
-      logits[idx] = np.concatenate(got_logits)
-    return Result(predictions, exit_index, stats, logits)
+    for queues in self._queues.values():  # the flush at the end of the stream
+      state.drain(queues, full_only=False)
+    return state.result(total)
 
   def run_full(self, batches: Iterable[dict[str, np.ndarray]]) -> np.ndarray:
     """The full model (single final exit) on every batch: predictions int32 [N] (the timing baseline)."""
@@ -303,8 +318,7 @@ class AdaptiveEngine:
     start = time.perf_counter()
     thr, no = jnp.float32(0.5), jnp.bool_(False)
     for seq in sorted(set(int(s) for s in seq_lengths)):
-      if seq not in self._queues:
-        self._queues[seq] = [None] + [[self._queue(seq), 0, 0] for _ in range(1, self.num_exits)]
+      self._queues_at(seq)
       dummy = {'input_ids': np.zeros((self.batch_size, seq), np.int32),
                'attention_mask': np.ones((self.batch_size, seq), np.int32),
                'token_type_ids': np.zeros((self.batch_size, seq), np.int32)}
@@ -313,12 +327,82 @@ class AdaptiveEngine:
       for rows in self.buckets:
         src = self._input({k: v[:rows] for k, v in dummy.items()}, 0, rows)
         for i in range(self.num_exits):
-          dst = self._queue(seq) if i < self.num_exits - 1 else None
+          dst = self._ring(seq) if i < self.num_exits - 1 else None
           out, dst = _stage(self.spec, self.params, self.constants, self.temperatures, self.rule, thr, no, src,
                             0, rows, dst, 0, index=i, rows=rows)
           src = dst
         jax.block_until_ready(out)
     return time.perf_counter() - start
+
+
+class _Run:
+  """The bookkeeping of one AdaptiveEngine.run: segment calls, the answers they give and the stats.
+
+  Every call goes through `call`, which first pumps the next exit's queue below one batch (full calls only,
+  recursively down the exits), so its survivors (at most batch_size) always fit: see the module docstring.
+  """
+
+  def __init__(self, engine: AdaptiveEngine, threshold: float, *, calm: bool):
+    self.engine, self.calm = engine, calm
+    self.threshold, self.keep_all = jnp.float32(threshold), jnp.bool_(calm)
+    self.stats = {key: [0] * engine.num_exits for key in ('calls', 'rows', 'left')}
+    self.answers: list[tuple[np.ndarray, np.ndarray, int, np.ndarray]] = []  # (indices, predictions, exit, logits)
+    self.pending: dict[int, bool] = {}  # calm: global index -> still in (the queues carry rows that left)
+
+  def start_batch(self, indices: np.ndarray) -> None:
+    """calm: the examples (global indices) of the batch about to enter."""
+    if self.calm:
+      self.pending = {int(k): True for k in indices}
+
+  def call(self, queues: dict[int, Queue], i: int, take: int, batch=None) -> None:
+    """Segment i on `take` rows: the input batch (i = 0, as AdaptiveEngine._input) or the oldest rows of exit
+    i's queue, padded up to a bucket. Rows that stay on go to exit i + 1's queue."""
+    e = self.engine
+    src, dst = queues.get(i), queues.get(i + 1)
+    if dst is not None:
+      self.pump(queues, i + 1, full_only=True)  # now dst.count < batch_size, and take <= batch_size
+      dst.reserve(take)
+    out, ring = _stage(e.spec, e.params, e.constants, e.temperatures, e.rule, self.threshold, self.keep_all,
+                       batch if src is None else src.ring, 0 if src is None else src.head, take,
+                       None if dst is None else dst.ring, 0 if dst is None else dst.end, index=i,
+                       rows=e._bucket(take))
+    out = jax.device_get(out)
+    if src is not None:
+      src.pop(take)
+    if dst is not None:
+      dst.push(ring, int(out['kept']))
+    leave = out['leave']
+    if self.calm:  # rows that left earlier ride along; record each example's first exit only
+      leave = leave & np.array([self.pending.get(int(k), False) for k in out['index']])
+      self.pending.update((int(k), False) for k in out['index'][leave])
+      if dst is not None and not any(self.pending.values()):  # the whole batch has left: CALM stops here
+        dst.clear()
+    self.answers.append((out['index'][leave], out['pred'][leave], i, out['logits'][leave]))
+    self.stats['calls'][i] += 1
+    self.stats['rows'][i] += e._bucket(take)
+    self.stats['left'][i] += int(leave.sum())
+
+  def pump(self, queues: dict[int, Queue], i: int, *, full_only: bool) -> None:
+    """Runs exit i's queue in calls of batch_size rows until it holds fewer (full_only), or until it is empty
+    (the last call then takes the remainder, padded up to a bucket)."""
+    q, size = queues[i], self.engine.batch_size
+    while q.count >= size or (q.count and not full_only):
+      self.call(queues, i, min(q.count, size))
+
+  def drain(self, queues: dict[int, Queue], *, full_only: bool) -> None:
+    """Pumps the queues of one sequence length in exit order."""
+    for i in sorted(queues):
+      self.pump(queues, i, full_only=full_only)
+
+  def result(self, total: int) -> Result:
+    predictions = np.full(total, -1, np.int32)
+    exit_index = np.full(total, -1, np.int32)
+    logits = np.zeros((total, self.engine.exit_config.num_labels), np.float32)
+    for index, pred, i, exit_logits in self.answers:
+      predictions[index] = pred
+      exit_index[index] = i
+      logits[index] = exit_logits
+    return Result(predictions, exit_index, self.stats, logits)
 
 
 def median_time(fn: Callable[[], Any], repeats: int = 3) -> float:
