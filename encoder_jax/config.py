@@ -12,25 +12,32 @@ import json
 import os
 from typing import Any, Sequence
 
-SUPPORTED_MODEL_TYPES = ('bert', 'roberta')
+SUPPORTED_MODEL_TYPES = ('bert', 'roberta', 'mpnet')
+# Families that number positions from pad_token_id + 1 (fairseq's make_positions).
+_PADDING_OFFSET_TYPES = ('roberta', 'mpnet')
 HEAD_KINDS = ('softmax', 'constant', 'mixed')
+# Hugging Face's MPNet buckets relative positions into 32 buckets up to distance 128, whatever the config says.
+MPNET_BUCKETS, MPNET_MAX_DISTANCE = 32, 128
 
 
 @dataclasses.dataclass(frozen=True)
 class EncoderConfig:
-  """A post-layer-norm BERT/RoBERTa encoder.
+  """A post-layer-norm BERT-style encoder: BERT, RoBERTa or MPNet.
 
   Attributes:
-    model_type: 'bert' or 'roberta' (RoBERTa offsets positions past the padding id).
+    model_type: 'bert', 'roberta' or 'mpnet' (RoBERTa and MPNet offset positions past the padding id; MPNet
+      adds a bucketed relative position bias, shared by all layers, to every attention score).
     vocab_size: rows of the word-embedding table.
     hidden_size: model width H.
     num_layers: transformer layers.
     num_heads: attention heads per layer; H must divide evenly.
     intermediate_size: width of the feed-forward layer.
     max_position_embeddings: rows of the position table (RoBERTa: includes its offset).
-    type_vocab_size: token types (BERT 2, RoBERTa 1).
+    type_vocab_size: token types (BERT 2, RoBERTa 1, MPNet 0: no token-type table).
     layer_norm_eps: epsilon of every layer norm.
-    pad_token_id: id of [PAD]; RoBERTa derives position ids from it.
+    pad_token_id: id of [PAD]; RoBERTa and MPNet derive position ids from it.
+    relative_attention_num_buckets: rows of MPNet's relative attention bias table [buckets, heads]; 0 for
+      architectures without one.
     hidden_dropout: dropout on embeddings and sublayer outputs (training only).
     attention_dropout: dropout on attention probabilities (training only).
     dtype: compute dtype, 'float32' or 'bfloat16'; parameters always stay float32.
@@ -49,6 +56,7 @@ class EncoderConfig:
   type_vocab_size: int = 2
   layer_norm_eps: float = 1e-12
   pad_token_id: int = 0
+  relative_attention_num_buckets: int = 0
   hidden_dropout: float = 0.1
   attention_dropout: float = 0.1
   dtype: str = 'float32'
@@ -59,6 +67,11 @@ class EncoderConfig:
       raise ValueError(f'Unsupported model_type {self.model_type!r}; supported: {SUPPORTED_MODEL_TYPES}.')
     if self.hidden_size % self.num_heads:
       raise ValueError(f'hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}.')
+    if self.type_vocab_size < 0:
+      raise ValueError(f'type_vocab_size must be >= 0, got {self.type_vocab_size}.')
+    if self.model_type == 'mpnet' and self.relative_attention_num_buckets < MPNET_BUCKETS:
+      raise ValueError(f'MPNet buckets relative positions into {MPNET_BUCKETS} buckets; '
+                       f'relative_attention_num_buckets={self.relative_attention_num_buckets} is too small.')
     if self.dtype not in ('float32', 'bfloat16'):
       raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}.")
     if self.head_kinds is not None:
@@ -74,8 +87,8 @@ class EncoderConfig:
 
   @property
   def position_offset(self) -> int:
-    """RoBERTa numbers positions from pad_token_id + 1; BERT from 0."""
-    return self.pad_token_id + 1 if self.model_type == 'roberta' else 0
+    """RoBERTa and MPNet number positions from pad_token_id + 1; BERT from 0."""
+    return self.pad_token_id + 1 if self.model_type in _PADDING_OFFSET_TYPES else 0
 
   @property
   def max_length(self) -> int:
@@ -125,12 +138,14 @@ class EncoderConfig:
         num_heads=hf['num_attention_heads'],
         intermediate_size=hf['intermediate_size'],
         max_position_embeddings=hf['max_position_embeddings'],
-        type_vocab_size=hf.get('type_vocab_size', 2),
+        type_vocab_size=0 if model_type == 'mpnet' else hf.get('type_vocab_size', 2),
         layer_norm_eps=hf.get('layer_norm_eps', 1e-12),
         pad_token_id=hf.get('pad_token_id', 0) or 0,
         hidden_dropout=hf.get('hidden_dropout_prob', 0.1),
         attention_dropout=hf.get('attention_probs_dropout_prob', 0.1),
     )
+    if model_type == 'mpnet':
+      fields['relative_attention_num_buckets'] = hf.get('relative_attention_num_buckets', MPNET_BUCKETS)
     fields.update(overrides)
     return cls(**fields)
 

@@ -25,7 +25,19 @@ HUB_FILES = ['config.json', '*.safetensors', 'model.safetensors.index.json', 'to
              'tokenizer_config.json', 'special_tokens_map.json', 'vocab.txt', 'vocab.json', 'merges.txt']
 # Task heads and buffers that checkpoints carry and an encoder does not use.
 IGNORED = re.compile(r'^(cls\.|lm_head\.|classifier\.|qa_outputs\.|embeddings\.(position|token_type)_ids$)')
-PREFIXES = ('bert.', 'roberta.', 'model.')
+PREFIXES = ('bert.', 'roberta.', 'mpnet.', 'model.')
+
+# Per-layer modules: our name -> the Hugging Face module path inside encoder.layer.N, per family.
+_BERT_LAYER = {
+    'query': r'attention\.self\.query', 'key': r'attention\.self\.key', 'value': r'attention\.self\.value',
+    'attention_output': r'attention\.output\.dense', 'attention_layer_norm': r'attention\.output\.LayerNorm',
+    'intermediate': r'intermediate\.dense', 'output': r'output\.dense', 'output_layer_norm': r'output\.LayerNorm',
+}
+_MPNET_LAYER = {
+    **_BERT_LAYER, 'query': r'attention\.attn\.q', 'key': r'attention\.attn\.k', 'value': r'attention\.attn\.v',
+    'attention_output': r'attention\.attn\.o', 'attention_layer_norm': r'attention\.LayerNorm',
+}
+LAYER_NAMES = {'bert': _BERT_LAYER, 'roberta': _BERT_LAYER, 'mpnet': _MPNET_LAYER}
 
 # (regex on the Hugging Face name, params path template, transform(array, config) -> array)
 _heads_in = lambda w, c: w.T.reshape(c.hidden_size, c.num_heads, c.head_dim)  # [out, in] -> [in, n, d]
@@ -33,26 +45,34 @@ _heads_bias = lambda b, c: b.reshape(c.num_heads, c.head_dim)
 _heads_out = lambda w, c: w.T.reshape(c.num_heads, c.head_dim, c.hidden_size)
 _t = lambda w, c: w.T
 _id = lambda w, c: w
-NAME_TABLE: list[tuple[str, str, Callable[[np.ndarray, EncoderConfig], np.ndarray]]] = [
+Transform = Callable[[np.ndarray, EncoderConfig], np.ndarray]
+_WEIGHT_TRANSFORMS = {'query': (_heads_in, _heads_bias), 'key': (_heads_in, _heads_bias),
+                      'value': (_heads_in, _heads_bias), 'attention_output': (_heads_out, _id),
+                      'intermediate': (_t, _id), 'output': (_t, _id)}
+_COMMON = [
     (r'embeddings\.(word|position|token_type)_embeddings\.weight', r'embeddings/\1_embeddings/embedding', _id),
     (r'embeddings\.LayerNorm\.weight', 'embeddings/layer_norm/scale', _id),
     (r'embeddings\.LayerNorm\.bias', 'embeddings/layer_norm/bias', _id),
-    (r'encoder\.layer\.(\d+)\.attention\.self\.(query|key|value)\.weight', r'layers_\1/\2/kernel', _heads_in),
-    (r'encoder\.layer\.(\d+)\.attention\.self\.(query|key|value)\.bias', r'layers_\1/\2/bias', _heads_bias),
-    (r'encoder\.layer\.(\d+)\.attention\.output\.dense\.weight', r'layers_\1/attention_output/kernel', _heads_out),
-    (r'encoder\.layer\.(\d+)\.attention\.output\.dense\.bias', r'layers_\1/attention_output/bias', _id),
-    (r'encoder\.layer\.(\d+)\.attention\.output\.LayerNorm\.weight', r'layers_\1/attention_layer_norm/scale', _id),
-    (r'encoder\.layer\.(\d+)\.attention\.output\.LayerNorm\.bias', r'layers_\1/attention_layer_norm/bias', _id),
-    (r'encoder\.layer\.(\d+)\.intermediate\.dense\.weight', r'layers_\1/intermediate/kernel', _t),
-    (r'encoder\.layer\.(\d+)\.intermediate\.dense\.bias', r'layers_\1/intermediate/bias', _id),
-    (r'encoder\.layer\.(\d+)\.output\.dense\.weight', r'layers_\1/output/kernel', _t),
-    (r'encoder\.layer\.(\d+)\.output\.dense\.bias', r'layers_\1/output/bias', _id),
-    (r'encoder\.layer\.(\d+)\.output\.LayerNorm\.weight', r'layers_\1/output_layer_norm/scale', _id),
-    (r'encoder\.layer\.(\d+)\.output\.LayerNorm\.bias', r'layers_\1/output_layer_norm/bias', _id),
     # The pretrained pooler (dense + tanh on [CLS]) is kept beside the encoder so exit heads can start from it.
     (r'pooler\.dense\.weight', 'pooler/kernel', _t),
     (r'pooler\.dense\.bias', 'pooler/bias', _id),
 ]
+_EXTRA = {'mpnet': [(r'encoder\.relative_attention_bias\.weight', 'relative/embedding', _id)]}
+
+
+def name_table(model_type: str) -> list[tuple[str, str, Transform]]:
+  """The (regex, params path template, transform) rows of one architecture family."""
+  rows = list(_COMMON) + _EXTRA.get(model_type, [])
+  for ours, theirs in LAYER_NAMES[model_type].items():
+    prefix = r'encoder\.layer\.(\d+)\.' + theirs
+    if ours in _WEIGHT_TRANSFORMS:
+      weight, bias = _WEIGHT_TRANSFORMS[ours]
+      rows += [(prefix + r'\.weight', rf'layers_\1/{ours}/kernel', weight),
+               (prefix + r'\.bias', rf'layers_\1/{ours}/bias', bias)]
+    else:  # a layer norm
+      rows += [(prefix + r'\.weight', rf'layers_\1/{ours}/scale', _id),
+               (prefix + r'\.bias', rf'layers_\1/{ours}/bias', _id)]
+  return rows
 
 
 class CheckpointError(ValueError):
@@ -65,9 +85,12 @@ def expected_shapes(config: EncoderConfig) -> dict[str, tuple[int, ...]]:
   shapes = {
       'embeddings/word_embeddings/embedding': (config.vocab_size, h),
       'embeddings/position_embeddings/embedding': (config.max_position_embeddings, h),
-      'embeddings/token_type_embeddings/embedding': (config.type_vocab_size, h),
       'embeddings/layer_norm/scale': (h,), 'embeddings/layer_norm/bias': (h,),
   }
+  if config.type_vocab_size:
+    shapes['embeddings/token_type_embeddings/embedding'] = (config.type_vocab_size, h)
+  if config.model_type == 'mpnet':
+    shapes['relative/embedding'] = (config.relative_attention_num_buckets, n)
   for l in range(config.num_layers):
     for name in ('query', 'key', 'value'):
       shapes[f'layers_{l}/{name}/kernel'] = (h, n, d)
@@ -82,8 +105,8 @@ def expected_shapes(config: EncoderConfig) -> dict[str, tuple[int, ...]]:
   return shapes
 
 
-def _target(name: str):
-  for pattern, template, transform in NAME_TABLE:
+def _target(name: str, model_type: str):
+  for pattern, template, transform in name_table(model_type):
     if re.fullmatch(pattern, name):
       return re.sub(pattern, template, name), transform
   return None, None
@@ -99,7 +122,7 @@ def convert(tensors: dict[str, np.ndarray], config: EncoderConfig) -> dict[str, 
     name = next((raw[len(p):] for p in PREFIXES if raw.startswith(p)), raw)
     if IGNORED.match(name):
       continue
-    path, transform = _target(name)
+    path, transform = _target(name, config.model_type)
     if path is None:
       problems.append(f'unexpected tensor {raw!r} {tuple(array.shape)}')
       continue
@@ -111,7 +134,9 @@ def convert(tensors: dict[str, np.ndarray], config: EncoderConfig) -> dict[str, 
       value = None
     want = expected.get(path, optional.get(path))
     if want is None:
-      problems.append(f'unexpected tensor {raw!r}: layer beyond num_layers={config.num_layers}')
+      why = (f'layer beyond num_layers={config.num_layers}' if path.startswith('layers_')
+             else f'no such parameter in a {config.model_type} encoder with this config')
+      problems.append(f'unexpected tensor {raw!r}: {why}')
       continue
     if value is None or value.shape != want:
       problems.append(f'shape mismatch for {raw!r}: checkpoint {tuple(array.shape)}, config expects {want} as {path}')

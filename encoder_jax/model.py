@@ -1,13 +1,14 @@
-"""The pure-functional BERT/RoBERTa encoder (Flax Linen) and its functional entry points.
+"""The pure-functional BERT/RoBERTa/MPNet encoder (Flax Linen) and its functional entry points.
 
 Parameters are plain nested dicts:
   {'embeddings': {'word_embeddings': {'embedding': [vocab, H]}, 'position_embeddings': ...,
-                  'token_type_embeddings': ..., 'layer_norm': {'scale', 'bias'}},
+                  'token_type_embeddings' (not MPNet): ..., 'layer_norm': {'scale', 'bias'}},
    'layers_0': {'query'|'key'|'value': {'kernel': [H, heads, head_dim], 'bias': [heads, head_dim]},
                 'attention_output': {'kernel': [heads, head_dim, H], 'bias': [H]},
                 'attention_layer_norm', 'intermediate': {'kernel': [H, I], 'bias'},
                 'output': {'kernel': [I, H], 'bias'}, 'output_layer_norm'},
-   ..., 'layers_{n-1}': ...}
+   ..., 'layers_{n-1}': ...,
+   'relative': parameters all layers share (MPNet: {'embedding': [buckets, heads]}); absent for BERT/RoBERTa}
 Per-head kernels keep head selection (constant heads) a static slice of the weights; the query, key and
 value weights are fused into one matmul at trace time.
 
@@ -27,10 +28,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from encoder_jax import attention
+from encoder_jax import attention, relative
 from encoder_jax.config import EncoderConfig
 
 Params = dict[str, Any]
+SHARED = 'relative'  # the params key of what all layers share (MPNet's relative attention bias)
 _init = nn.initializers.normal(stddev=0.02)
 
 
@@ -47,18 +49,19 @@ class Embeddings(nn.Module):
     seq = input_ids.shape[1]
     if seq > cfg.max_length:
       raise ValueError(f'Sequence length {seq} exceeds the position table ({cfg.max_length} positions).')
-    if cfg.model_type == 'roberta':
+    if cfg.position_offset:
       # Hugging Face's create_position_ids_from_input_ids: real tokens count up from pad_token_id + 1.
       real = (input_ids != cfg.pad_token_id).astype(jnp.int32)
       positions = jnp.cumsum(real, axis=1) * real + cfg.pad_token_id
     else:
       positions = jnp.broadcast_to(jnp.arange(seq), input_ids.shape)
-    if token_type_ids is None:
-      token_type_ids = jnp.zeros_like(input_ids)
     embed = lambda n, name, ids: _lookup(Table((n, cfg.hidden_size), name=name)(), ids)
     x = (embed(cfg.vocab_size, 'word_embeddings', input_ids)
-         + embed(cfg.max_position_embeddings, 'position_embeddings', positions)
-         + embed(cfg.type_vocab_size, 'token_type_embeddings', token_type_ids))
+         + embed(cfg.max_position_embeddings, 'position_embeddings', positions))
+    if cfg.type_vocab_size:  # MPNet has no token types
+      if token_type_ids is None:
+        token_type_ids = jnp.zeros_like(input_ids)
+      x = x + embed(cfg.type_vocab_size, 'token_type_embeddings', token_type_ids)
     x = nn.LayerNorm(epsilon=cfg.layer_norm_eps, name='layer_norm')(x)
     x = nn.Dropout(cfg.hidden_dropout)(x, deterministic=deterministic)
     return x.astype(_dtype(cfg))
@@ -87,6 +90,18 @@ def _lookup(table, ids):
   return jnp.take(table, ids, axis=0)
 
 
+class MPNetRelativeBias(nn.Module):
+  """MPNet's relative attention bias: one table [buckets, heads] that every layer adds to its scores."""
+  config: EncoderConfig
+
+  @nn.compact
+  def __call__(self, seq):
+    """-> float32 [heads, seq, seq], the score term of every head."""
+    table = self.param('embedding', _init, (self.config.relative_attention_num_buckets, self.config.num_heads))
+    buckets = relative.mpnet_bucket_matrix(seq)  # static: depends only on the length
+    return jnp.take(table, jnp.asarray(buckets), axis=0).transpose(2, 0, 1).astype(jnp.float32)
+
+
 class Weights(nn.Module):
   """A kernel and a bias, under the names nn.Dense uses; the layer does the arithmetic itself.
 
@@ -108,8 +123,12 @@ class Layer(nn.Module):
   index: int
 
   @nn.compact
-  def __call__(self, hidden, mask, constants, gates, deterministic, return_attention):
-    """hidden: [batch, seq, H]; mask: [batch, seq] -> ([batch, seq, H], probs [batch, heads, seq, seq] | None)."""
+  def __call__(self, hidden, mask, constants, gates, deterministic, return_attention, position=None):
+    """hidden: [batch, seq, H]; mask: [batch, seq] -> ([batch, seq, H], probs [batch, heads, seq, seq] | None).
+
+    position: what the encoder computed once for all layers from its shared relative-position parameters
+    (MPNet: the score bias [heads, seq, seq]), or None.
+    """
     cfg = self.config
     dtype = _dtype(cfg)
     n, d, h = cfg.num_heads, cfg.head_dim, cfg.hidden_size
@@ -147,7 +166,8 @@ class Layer(nn.Module):
           v[:, :, vstart:vstart + len(heads)], mask,
           constant=None if kind == 'softmax' else _rows(constants, self.index, heads, 'constants'),
           gate=_rows(gates, self.index, heads, 'gates') if kind == 'mixed' else None,
-          dropout=dropout, return_probs=return_attention)
+          dropout=dropout, return_probs=return_attention,
+          bias=_take(position, heads, 0) if has_qk and position is not None else None)
       contexts.append(ctx)
       probs.append(pr)
       vstart += len(heads)
@@ -230,6 +250,8 @@ class Encoder(nn.Module):
   def setup(self):
     self.embeddings = Embeddings(self.config)
     self.layers = [Layer(self.config, i) for i in range(self.config.num_layers)]
+    # Parameters shared by all layers live under SHARED ('relative'); SWEET gives each segment a copy.
+    self.relative = MPNetRelativeBias(self.config) if self.config.model_type == 'mpnet' else None
 
   def embed(self, input_ids, attention_mask, token_type_ids=None, deterministic=True):
     """input_ids, attention_mask, token_type_ids: [batch, seq] -> [batch, seq, H]."""
@@ -244,8 +266,10 @@ class Encoder(nn.Module):
     if not 0 <= start <= stop <= self.config.num_layers:
       raise ValueError(f'Layer range [{start}, {stop}) is outside 0..{self.config.num_layers}.')
     hiddens, attentions = [], []
+    position = self.relative(hidden.shape[1]) if self.relative is not None and start < stop else None
     for i in range(start, stop):
-      hidden, probs = self.layers[i](hidden, attention_mask, constants, gates, deterministic, return_attention)
+      hidden, probs = self.layers[i](hidden, attention_mask, constants, gates, deterministic, return_attention,
+                                     position)
       hiddens.append(hidden)
       attentions.append(probs)
     return tuple(hiddens), (tuple(attentions) if return_attention else None)
