@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from encoder_jax import attention, relative
-from encoder_jax.config import EncoderConfig
+from encoder_jax.config import DEBERTA_TYPES, EncoderConfig
 
 Params = dict[str, Any]
 SHARED = 'relative'  # the params key of what all layers share (MPNet's relative attention bias)
@@ -56,13 +56,16 @@ class Embeddings(nn.Module):
     else:
       positions = jnp.broadcast_to(jnp.arange(seq), input_ids.shape)
     embed = lambda n, name, ids: _lookup(Table((n, cfg.hidden_size), name=name)(), ids)
-    x = (embed(cfg.vocab_size, 'word_embeddings', input_ids)
-         + embed(cfg.max_position_embeddings, 'position_embeddings', positions))
-    if cfg.type_vocab_size:  # MPNet has no token types
+    x = embed(cfg.vocab_size, 'word_embeddings', input_ids)
+    if cfg.position_biased_input:  # DeBERTa v3 has no absolute positions
+      x = x + embed(cfg.max_position_embeddings, 'position_embeddings', positions)
+    if cfg.type_vocab_size:  # MPNet and DeBERTa v3 have no token types
       if token_type_ids is None:
         token_type_ids = jnp.zeros_like(input_ids)
       x = x + embed(cfg.type_vocab_size, 'token_type_embeddings', token_type_ids)
     x = nn.LayerNorm(epsilon=cfg.layer_norm_eps, name='layer_norm')(x)
+    if cfg.model_type in DEBERTA_TYPES:  # DeBERTa zeroes padded positions (its convolution reads them)
+      x = x * attention_mask.astype(x.dtype)[..., None]
     x = nn.Dropout(cfg.hidden_dropout)(x, deterministic=deterministic)
     return x.astype(_dtype(cfg))
 
@@ -151,6 +154,7 @@ class Layer(nn.Module):
     qkv = qkv.reshape(*x.shape[:2], 2 * nq + n, d)
     q, k, v = qkv[:, :, :nq], qkv[:, :, nq:2 * nq], qkv[:, :, 2 * nq:]
 
+    q, score_bias = self._score_terms(q, k, position, qk_heads, (wq, bq), (wk, bk), deterministic)
     dropout = None
     if not deterministic and cfg.attention_dropout > 0:
       dropout = lambda p: nn.Dropout(cfg.attention_dropout)(p, deterministic=False)
@@ -167,7 +171,7 @@ class Layer(nn.Module):
           constant=None if kind == 'softmax' else _rows(constants, self.index, heads, 'constants'),
           gate=_rows(gates, self.index, heads, 'gates') if kind == 'mixed' else None,
           dropout=dropout, return_probs=return_attention,
-          bias=_take(position, heads, 0) if has_qk and position is not None else None)
+          bias=score_bias[..., qs, :, :] if has_qk and score_bias is not None else None)
       contexts.append(ctx)
       probs.append(pr)
       vstart += len(heads)
@@ -184,11 +188,72 @@ class Layer(nn.Module):
     y = _gelu(_dense(x, w1.astype(dtype), b1.astype(dtype)))
     y = nn.Dropout(cfg.hidden_dropout)(_dense(y, w2.astype(dtype), b2.astype(dtype)), deterministic=deterministic)
     x = nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=dtype, name='output_layer_norm')(y + x)
+    if self.index == 0 and cfg.conv_kernel_size:
+      x = self._conv(hidden.astype(dtype), x, mask, deterministic)
 
     if not return_attention:
       return x, None
     grouped = jnp.concatenate(probs, axis=1) if len(probs) > 1 else probs[0]
     return x, grouped[:, [order.index(i) for i in range(n)]]  # back to head order
+
+
+  def _score_terms(self, q, k, position, qk_heads, query, key, deterministic):
+    """What the architecture adds to the scores of the query/key heads: -> (q for the kernel, score term
+    [nq, seq, seq] or [batch, nq, seq, seq], or None).
+
+    MPNet: its shared bias at these heads. DeBERTa: the relative embeddings [2k, H] projected per head (by
+    the layer's query/key weights when share_att_key, else by its own pos_query/pos_key), then the
+    content-to-position and position-to-content scores; the content score is divided by sqrt(d * (1 +
+    terms)), so q is scaled by 1/sqrt(1 + terms) (the kernel divides by sqrt(d)).
+    """
+    cfg = self.config
+    if position is None or not qk_heads:
+      return q, None
+    if cfg.model_type == 'mpnet':
+      return q, _take(position, qk_heads, 0)
+    h, n, d = cfg.hidden_size, cfg.num_heads, cfg.head_dim
+    rel = nn.Dropout(cfg.hidden_dropout)(position, deterministic=deterministic).astype(q.dtype)
+    project = lambda w, b: jnp.einsum('rh,hnd->rnd', rel, _take(w, qk_heads, 1).astype(q.dtype)) + _take(
+        b, qk_heads, 0).astype(q.dtype)
+    pos_query = pos_key = None
+    if 'c2p' in cfg.pos_att_type:
+      pos_key = project(*(key if cfg.share_att_key else Weights((h, n, d), (n, d), name='pos_key')()))
+    if 'p2c' in cfg.pos_att_type:
+      pos_query = project(*(query if cfg.share_att_key else Weights((h, n, d), (n, d), name='pos_query')()))
+    terms = relative.disentangled_scores(cfg, q, k, pos_query, pos_key)
+    return q * jnp.asarray(1.0 / math.sqrt(1 + len(cfg.pos_att_type)), q.dtype), terms
+
+  def _conv(self, embedded, x, mask, deterministic):
+    """DeBERTa v2's convolution beside the first layer: LN(x + act(conv(embeddings))) on real tokens.
+
+    embedded, x: [batch, seq, H] (the layer's input and output); the kernel is [width, H / groups, H].
+    """
+    cfg = self.config
+    h = cfg.hidden_size
+    w, b = Weights((cfg.conv_kernel_size, h // cfg.conv_groups, h), (h,), name='conv')()
+    pad = (cfg.conv_kernel_size - 1) // 2
+    out = jax.lax.conv_general_dilated(embedded, w.astype(x.dtype), (1,), [(pad, pad)],
+                                       dimension_numbers=('NWC', 'WIO', 'NWC'),
+                                       feature_group_count=cfg.conv_groups) + b.astype(x.dtype)
+    real = mask.astype(x.dtype)[..., None]
+    out = nn.Dropout(cfg.hidden_dropout)(out * real, deterministic=deterministic)
+    out = jnp.tanh(out) if cfg.conv_act == 'tanh' else _gelu(out)
+    return nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=x.dtype, name='conv_layer_norm')(x + out) * real
+
+
+class DebertaRelativeEmbeddings(nn.Module):
+  """DeBERTa's relative position embeddings [2k, H] (and, in v2, their layer norm), shared by all layers."""
+  config: EncoderConfig
+
+  @nn.compact
+  def __call__(self, seq):
+    """-> [2k, H] float32; `seq` is unused (the layers pick rows by relative distance)."""
+    del seq  # every layer reads the whole table through its gather indices
+    cfg = self.config
+    table = self.param('embedding', _init, (2 * cfg.attention_span, cfg.hidden_size))
+    if cfg.norm_rel_ebd:
+      table = nn.LayerNorm(epsilon=cfg.layer_norm_eps, name='layer_norm')(table)
+    return table
 
 
 def _dense(x, kernel, bias):
@@ -251,7 +316,9 @@ class Encoder(nn.Module):
     self.embeddings = Embeddings(self.config)
     self.layers = [Layer(self.config, i) for i in range(self.config.num_layers)]
     # Parameters shared by all layers live under SHARED ('relative'); SWEET gives each segment a copy.
-    self.relative = MPNetRelativeBias(self.config) if self.config.model_type == 'mpnet' else None
+    cfg = self.config
+    self.relative = (MPNetRelativeBias(cfg) if cfg.model_type == 'mpnet' else
+                     DebertaRelativeEmbeddings(cfg) if cfg.disentangled else None)
 
   def embed(self, input_ids, attention_mask, token_type_ids=None, deterministic=True):
     """input_ids, attention_mask, token_type_ids: [batch, seq] -> [batch, seq, H]."""

@@ -1,4 +1,4 @@
-"""Every architecture (BERT, MPNet) against Hugging Face torch fixtures (tests/fixtures/make_fixtures.py), and
+"""Every architecture (BERT, MPNet, DeBERTa v1 and v2/v3) against Hugging Face torch fixtures (tests/fixtures/make_fixtures.py), and
 the library's invariants parametrised over architectures: constant heads replace the whole attention whatever
 formed the scores, SWEET's separation is exact (shared parameters copied per segment), and the adaptive engine
 answers as the offline sweep. No torch is imported here."""
@@ -18,7 +18,9 @@ from sweet_jax import adaptive, curves, exits, objectives
 
 FIXTURES = Path(__file__).parent / 'fixtures'
 TOL = 1e-5
-ARCHS = ['bert', 'mpnet']
+# BERT/RoBERTa run the same invariants in test_encoder, test_exits and test_adaptive; here the other families.
+FIXTURE_ARCHS = ['mpnet', 'deberta_v2', 'deberta_v1']  # tiny fixture models, one per family
+ARCHS = ['mpnet', 'deberta-v2', 'deberta']  # model types
 encode = jax.jit(encoder_jax.encode, static_argnums=0, static_argnames=('return_attention',))
 
 
@@ -30,16 +32,56 @@ def _fixture(kind):
   return config, params, ref, (ref['input_ids'], ref['attention_mask'], types)
 
 
-@pytest.mark.parametrize('kind', ['mpnet'])
-def test_tiny_parity_every_layer_and_attention(kind):
+@pytest.mark.parametrize('kind, model_type', [('mpnet', 'mpnet'), ('deberta_v2', 'deberta-v2'),
+                                              ('deberta_v2_sep', 'deberta-v2'), ('deberta_v1', 'deberta')])
+def test_tiny_parity_every_layer_and_attention(kind, model_type):
+  """Every hidden state and attention within 1e-5. DeBERTa is compared at real tokens only: it masks padded
+  query rows too (they attend uniformly to everything), a difference no real token can see."""
   config, params, ref, inputs = _fixture(kind)
-  assert config.model_type == kind and config.num_layers == 3
+  assert config.model_type == model_type and config.num_layers == 3
   hiddens, attentions = encode(config, params, *inputs, return_attention=True)
   assert len(hiddens) == len(ref['hidden_states']) == 4
+  real = ref['attention_mask'].astype(bool) if kind.startswith('deberta') else np.ones_like(ref['attention_mask'],
+                                                                                             bool)
   for layer, (got, want) in enumerate(zip(hiddens, ref['hidden_states'])):
-    np.testing.assert_allclose(got, want, rtol=0, atol=TOL, err_msg=f'{kind} hidden state {layer}')
+    np.testing.assert_allclose(np.asarray(got)[real], want[real], rtol=0, atol=TOL, err_msg=f'{kind} hidden {layer}')
   for layer, (got, want) in enumerate(zip(attentions, ref['attentions'])):
+    got, want = np.asarray(got).transpose(0, 2, 1, 3)[real], want.transpose(0, 2, 1, 3)[real]  # query rows
     np.testing.assert_allclose(got, want, rtol=0, atol=TOL, err_msg=f'{kind} attention {layer}')
+
+
+def test_deberta_log_buckets_match_hugging_face():
+  with np.load(FIXTURES / 'deberta_v2_tiny.npz', allow_pickle=False) as f:
+    ref = {k: f[k] for k in f.files}
+  for size, max_position in ((8, 20), (256, 512)):
+    want = ref[f'log_buckets_{size}_{max_position}']
+    assert len(np.unique(want)) > size  # beyond the exact range: the logarithmic part is exercised
+    np.testing.assert_array_equal(relative.deberta_log_buckets(ref['relative_positions'], size, max_position),
+                                  want, err_msg=f'{size} buckets, max position {max_position}')
+
+
+def test_deberta_v1_fused_projection_and_every_loading_problem(tmp_path):
+  config, params = encoder_jax.load_pretrained(FIXTURES / 'deberta_v1_tiny')
+  tensors = load_file(FIXTURES / 'deberta_v1_tiny' / 'model.safetensors')
+  fused = tensors['encoder.layer.2.attention.self.in_proj.weight'].reshape(3, 3, 5, 15)  # [head, q|k|v, d, in]
+  for i, name in enumerate(('query', 'key', 'value')):
+    np.testing.assert_array_equal(params['layers_2'][name]['kernel'], fused[:, i].transpose(2, 0, 1))
+  assert not params['layers_2']['key']['bias'].any()  # v1 has no key bias
+  assert params[encoder_jax.SHARED]['embedding'].shape == (12, 15)  # 2k rows, k = 6
+  del tensors['encoder.rel_embeddings.weight']
+  tensors['encoder.layer.0.attention.self.pos_q_proj.weight'] = np.zeros((15, 14), np.float32)
+  tensors['encoder.conv.conv.weight'] = np.zeros((15, 15, 3), np.float32)  # a v2 convolution in a v1 file
+  directory = tmp_path / 'broken'
+  directory.mkdir()
+  (directory / 'config.json').write_text((FIXTURES / 'deberta_v1_tiny' / 'config.json').read_text())
+  save_file(tensors, directory / 'model.safetensors')
+  with pytest.raises(CheckpointError) as info:
+    encoder_jax.load_pretrained(directory)
+  message = str(info.value)
+  assert message.startswith('3 problem(s)')
+  for part in ('missing tensor for relative/embedding', "'encoder.layer.0.attention.self.pos_q_proj.weight'",
+               "unexpected tensor 'encoder.conv.conv.weight'"):
+    assert part in message, part
 
 
 def test_mpnet_buckets_match_hugging_face():
@@ -81,7 +123,7 @@ def test_mpnet_parameter_tree_and_every_loading_problem(tmp_path):
 CONSTANT_HEADS = [(0, 1), (1, 1), (2, 1), (1, 0)]  # head 1 constant in every layer
 
 
-@pytest.mark.parametrize('kind', ARCHS)
+@pytest.mark.parametrize('kind', FIXTURE_ARCHS)
 def test_constant_heads_replace_the_whole_attention(kind):
   """Constants equal to the attention of one unpadded example give back its hidden states, whatever formed
   the scores (MPNet adds its relative bias); other matrices give other states."""
@@ -90,17 +132,16 @@ def test_constant_heads_replace_the_whole_attention(kind):
   assert ref['attention_mask'][0].all()
   hiddens, attentions = encode(config, params, *one, return_attention=True)
   constants = jnp.stack([a[0] for a in attentions])  # [layers, heads, 13, 13]
-  for heads in ('all', CONSTANT_HEADS):
-    const_config = config.with_heads('constant', heads)
-    for got in (encode(const_config, params, *one, constants=constants),  # fast path
-                encode(const_config, params, *one, constants=constants, return_attention=True)[0]):
-      for layer, (a, b) in enumerate(zip(got, hiddens)):
-        np.testing.assert_allclose(a, b, rtol=0, atol=TOL, err_msg=f'{kind} {heads} layer {layer}')
-  other = encode(config.with_heads('constant', 'all'), params, *one, constants=constants[:, ::-1])
+  all_constant = config.with_heads('constant', 'all')
+  for got in (encode(config.with_heads('constant', CONSTANT_HEADS), params, *one, constants=constants),
+              encode(all_constant, params, *one, constants=constants, return_attention=True)[0]):  # both paths
+    for layer, (a, b) in enumerate(zip(got, hiddens)):
+      np.testing.assert_allclose(a, b, rtol=0, atol=TOL, err_msg=f'{kind} layer {layer}')
+  other = encode(all_constant, params, *one, constants=constants[:, ::-1], return_attention=True)[0]
   assert np.abs(np.asarray(other[-1]) - np.asarray(hiddens[-1])).max() > 1e-2
 
 
-@pytest.mark.parametrize('kind', ARCHS)
+@pytest.mark.parametrize('kind', FIXTURE_ARCHS)
 def test_constant_heads_compute_no_query_key_or_score_term(kind):
   """Exactly zero gradient on a constant head's query and key, and on its column of the shared relative
   bias when it is constant in every layer; the mixed heads' gradients stay non-zero."""
@@ -112,15 +153,16 @@ def test_constant_heads_compute_no_query_key_or_score_term(kind):
   loss = lambda p: (encoder_jax.encode(const_config, p, *inputs, constants=constants, gates=gates)[-1]
                     * weights).sum()
   grads = jax.jit(jax.grad(loss))(params)
+  projections = [n for n in ('query', 'key', 'pos_query', 'pos_key') if n in grads['layers_0']]
   for layer in range(3):
     for head in range(3):
-      q = np.asarray(grads[f'layers_{layer}']['query']['kernel'][:, head])
-      k = np.asarray(grads[f'layers_{layer}']['key']['kernel'][:, head])
-      if (layer, head) in CONSTANT_HEADS:
-        assert not q.any() and not k.any(), (layer, head)
-      else:
-        assert np.abs(q).max() > 1e-4 and np.abs(k).max() > 1e-4, (layer, head)
-  if encoder_jax.SHARED in params:
+      for name in projections:  # DeBERTa's position projections too
+        g = np.asarray(grads[f'layers_{layer}'][name]['kernel'][:, head])
+        if (layer, head) in CONSTANT_HEADS:
+          assert not g.any(), (layer, head, name)
+        else:
+          assert np.abs(g).max() > 1e-4, (layer, head, name)
+  if kind == 'mpnet':
     table = np.asarray(grads[encoder_jax.SHARED]['embedding'])  # [buckets, heads]
     assert not table[:, 1].any() and np.abs(table[:, [0, 2]]).max() > 1e-4
 
@@ -137,6 +179,13 @@ def _tiny_config(kind):
   if kind == 'mpnet':
     return encoder_jax.EncoderConfig(model_type='mpnet', type_vocab_size=0, pad_token_id=1,
                                      relative_attention_num_buckets=32, **common)
+  if kind == 'deberta-v2':  # v3-like: shared key, log buckets, normed table, convolution
+    return encoder_jax.EncoderConfig(model_type=kind, type_vocab_size=0, relative_attention=True, position_buckets=4,
+                                     max_relative_positions=10, pos_att_type=('p2c', 'c2p'), share_att_key=True,
+                                     norm_rel_ebd=True, conv_kernel_size=3, position_biased_input=False, **common)
+  if kind == 'deberta':
+    return encoder_jax.EncoderConfig(model_type=kind, type_vocab_size=0, relative_attention=True,
+                                     max_relative_positions=4, pos_att_type=('c2p', 'p2c'), **common)
   return encoder_jax.EncoderConfig(model_type=kind, **common)
 
 
@@ -181,7 +230,7 @@ def _is_key_bias(path):  # softmax is invariant to the key bias: its gradient is
 @pytest.mark.parametrize('kind', ARCHS)
 def test_sweet_separation_is_exact(kind):
   params, jac = _exit_jacobian(kind, 'sweet')
-  if kind == 'mpnet':  # one copy of the relative bias per segment, none left in the shared encoder
+  if kind != 'bert':  # one copy of the shared relative parameters per segment, none left in the encoder
     assert len(params['segment_shared']) == len(EXIT_LAYERS) and encoder_jax.SHARED not in params['encoder']
   for i in range(len(EXIT_LAYERS)):
     for path, g in jax.tree_util.tree_leaves_with_path(jax.tree.map(lambda x: x[i], jac)):
@@ -211,9 +260,12 @@ def test_adaptive_engine_matches_offline_sweep(kind):
     head['classifier']['kernel'] = head['classifier']['kernel'] * 1000.0
   data = {k: v for k, v in _batch(config, seed=2, n=19).items() if k in adaptive._PAYLOAD_KEYS}
   logits = np.asarray(exits.forward(config, ecfg, params, data, stop_gradient=False))
-  conf = np.unique(jax.nn.softmax(logits, -1).max(-1))
-  thresholds = [float(np.median(conf)), float(np.quantile(conf, 0.8)), 0.0, 1.5]
-  engine = adaptive.AdaptiveEngine(config, ecfg, params, method='sweet', batch_size=8, buckets=(3, 8))
+  conf = np.unique(np.asarray(jax.nn.softmax(logits, -1).max(-1)))
+  # Thresholds in the middle of wide gaps between observed confidences, so that float rounding between a
+  # full and a compacted batch cannot flip a decision.
+  wide = [float(a + b) / 2 for a, b in zip(conf[:-1], conf[1:]) if b - a > 1e-3]
+  thresholds = [wide[len(wide) // 2], wide[(4 * len(wide)) // 5], 0.0, 1.5]
+  engine = adaptive.AdaptiveEngine(config, ecfg, params, method='sweet', batch_size=8, buckets=(4,))
   batches = [{k: v[i:i + 8] for k, v in data.items()} for i in range(0, 19, 8)]
   seen = set()
   for t in thresholds:
