@@ -258,6 +258,9 @@ def test_adaptive_engine_matches_offline_sweep(kind):
                                  ecfg, segment_copies=True)
   for i, head in enumerate(params['heads']):  # wide confidences, so every exit gets examples
     head['classifier']['kernel'] = head['classifier']['kernel'] * 1000.0
+  # Segment copies that differ (as after training), so a segment run with another's copy would show.
+  params['segment_shared'] = tuple(jax.tree.map(lambda x: x * (1.0 + 0.5 * i), copy)
+                                   for i, copy in enumerate(params['segment_shared']))
   data = {k: v for k, v in _batch(config, seed=2, n=19).items() if k in adaptive._PAYLOAD_KEYS}
   logits = np.asarray(exits.forward(config, ecfg, params, data, stop_gradient=False))
   conf = np.unique(np.asarray(jax.nn.softmax(logits, -1).max(-1)))
