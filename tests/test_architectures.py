@@ -71,17 +71,9 @@ def test_deberta_v1_fused_projection_and_every_loading_problem(tmp_path):
   del tensors['encoder.rel_embeddings.weight']
   tensors['encoder.layer.0.attention.self.pos_q_proj.weight'] = np.zeros((15, 14), np.float32)
   tensors['encoder.conv.conv.weight'] = np.zeros((15, 15, 3), np.float32)  # a v2 convolution in a v1 file
-  directory = tmp_path / 'broken'
-  directory.mkdir()
-  (directory / 'config.json').write_text((FIXTURES / 'deberta_v1_tiny' / 'config.json').read_text())
-  save_file(tensors, directory / 'model.safetensors')
-  with pytest.raises(CheckpointError) as info:
-    encoder_jax.load_pretrained(directory)
-  message = str(info.value)
-  assert message.startswith('3 problem(s)')
-  for part in ('missing tensor for relative/embedding', "'encoder.layer.0.attention.self.pos_q_proj.weight'",
-               "unexpected tensor 'encoder.conv.conv.weight'"):
-    assert part in message, part
+  _assert_problems(tmp_path, 'deberta_v1', tensors, (
+      'missing tensor for relative/embedding', "'encoder.layer.0.attention.self.pos_q_proj.weight'",
+      "unexpected tensor 'encoder.conv.conv.weight'"))
 
 
 def test_mpnet_buckets_match_hugging_face():
@@ -104,17 +96,23 @@ def test_mpnet_parameter_tree_and_every_loading_problem(tmp_path):
   del tensors['encoder.relative_attention_bias.weight']
   tensors['encoder.layer.1.attention.attn.o.weight'] = np.zeros((15, 14), np.float32)
   tensors['embeddings.token_type_embeddings.weight'] = np.zeros((2, 15), np.float32)
+  _assert_problems(tmp_path, 'mpnet', tensors, (
+      'missing tensor for relative/embedding',
+      "shape mismatch for 'encoder.layer.1.attention.attn.o.weight': checkpoint (15, 14)",
+      "unexpected tensor 'embeddings.token_type_embeddings.weight': no such parameter in a mpnet encoder"))
+
+
+def _assert_problems(tmp_path, kind, tensors, parts):
+  """Loading the fixture's config with these tensors fails with exactly these problems, all in one error."""
   directory = tmp_path / 'broken'
   directory.mkdir()
-  (directory / 'config.json').write_text((FIXTURES / 'mpnet_tiny' / 'config.json').read_text())
+  (directory / 'config.json').write_text((FIXTURES / f'{kind}_tiny' / 'config.json').read_text())
   save_file(tensors, directory / 'model.safetensors')
   with pytest.raises(CheckpointError) as info:
     encoder_jax.load_pretrained(directory)
   message = str(info.value)
-  assert message.startswith('3 problem(s)')
-  for part in ('missing tensor for relative/embedding',
-               "shape mismatch for 'encoder.layer.1.attention.attn.o.weight': checkpoint (15, 14)",
-               "unexpected tensor 'embeddings.token_type_embeddings.weight': no such parameter in a mpnet encoder"):
+  assert message.startswith(f'{len(parts)} problem(s)')
+  for part in parts:
     assert part in message, part
 
 
@@ -259,8 +257,9 @@ def test_adaptive_engine_matches_offline_sweep(kind):
   for i, head in enumerate(params['heads']):  # wide confidences, so every exit gets examples
     head['classifier']['kernel'] = head['classifier']['kernel'] * 1000.0
   # Segment copies that differ (as after training), so a segment run with another's copy would show.
-  params['segment_shared'] = tuple(jax.tree.map(lambda x: x * (1.0 + 0.5 * i), copy)
-                                   for i, copy in enumerate(params['segment_shared']))
+  params['segment_shared'] = tuple(
+      jax.tree.map(lambda x: x + 0.5 * jax.random.normal(jax.random.key(10 + i), x.shape), copy)
+      for i, copy in enumerate(params['segment_shared']))
   data = {k: v for k, v in _batch(config, seed=2, n=19).items() if k in adaptive._PAYLOAD_KEYS}
   logits = np.asarray(exits.forward(config, ecfg, params, data, stop_gradient=False))
   conf = np.unique(np.asarray(jax.nn.softmax(logits, -1).max(-1)))
@@ -280,3 +279,6 @@ def test_adaptive_engine_matches_offline_sweep(kind):
       np.testing.assert_array_equal(got.predictions, want_pred, err_msg=f'{kind} {t} {mode}')
   assert seen == {0, 1, 2}
   np.testing.assert_array_equal(engine.run_full(batches), logits[-1].argmax(-1))
+  # The full-model baseline runs every segment with its own copy: its logits, not only its argmax, agree.
+  full = adaptive._full(engine.spec, engine.params, None, {k: jnp.asarray(v) for k, v in data.items()})
+  np.testing.assert_allclose(np.asarray(full), logits[-1], rtol=1e-4, atol=1e-3)
