@@ -93,18 +93,6 @@ def _lookup(table, ids):
   return jnp.take(table, ids, axis=0)
 
 
-class MPNetRelativeBias(nn.Module):
-  """MPNet's relative attention bias: one table [buckets, heads] that every layer adds to its scores."""
-  config: EncoderConfig
-
-  @nn.compact
-  def __call__(self, seq):
-    """-> float32 [heads, seq, seq], the score term of every head."""
-    table = self.param('embedding', _init, (self.config.relative_attention_num_buckets, self.config.num_heads))
-    buckets = relative.mpnet_bucket_matrix(seq)  # static: depends only on the length
-    return jnp.take(table, jnp.asarray(buckets), axis=0).transpose(2, 0, 1).astype(jnp.float32)
-
-
 class Weights(nn.Module):
   """A kernel and a bias, under the names nn.Dense uses; the layer does the arithmetic itself.
 
@@ -241,21 +229,6 @@ class Layer(nn.Module):
     return nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=x.dtype, name='conv_layer_norm')(x + out) * real
 
 
-class DebertaRelativeEmbeddings(nn.Module):
-  """DeBERTa's relative position embeddings [2k, H] (and, in v2, their layer norm), shared by all layers."""
-  config: EncoderConfig
-
-  @nn.compact
-  def __call__(self, seq):
-    """-> [2k, H] float32; `seq` is unused (the layers pick rows by relative distance)."""
-    del seq  # every layer reads the whole table through its gather indices
-    cfg = self.config
-    table = self.param('embedding', _init, (2 * cfg.attention_span, cfg.hidden_size))
-    if cfg.norm_rel_ebd:
-      table = nn.LayerNorm(epsilon=cfg.layer_norm_eps, name='layer_norm')(table)
-    return table
-
-
 def _dense(x, kernel, bias):
   """x [batch, seq, in] @ kernel [in, out] + bias [out], as one 2-D matmul over all tokens.
 
@@ -317,8 +290,8 @@ class Encoder(nn.Module):
     self.layers = [Layer(self.config, i) for i in range(self.config.num_layers)]
     # Parameters shared by all layers live under SHARED ('relative'); SWEET gives each segment a copy.
     cfg = self.config
-    self.relative = (MPNetRelativeBias(cfg) if cfg.model_type == 'mpnet' else
-                     DebertaRelativeEmbeddings(cfg) if cfg.disentangled else None)
+    self.relative = (relative.MPNetRelativeBias(cfg) if cfg.model_type == 'mpnet' else
+                     relative.DebertaRelativeEmbeddings(cfg) if cfg.disentangled else None)
 
   def embed(self, input_ids, attention_mask, token_type_ids=None, deterministic=True):
     """input_ids, attention_mask, token_type_ids: [batch, seq] -> [batch, seq, H]."""

@@ -10,10 +10,40 @@ from __future__ import annotations
 
 import math
 
+import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
 from encoder_jax.config import MPNET_BUCKETS, MPNET_MAX_DISTANCE, EncoderConfig
+
+_init = nn.initializers.normal(stddev=0.02)  # BERT's initialisation, as model.py
+
+
+class MPNetRelativeBias(nn.Module):
+  """MPNet's relative attention bias: one table [buckets, heads] that every layer adds to its scores."""
+  config: EncoderConfig
+
+  @nn.compact
+  def __call__(self, seq):
+    """-> float32 [heads, seq, seq], the score term of every head."""
+    table = self.param('embedding', _init, (self.config.relative_attention_num_buckets, self.config.num_heads))
+    buckets = mpnet_bucket_matrix(seq)  # static: depends only on the length
+    return jnp.take(table, jnp.asarray(buckets), axis=0).transpose(2, 0, 1).astype(jnp.float32)
+
+
+class DebertaRelativeEmbeddings(nn.Module):
+  """DeBERTa's relative position embeddings [2k, H] (and, in v2, their layer norm), shared by all layers."""
+  config: EncoderConfig
+
+  @nn.compact
+  def __call__(self, seq):
+    """-> [2k, H] float32; `seq` is unused (the layers pick rows by relative distance)."""
+    del seq  # every layer reads the whole table through its gather indices
+    cfg = self.config
+    table = self.param('embedding', _init, (2 * cfg.attention_span, cfg.hidden_size))
+    if cfg.norm_rel_ebd:
+      table = nn.LayerNorm(epsilon=cfg.layer_norm_eps, name='layer_norm')(table)
+    return table
 
 
 def mpnet_buckets(relative: np.ndarray, num_buckets: int = MPNET_BUCKETS,
