@@ -7,7 +7,6 @@ pipeline only ever sees the Method. PAPA runs its own staged experiment (papa_ex
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, Callable
 
 import numpy as np
@@ -71,10 +70,9 @@ def build(config, num_labels: int) -> Built:
       name, encoder_config, exit_config, pretrained, weighting=config.train.exit_weighting,
       geometric_ratio=config.train.get('geometric_ratio', 2.0), constants=constants)
   tokenizer = encoder_jax.load_tokenizer(m.checkpoint)
-  if constants is not None:
-    # Constant matrices are position-specific: inputs take PAPA's fixed layout at their length.
-    encode_fn = functools.partial(encoder_jax.papa_layout, tokenizer, length=constants.shape[-1])
-  else:
-    max_length = min(config.data.max_seq_length, encoder_config.max_length)
-    encode_fn = functools.partial(encoder_jax.tokenize, tokenizer, max_length=max_length)
-  return Built(Method(name, init, loss, predict), encoder_config, exit_config, encode_fn, constants)
+  # Constant matrices are position-specific: inputs take PAPA's fixed layout at their length. The encode
+  # function checks token types against the model's type vocabulary.
+  encode_fn = encoder_jax.make_encode_fn(tokenizer, encoder_config, max_length=config.data.max_seq_length,
+                                         layout_length=None if constants is None else constants.shape[-1])
+  method = Method(name, init, loss, predict, param_groups=objectives.param_groups(name, exit_config))
+  return Built(method, encoder_config, exit_config, encode_fn, constants)

@@ -4,21 +4,28 @@
   python eval.py  --config configs/papa_demo.py --workdir runs/papa_demo    # calls rescore(config, workdir)
   PYTHONPATH=. python papa_experiment.py --config configs/papa_demo.py --workdir runs/papa_demo [--rescore]
 
-Stages, all under WORKDIR/papa/; each is skipped when its output exists, so rerunning resumes:
+Stages, all under WORKDIR/papa/; each is skipped when its output exists and records this run's fingerprint
+(pipeline.fingerprint: data files, fields, seeds, split sizes, model) and recipe, so rerunning resumes; a stage
+made from other data, seeds or model is recomputed, and the log says which fields differ:
   1. averages.npz   masked average attention of the pretrained encoder over the train split (or a seeded
-                    random estimate_max_examples of it; raising that later extends the saved sums).
+                    random estimate_max_examples of it; raising that later extends the saved sums);
+                    averages.json records the fingerprint and order seed the sums were made with.
   2. ranking.json   the lambda-gated run: lambdas per head and the global ranking (ascending lambda).
   3. probe_k{k}.npz / .json   for each k in config.papa.ks: the probe head trained on the frozen encoder with
                     the first k ranked heads constant, and its eval accuracy per epoch.
   4. results.json / results.md   accuracy per k and the relative drop (baseline - acc) / baseline from k=0;
-                    speed.json (once): cached-feature training against running the encoder every step.
+                    the layout slots no estimate example occupied and the eval tokens that land in them
+                    (slot_coverage); speed.json (once): cached-feature training against running the encoder
+                    every step.
 The reported accuracy is the last epoch's (no selection on the eval split); the best epoch's is also kept.
+Every accuracy, after each training epoch and when eval.py rescores, comes from one function (_evaluator);
+papa.feature_cache 'memory', 'disk' and 'none' give the same accuracies with papa.cache_dtype 'float32'
+(the default 'float16' halves the cache at ~5e-4 relative error in the features).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import pathlib
 import time
@@ -29,7 +36,7 @@ import numpy as np
 
 import encoder_jax
 from papa_jax import averages, probe, ranking
-from pipeline import data, reporting
+from pipeline import data, fingerprint, reporting
 from pipeline.config_fields import get as _get
 
 
@@ -47,6 +54,7 @@ class _Setup:
   encode_fn: Any
   length: int
   seed: int
+  fingerprint: dict  # pipeline.fingerprint.of_run: what every stage's saved output must have been made from
 
   @property
   def p(self):
@@ -80,9 +88,9 @@ def _setup(config, workdir) -> _Setup:
   if length > enc_config.max_length:
     raise ValueError(f'papa.length {length} exceeds the position table of {checkpoint} ({enc_config.max_length}).')
   tokenizer = encoder_jax.load_tokenizer(checkpoint)
-  encode_fn = functools.partial(encoder_jax.papa_layout, tokenizer, length=length)
+  encode_fn = encoder_jax.make_encode_fn(tokenizer, enc_config, layout_length=length)  # checks token types
   return _Setup(config, papa_dir, splits, enc_config, jax.device_put(enc_params), encode_fn, length,
-                int(config.train.seed))
+                int(config.train.seed), fingerprint.of_run(config, splits))
 
 
 # --------------------------------------------------------------------------------- 1. attention averages
@@ -95,11 +103,14 @@ def estimate(s: _Setup) -> averages.AttentionSums:
   # One fixed seeded order: an estimate on n examples uses its first n; extending it takes the next ones.
   order = np.random.default_rng([s.seed, 101]).permutation(len(train))
   est = None
-  if path.exists():
+  made_from = {'fingerprint': s.fingerprint, 'order_seed': s.seed}  # what the saved sums must come from
+  record = s.papa_dir / 'averages.json'
+  diffs = fingerprint.differences(json.loads(record.read_text()) if record.exists() else {}, made_from)
+  if path.exists() and diffs:
+    _log(f'averages: {path} was estimated from other data, seeds or model ({"; ".join(diffs[:5])}'
+         f'{"; ..." if len(diffs) > 5 else ""}): recomputing it')
+  elif path.exists():
     est = averages.load(path)
-    if (est.model, est.length) != (str(s.config.model.checkpoint), s.length):
-      raise ValueError(f'{path} holds averages of {est.model!r} at length {est.length}; this run uses '
-                       f'{s.config.model.checkpoint!r} at length {s.length}. Use another workdir.')
     if est.num_examples >= target:
       _log(f'averages: reusing {path} ({est.num_examples} examples)')
       return est
@@ -112,6 +123,7 @@ def estimate(s: _Setup) -> averages.AttentionSums:
                             model=str(s.config.model.checkpoint), length=s.length)
   if reporting.is_writer():
     averages.save(path, est)
+    record.write_text(json.dumps(made_from, indent=1) + '\n')  # after the sums: a crash between means recompute
   _log(f'averages: {est.num_examples} examples in {time.perf_counter() - t0:.1f} s -> {path}')
   return est
 
@@ -124,14 +136,16 @@ def _ranking_recipe(s: _Setup) -> dict:
   return {'learning_rate': float(_get(p, 'ranking_learning_rate', 0.0)) or float(p.learning_rate),
           'epochs': int(p.ranking_epochs), 'max_steps': int(_get(p, 'ranking_max_steps', 0)),
           'max_examples': int(_get(p, 'ranking_max_examples', 0)), 'batch_size': int(p.batch_size),
-          'dropout': float(p.dropout), 'seed': s.seed, 'num_train': len(s.splits.train)}
+          'dropout': float(p.dropout), 'seed': s.seed, 'num_train': len(s.splits.train),
+          'fingerprint': s.fingerprint}
 
 
 def _probe_recipe(s: _Setup) -> dict:
   """What a probe depends on besides its constant heads and the averages."""
   p = s.p
   return {'learning_rate': float(p.learning_rate), 'epochs': int(p.num_epochs), 'batch_size': int(p.batch_size),
-          'dropout': float(p.dropout), 'seed': s.seed, 'num_train': len(s.splits.train)}
+          'dropout': float(p.dropout), 'seed': s.seed, 'num_train': len(s.splits.train),
+          'fingerprint': s.fingerprint}
 
 
 def rank(s: _Setup, constants: np.ndarray, est_examples: int) -> list[tuple[int, int]]:
@@ -143,7 +157,9 @@ def rank(s: _Setup, constants: np.ndarray, est_examples: int) -> list[tuple[int,
     if saved.get('estimate_examples') == est_examples and saved.get('recipe') == _ranking_recipe(s):
       _log(f'ranking: reusing {path}')
       return [tuple(x) for x in saved['ranking']]
-    _log(f'ranking: {path} was made with other averages or settings: redoing it')
+    diffs = fingerprint.differences(saved.get('recipe') or {}, _ranking_recipe(s))
+    _log(f'ranking: {path} was made with other averages or settings ({"; ".join(diffs[:5]) or "averages"}): '
+         'redoing it')
   train = s.splits.train
   n = min(int(_get(s.p, 'ranking_max_examples', 0)) or len(train), len(train))
   subset = train.subset(np.sort(np.random.default_rng([s.seed, 102]).permutation(len(train))[:n]))
@@ -187,18 +203,33 @@ def _resolved_ks(s: _Setup) -> list[tuple[int, str]]:
 
 @dataclasses.dataclass
 class _Tokens:
-  """Token batches of a split in a fixed order (for feature caches), and the layout positions it uses."""
+  """Token batches of a split in a fixed order (feature caches and evaluation read them), and the layout
+  slots its examples occupy: masks, bool [examples, L], the real tokens of each real example."""
   batches: list
-  num_examples: int
-  positions: int
+  masks: np.ndarray
+
+  @property
+  def num_examples(self) -> int:
+    return len(self.masks)
+
+  @property
+  def positions(self) -> int:
+    """How many layout slots some example occupies."""
+    return int(self.masks.any(0).sum())
 
 
 def _tokens(s: _Setup, dataset) -> _Tokens:
   batches = list(s.batches(dataset, int(s.p.eval_batch_size)))
-  used = np.zeros(s.length, bool)
-  for b in batches:
-    used |= (np.asarray(b['attention_mask'])[np.asarray(b['example_mask']) > 0] > 0).any(0)
-  return _Tokens(batches, len(dataset), int(used.sum()))
+  masks = [np.asarray(b['attention_mask'])[np.asarray(b['example_mask']) > 0] > 0 for b in batches]
+  return _Tokens(batches, np.concatenate(masks) if masks else np.zeros((0, s.length), bool))
+
+
+def _cache_dtype(s: _Setup) -> np.dtype:
+  """papa.cache_dtype: 'float16' (default; halves memory, ~5e-4 relative error) or 'float32'."""
+  name = str(_get(s.p, 'cache_dtype', 'float16'))
+  if name not in ('float16', 'float32'):
+    raise ValueError(f"papa.cache_dtype must be 'float16' or 'float32', got {name!r}.")
+  return np.dtype(name)
 
 
 def cache_mode(s: _Setup, train: _Tokens, evaluation: _Tokens) -> str:
@@ -206,31 +237,52 @@ def cache_mode(s: _Setup, train: _Tokens, evaluation: _Tokens) -> str:
   mode = str(_get(s.p, 'feature_cache', 'auto'))
   if mode not in ('auto', 'memory', 'disk', 'none'):
     raise ValueError(f"papa.feature_cache must be 'auto', 'memory', 'disk' or 'none', got {mode!r}.")
-  c = s.enc_config
-  need = sum(probe.estimate_cache_bytes(t.num_examples, c.num_layers, t.positions, c.hidden_size)
+  c, dtype = s.enc_config, _cache_dtype(s)
+  need = sum(probe.estimate_cache_bytes(t.num_examples, c.num_layers, t.positions, c.hidden_size, dtype)
              for t in (train, evaluation))
   budget = float(_get(s.p, 'cache_max_gb', 4.0)) * 2**30
   if mode == 'auto':
     mode = 'memory' if need <= budget else 'none'
-  _log(f'features: {need / 2**30:.2f} GiB as float16 for train + eval -> feature_cache {mode!r}')
+  _log(f'features: {need / 2**30:.2f} GiB as {dtype.name} for train + eval -> feature_cache {mode!r}')
   return mode
+
+
+def _cache_path(s: _Setup, mode: str, name: str) -> pathlib.Path | None:
+  """Where a disk feature cache goes (one per process of a multi-host job); None unless mode is 'disk'."""
+  if mode != 'disk':
+    return None
+  own = f'.process{jax.process_index()}' if jax.process_count() > 1 else ''
+  return s.papa_dir / f'features_{name}{own}.npy'
+
+
+def _remove_disk_caches(s: _Setup) -> None:
+  for name in ('train', 'eval'):
+    _cache_path(s, 'disk', name).unlink(missing_ok=True)  # this process's disk caches are scratch, not results
 
 
 def _probe_config(s: _Setup, heads):
   return s.enc_config.with_heads('constant', heads) if heads else s.enc_config
 
 
-def _evaluate_k(s: _Setup, head, cfg_k, constants, mode: str, eval_tokens: _Tokens | None):
-  """Eval accuracy of a probe head; the same path at training and rescoring time, so the two agree."""
-  dropout = float(s.p.dropout)
+def _evaluator(s: _Setup, cfg_k, constants, mode: str, eval_tokens: _Tokens):
+  """(head -> eval accuracy, the eval feature cache or None): the one evaluation path, called after every
+  training epoch and by rescore, so that the two agree.
+
+  'none' runs the encoder on every eval batch; 'memory' and 'disk' run it once into a cache (papa.cache_dtype)
+  that every call reads. In float32 the three give the same accuracy.
+  """
   bs = int(s.p.eval_batch_size)
   if mode == 'none':
-    _, predict = probe.online_fns(cfg_k, dropout)
-    return probe.evaluate(head, {'encoder': s.enc_params, 'constants': constants}, predict,
-                          s.batches(s.splits.eval, bs))['accuracy']
-  cache = probe.cache_features(cfg_k, s.enc_params, eval_tokens.batches, constants=constants)
-  _, predict = probe.cached_fns(dropout)
-  return probe.evaluate(head, {'positions': cache.positions}, predict, cache.batches(bs))['accuracy']
+    _, predict = probe.online_fns(cfg_k, float(s.p.dropout))
+    frozen = {'encoder': s.enc_params, 'constants': constants}
+    cache, batches = None, lambda: eval_tokens.batches
+  else:
+    cache = probe.cache_features(cfg_k, s.enc_params, eval_tokens.batches, constants=constants,
+                                 path=_cache_path(s, mode, 'eval'), dtype=_cache_dtype(s))
+    _, predict = probe.cached_fns(float(s.p.dropout))
+    frozen = {'positions': jax.device_put(cache.positions)}
+    batches = lambda: cache.batches(bs)
+  return (lambda head: probe.evaluate(head, frozen, predict, batches())['accuracy']), cache
 
 
 def _saved_probe(s: _Setup, k: int, heads, est_examples: int) -> dict | None:
@@ -266,31 +318,24 @@ def train_probe(s: _Setup, constants, order, k: int, label: str, mode: str, trai
           'estimate_examples': est_examples, 'recipe': _probe_recipe(s)}
   _log(f'probe k={k} ({label}): {len(heads)} of {s.total_heads} heads constant')
 
+  t0 = time.perf_counter()
+  evaluate_head, eval_cache = _evaluator(s, cfg_k, consts, mode, eval_tokens)
+  eval_fn = lambda prm, e: {'eval_accuracy': evaluate_head(prm)}
   if mode == 'none':
-    loss_fn, predict_fn = probe.online_fns(cfg_k, dropout)
+    loss_fn, _ = probe.online_fns(cfg_k, dropout)
     frozen = {'encoder': s.enc_params, 'constants': consts}
     epoch_batches = lambda e: s.batches(s.splits.train, bs, epoch=e, shuffle=True)
-    eval_fn = lambda prm, e: {'eval_accuracy': probe.evaluate(
-        prm, frozen, predict_fn, s.batches(s.splits.eval, int(p.eval_batch_size)))['accuracy']}
-    cache_seconds, train_cache = 0.0, None
+    train_cache = None
   else:
-    t0 = time.perf_counter()
-    own = f'.process{jax.process_index()}' if jax.process_count() > 1 else ''
-    path = (lambda name: s.papa_dir / f'features_{name}{own}.npy') if mode == 'disk' else (lambda name: None)
     train_cache = probe.cache_features(cfg_k, s.enc_params, train_tokens.batches, constants=consts,
-                                       path=path('train'))
-    eval_cache = probe.cache_features(cfg_k, s.enc_params, eval_tokens.batches, constants=consts,
-                                      path=path('eval'))
-    cache_seconds = time.perf_counter() - t0
+                                       path=_cache_path(s, mode, 'train'), dtype=_cache_dtype(s))
     _log(f'probe k={k}: cached {len(train_cache)} + {len(eval_cache)} examples '
          f'({(train_cache.nbytes + eval_cache.nbytes) / 2**20:.0f} MiB, {train_cache.positions.size} positions) '
-         f'in {cache_seconds:.1f} s')
-    loss_fn, predict_fn = probe.cached_fns(dropout)
+         f'in {time.perf_counter() - t0:.1f} s')
+    loss_fn, _ = probe.cached_fns(dropout)
     frozen = {'positions': jax.device_put(train_cache.positions)}
-    eval_frozen = {'positions': jax.device_put(eval_cache.positions)}
     epoch_batches = lambda e: train_cache.batches(bs, seed=s.seed, epoch=e, shuffle=True)
-    eval_fn = lambda prm, e: {'eval_accuracy': probe.evaluate(
-        prm, eval_frozen, predict_fn, eval_cache.batches(int(p.eval_batch_size)))['accuracy']}
+  cache_seconds = time.perf_counter() - t0
 
   t0 = time.perf_counter()
   head, history = probe.fit(head, frozen, loss_fn, epoch_batches, learning_rate=float(p.learning_rate),
@@ -339,7 +384,8 @@ def _measure_speed(s: _Setup, cfg_k, consts, head, train_cache, info) -> dict:
 
 # ------------------------------------------------------------------------------------------- 4. results
 
-def _results(s: _Setup, est: averages.AttentionSums, per_k: list[dict], rescored: bool) -> dict:
+def _results(s: _Setup, est: averages.AttentionSums, per_k: list[dict], eval_tokens: _Tokens,
+             rescored: bool) -> dict:
   base = next((r['accuracy'] for r in per_k if r['k'] == 0), None)
   rows = []
   for r in per_k:
@@ -354,7 +400,8 @@ def _results(s: _Setup, est: averages.AttentionSums, per_k: list[dict], rescored
       'data': {'source': d.source, 'name': d.get('name', ''), 'subset': d.get('subset', ''),
                'eval_split': d.get('eval_split', ''), 'num_train': len(s.splits.train),
                'num_eval': len(s.splits.eval), 'label_names': list(s.splits.train.label_names)},
-      'num_heads': s.total_heads, 'estimate_examples': est.num_examples,
+      'num_heads': s.total_heads, 'estimate_examples': est.num_examples, 'fingerprint': s.fingerprint,
+      'slot_coverage': averages.slot_coverage(est, eval_tokens.masks),
       'baseline_accuracy': base, 'results': rows, 'rescored': rescored,
       'speed': json.loads(speed_path.read_text()) if speed_path.exists() else None,
   }
@@ -370,6 +417,11 @@ def _markdown(res: dict) -> str:
     drop = 'n/a' if r['relative_drop'] is None else f'{100 * r["relative_drop"]:.1f}%'
     drop = '(baseline)' if r['k'] == 0 else drop
     lines.append(f'| {name} | {100 * r["fraction_constant"]:.0f}% | {r["accuracy"]:.4f} | {drop} |')
+  cov = res['slot_coverage']
+  examples = cov['eval_examples_with_tokens_in_unoccupied_slots']
+  lines += ['', f'{cov["num_unoccupied_slots"]} of {res["length"]} layout slots were occupied by no estimate example; '
+            f'{cov["eval_tokens_in_unoccupied_slots"]} eval tokens (in {examples} examples) land in them, where '
+            'constant heads give them no context.']
   sp = res.get('speed')
   if sp:
     lines += ['', f'Probe training on cached features: {sp["cached_step_seconds"] * 1e3:.2f} ms per step against '
@@ -379,8 +431,8 @@ def _markdown(res: dict) -> str:
   return '\n'.join(lines) + '\n'
 
 
-def _write_results(s: _Setup, est, per_k, rescored: bool) -> dict:
-  res = _results(s, est, per_k, rescored)
+def _write_results(s: _Setup, est, per_k, eval_tokens: _Tokens, rescored: bool) -> dict:
+  res = _results(s, est, per_k, eval_tokens, rescored)
   reporting.write_json(s.papa_dir / 'results.json', res)
   md = _markdown(res)
   if reporting.is_writer():
@@ -400,10 +452,10 @@ def run(config, workdir) -> dict:
   order = rank(s, constants, est.num_examples)
   ks = _resolved_ks(s)
   todo = [k for k, _ in ks if _saved_probe(s, k, ranking.constant_heads(order, k), est.num_examples) is None]
-  train_tokens = eval_tokens = None
-  mode = 'none'
+  eval_tokens = _tokens(s, s.splits.eval)  # evaluation and the slot coverage of the results read it
+  train_tokens, mode = None, 'none'
   if todo:
-    train_tokens, eval_tokens = _tokens(s, s.splits.train), _tokens(s, s.splits.eval)
+    train_tokens = _tokens(s, s.splits.train)
     mode = cache_mode(s, train_tokens, eval_tokens)
   measure = bool(_get(s.p, 'measure_speed', True)) and not (s.papa_dir / 'speed.json').exists()
   per_k = []
@@ -411,9 +463,8 @@ def run(config, workdir) -> dict:
     per_k.append(train_probe(s, constants, order, k, label, mode, train_tokens, eval_tokens, measure,
                              est.num_examples))
     measure = measure and not (s.papa_dir / 'speed.json').exists()  # once, on the first k trained with a cache
-  for name in ('train', 'eval'):
-    (s.papa_dir / f'features_{name}.npy').unlink(missing_ok=True)  # disk caches are scratch, not results
-  res = _write_results(s, est, per_k, rescored=False)
+  _remove_disk_caches(s)
+  res = _write_results(s, est, per_k, eval_tokens, rescored=False)
   _log(f'done in {time.perf_counter() - t0:.0f} s; results in {s.papa_dir}')
   return res
 
@@ -426,9 +477,11 @@ def rescore(config, workdir) -> dict:
     raise FileNotFoundError(f'{s.papa_dir} lacks {missing}; run train.py with this config and workdir first.')
   est = averages.load(s.papa_dir / 'averages.npz')
   constants = jax.device_put(est.averages)
-  order = [tuple(x) for x in json.loads((s.papa_dir / 'ranking.json').read_text())['ranking']]
+  saved_ranking = json.loads((s.papa_dir / 'ranking.json').read_text())
+  fingerprint.check_for_eval(saved_ranking.get('recipe', {}).get('fingerprint'), s.fingerprint, str(s.papa_dir))
+  order = [tuple(x) for x in saved_ranking['ranking']]
   eval_tokens = _tokens(s, s.splits.eval)
-  mode = cache_mode(s, _Tokens([], 0, 0), eval_tokens)
+  mode = cache_mode(s, _Tokens([], np.zeros((0, s.length), bool)), eval_tokens)
   per_k = []
   for k, label in _resolved_ks(s):
     params_path, json_path = s.papa_dir / f'probe_k{k}.npz', s.papa_dir / f'probe_k{k}.json'
@@ -444,10 +497,12 @@ def rescore(config, workdir) -> dict:
                        f'averages.npz now holds {est.num_examples}. Rerun train.py to retrain it.')
     info['label'] = label
     info['trained_accuracy'] = info.get('accuracy')
-    info['accuracy'] = _evaluate_k(s, head, _probe_config(s, heads), constants, mode, eval_tokens)
+    evaluate_head, _ = _evaluator(s, _probe_config(s, heads), constants, mode, eval_tokens)
+    info['accuracy'] = evaluate_head(head)
     _log(f'rescore k={k}: eval accuracy {info["accuracy"]:.4f} (at training: {info["trained_accuracy"]})')
     per_k.append(info)
-  return _write_results(s, est, per_k, rescored=True)
+  _remove_disk_caches(s)
+  return _write_results(s, est, per_k, eval_tokens, rescored=True)
 
 
 def main(argv):

@@ -2,7 +2,9 @@
 
 The config file's get_config() picks the method (config.method) and everything else; any field can be
 overridden on the command line, e.g. --config.train.learning_rate=3e-5. A rerun of the same command
-resumes from the latest checkpoint in --workdir. With no flags it runs the offline demo.
+resumes from the newest checkpoint in --workdir that restores; a workdir made from other data or another
+model is refused (its fingerprint differs), and a finished one is left as it is. Impossible settings are
+refused before any work. With no flags it runs the offline demo.
 """
 
 from __future__ import annotations
@@ -17,13 +19,16 @@ from ml_collections import config_flags
 
 import methods
 import papa_experiment
-from pipeline import data, reporting, sharding, train_loop
+from pipeline import data, fingerprint, reporting, sharding, train_loop, validation
 from sweet_jax import analysis
 
-_CONFIG = config_flags.DEFINE_config_file('config', 'configs/sweet_demo.py', 'Experiment config file.')
-_DISTRIBUTED = flags.DEFINE_enum('distributed', 'auto', ['auto', 'yes', 'no'],
-                                 "Multi-process job: 'yes' on every host of a TPU pod slice.")
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Output directory (default: runs/<config file name>).')
+
+def _define_flags():
+  """The command-line flags; defined only when run as a program, so that tests can import run()."""
+  config_flags.DEFINE_config_file('config', 'configs/sweet_demo.py', 'Experiment config file.')
+  flags.DEFINE_enum('distributed', 'auto', ['auto', 'yes', 'no'],
+                    "Multi-process job: 'yes' on every host of a TPU pod slice.")
+  flags.DEFINE_string('workdir', None, 'Output directory (default: runs/<config file name>).')
 
 
 def gradient_conflict(config, workdir, built, splits):
@@ -45,30 +50,38 @@ def gradient_conflict(config, workdir, built, splits):
     print(f'gradient conflict ({name}) written to {out}')
 
 
-def main(argv):
-  del argv  # everything comes from flags
-  if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO; --verbosity=0 brings it back
-  sharding.initialize_distributed(_DISTRIBUTED.value)  # before any computation
-  config = _CONFIG.value
-  workdir = _WORKDIR.value or reporting.default_workdir(flags.FLAGS['config'].config_filename)
-
+def run(config, workdir: str) -> dict:
+  """The whole training command: checks the config, trains (or resumes) and scores; returns results.json's dict."""
+  validation.validate(config)  # before any data or model is loaded
   if config.method == 'papa':
-    papa_experiment.run(config, workdir)
-    return
+    return papa_experiment.run(config, workdir)
   splits = data.load_splits(config.data)
   built = methods.build(config, num_labels=len(splits.train.label_names))
   results = train_loop.train_and_evaluate(
       config, workdir, built.method, splits, built.encode_fn,
       extra_results={'exit_layers': list(built.exit_config.exit_layers),
                      'label_names': list(splits.train.label_names),
-                     'num_train_examples': len(splits.train)})
+                     'num_train_examples': len(splits.train)},
+      run_fingerprint=fingerprint.of_run(config, splits))
   if results.get('interrupted'):
-    sys.exit(130)
+    return results
   print('per-exit accuracy on the eval split:', ' '.join(f'{a:.4f}' for a in results['per_exit_accuracy']))
   if config.get('analysis', {}).get('gradient_conflict', False):
     gradient_conflict(config, workdir, built, splits)
+  return results
+
+
+def main(argv):
+  del argv  # everything comes from flags
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO; --verbosity=0 brings it back
+  sharding.initialize_distributed(flags.FLAGS.distributed)  # before any computation
+  workdir = flags.FLAGS.workdir or reporting.default_workdir(flags.FLAGS['config'].config_filename)
+  results = run(flags.FLAGS.config, workdir)
+  if results.get('interrupted'):
+    sys.exit(130)
 
 
 if __name__ == '__main__':
+  _define_flags()
   app.run(main)

@@ -43,7 +43,13 @@ def get_config():
   config.train.schedule = 'linear'  # warmup then linear decay to 0 | 'constant'
   config.train.warmup_fraction = 0.0  # fraction of steps spent warming up (HF default: none)
   config.train.weight_decay = 0.0  # AdamW decay on matrices only (HF Trainer default 0)
-  config.train.grad_clip = 1.0  # global-norm clipping (HF Trainer default)
+  # Clipping by global norm (HF Trainer default 1.0), over each SWEET segment with its head, each Multi-Model
+  # member, or (early_exit) the whole model: one exit's large loss never shrinks another segment's update.
+  config.train.grad_clip = 1.0
+  # Adam's epsilon. The demo keeps 1e-6 (BERT's, the value its results were measured with); the paper configs
+  # use the reference's Hugging Face Trainer default, 1e-8 (optax's default too). Adam's first step is
+  # lr * g / (|g| + eps): weights whose gradients are not far above eps take smaller steps.
+  config.train.adam_eps = 1e-6
   config.train.exit_weighting = 'equal'  # 'equal' (paper) | 'linear' (PABEE) | 'geometric' (CALM)
   config.train.geometric_ratio = 2.0  # ratio for 'geometric'
   config.train.seed = 42  # as the paper: initialisation, dropout and batch order

@@ -27,4 +27,5 @@ def get_config():
   config.data.max_train_samples = 6000  # a seeded random sample (the reference took the first 6,000)
   config.data.max_seq_length = 256  # as the paper
   config.train.dtype = 'float32'  # 'bfloat16' on accelerators for speed
+  config.train.adam_eps = 1e-8  # the reference's (Hugging Face Trainer default adam_epsilon)
   return config

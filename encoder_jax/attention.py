@@ -7,7 +7,7 @@ Every kernel maps a group of heads to their context vectors:
   q, k:     [batch, seq, heads, head_dim] (None for constant heads: they compute no query or key)
   v:        [batch, seq, heads, head_dim]
   mask:     [batch, seq], 1 for real tokens, 0 for padding
-  constant: [heads, L, L] with L >= seq (PAPA's averaged attention), or None
+  constant: [heads, L, L] with L == seq (PAPA's averaged attention), or None
   gate:     [heads] logits; sigmoid(gate) is the weight of the input-dependent attention
   dropout:  callable on probabilities [batch, heads, seq, seq], or None (deterministic)
   context:  [batch, seq, heads, head_dim]
@@ -79,25 +79,31 @@ def softmax_probs(q, k, mask, bias=None):
   return e / total
 
 
-def _crop(constant, seq):
-  """[heads, L, L] -> [heads, seq, seq], or an error when the matrices are too small for the input."""
-  if constant.shape[-1] < seq:
+def _layout_length(constant, seq):
+  """The [heads, L, L] matrices themselves, or an error when the input's length is not L.
+
+  A slot of PAPA's fixed layout means the same thing in every example only at the length the constants
+  were estimated at: the final [SEP] sits at L-1, so any other length misaligns every slot. Shapes are
+  static under jit, so this raises at trace time.
+  """
+  if constant.shape[-1] != seq:
     raise ValueError(
-        f'Constant attention matrices cover {constant.shape[-1]} positions; the input has {seq}. '
-        'Lay inputs out at the length the constants were estimated with.')
-  return constant[:, :seq, :seq]
+        f'Constant attention matrices cover a layout of length L={constant.shape[-1]}; the input has length '
+        f'{seq}. Lay inputs out at length L (encoder_jax.papa_layout), the length the constants were '
+        'estimated at.')
+  return constant
 
 
 def constant_probs(constant, mask):
   """PAPA's constant attention for each example: [batch, heads, seq, seq].
 
-  The [heads, L, L] matrix is cropped to the first `seq` positions, restricted to the example's real
-  tokens (outer product of its mask) and each row renormalised to sum to 1. Rows with no mass (padded
+  The [heads, L, L] matrix (L must equal seq) is restricted to the example's real tokens (outer product
+  of its mask) and each row renormalised to sum to 1. Rows with no mass (padded
   queries, or cells never observed) become 0.
   """
   seq = mask.shape[1]
   m = mask.astype(jnp.float32)
-  probs = _crop(constant, seq)[None].astype(jnp.float32) * m[:, None, :, None] * m[:, None, None, :]
+  probs = _layout_length(constant, seq)[None].astype(jnp.float32) * m[:, None, :, None] * m[:, None, None, :]
   total = probs.sum(-1, keepdims=True)
   return jnp.where(total > 0, probs / jnp.where(total > 0, total, 1.0), 0.0)
 
@@ -125,7 +131,7 @@ def _constant_context(constant, mask, v):
   probabilities path up to summation order.
   """
   seq = mask.shape[1]
-  c = _crop(constant, seq).astype(jnp.float32)
+  c = _layout_length(constant, seq).astype(jnp.float32)
   m = mask.astype(jnp.float32)
   numerator = jnp.einsum('nqk,bknd->bqnd', c.astype(v.dtype), v * m[:, :, None, None].astype(v.dtype),
                          preferred_element_type=jnp.float32)

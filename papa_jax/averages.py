@@ -57,6 +57,15 @@ class AttentionSums:
     avg = np.where(seen, self.sums / np.where(seen, self.counts, 1.0), 0.0)
     return avg.astype(np.float32)
 
+  @property
+  def unoccupied_slots(self) -> np.ndarray:
+    """int [U]: the layout slots no example of the estimate occupied (counts[i, i] == 0).
+
+    Their rows and columns of the averages are 0, so a constant head gives a token there no context and
+    lets no other token attend to it.
+    """
+    return np.flatnonzero(np.diagonal(self.counts) == 0)
+
   def add(self, batch_sums: np.ndarray, batch_counts: np.ndarray, batch_examples: int) -> None:
     """Adds one batch's contribution (float32 from the device) into the float64 totals."""
     self.sums += np.asarray(batch_sums, np.float64)
@@ -126,6 +135,24 @@ def accumulate(config: encoder_jax.EncoderConfig, params, batches: Iterable[Mapp
   if estimate is None:
     raise ValueError('No batches to estimate attention from.')
   return estimate
+
+
+def slot_coverage(estimate: AttentionSums, masks) -> dict[str, Any]:
+  """The layout slots no example of the estimate occupied, and how many test-time tokens land in them.
+
+  A constant head gives a token in such a slot no context and lets no other token attend to it, so these
+  counts belong beside every accuracy measured with constant heads.
+  Args:
+    masks: bool or 0/1 [examples, L], the real tokens of each (real) test example.
+  Returns:
+    {'unoccupied_slots': [slot, ...], 'num_unoccupied_slots', 'eval_tokens_in_unoccupied_slots',
+     'eval_examples_with_tokens_in_unoccupied_slots'}.
+  """
+  empty = estimate.unoccupied_slots
+  hits = np.asarray(masks)[:, empty] > 0
+  return {'unoccupied_slots': empty.tolist(), 'num_unoccupied_slots': int(empty.size),
+          'eval_tokens_in_unoccupied_slots': int(hits.sum()),
+          'eval_examples_with_tokens_in_unoccupied_slots': int(hits.any(1).sum())}
 
 
 def save(path: str | os.PathLike, estimate: AttentionSums) -> None:

@@ -174,7 +174,12 @@ class FeatureCache:
 
   def batches(self, batch_size: int, *, seed: int = 0, epoch: int = 0, shuffle: bool = False):
     """Yields {'hiddens', 'mask', 'labels', 'example_mask'}; the last batch is padded to batch_size with
-    example_mask 0 rows, so one compiled shape serves every step."""
+    example_mask 0 rows, so one compiled shape serves every step.
+
+    The shuffled order is pipeline.data.epoch_order's (a permutation seeded by [seed, epoch]) and rows keep
+    it within a batch, so a probe trained on the cache sees the token batches of the online probe row for
+    row (the same dropout masks hit the same examples) and the feature-cache modes train alike.
+    """
     n = len(self)
     order = np.arange(n)
     if shuffle:
@@ -182,10 +187,10 @@ class FeatureCache:
     for start in range(0, n, batch_size):
       idx = order[start:start + batch_size]
       real = len(idx)
-      if shuffle:
-        idx = np.sort(idx)  # contiguous-ish reads from a memmap; the batch's order does not matter
+      rows = np.argsort(idx)  # read in ascending order (contiguous-ish from a memmap), then restore the order
+      back = np.argsort(rows)
       pad = batch_size - real
-      batch = {'hiddens': self.hiddens[idx], 'mask': self.mask[idx], 'labels': self.labels[idx],
+      batch = {'hiddens': self.hiddens[idx[rows]][back], 'mask': self.mask[idx], 'labels': self.labels[idx],
                'example_mask': np.ones(real, np.float32)}
       if pad:
         batch = {k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)]) for k, v in batch.items()}

@@ -1,16 +1,33 @@
 """Orbax checkpoints of the train state {params, opt_state, step} and the data position.
 
 Saved every N steps and at the end into workdir/checkpoints; a rerun of the same command resumes from
-the latest. All processes call save/restore (Orbax writes collectively); wait() before exit.
+the newest checkpoint that restores: a damaged one (a truncated or missing file) costs one checkpoint, with a
+warning, not the run. All processes call save/restore (Orbax writes collectively); wait() before exit.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import orbax.checkpoint as ocp
+
+
+class CheckpointError(RuntimeError):
+  """No checkpoint in a workdir restores; the message names the workdir and the damaged steps."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Restored:
+  """The newest checkpoint that restored: its state, metadata and step, and the newer steps that did not
+  (newest first), each with the reason in one line."""
+  state: Any
+  meta: dict[str, Any]
+  step: int
+  damaged: tuple[tuple[int, str], ...] = ()
 
 
 class Checkpointer:
@@ -42,6 +59,43 @@ class Checkpointer:
         state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
     return out['state'], out['meta']
 
+  def restore_newest(self, abstract_state: Any, check_meta: Callable[[dict[str, Any]], None] | None = None,
+                     *, delete_damaged: bool = False) -> Restored:
+    """The newest checkpoint that restores, trying older ones when one cannot be read (a one-line warning
+    per damaged step). check_meta(meta) runs on each checkpoint's metadata before its state is read, so that
+    it can refuse another run's checkpoint (its exception propagates; it is not damage). delete_damaged
+    removes the damaged steps, so that training can save those steps again.
+
+    Raises FileNotFoundError when there is no checkpoint, CheckpointError when none restores.
+    """
+    self.manager.reload()  # steps on disk now, not as cached when the manager was made
+    steps = sorted(self.manager.all_steps(), reverse=True)
+    if not steps:
+      raise FileNotFoundError(f'No checkpoint in {self.directory}. Train first: python train.py --workdir ...')
+    damaged = []
+    for step in steps:
+      try:
+        meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+      except Exception as e:  # Orbax and TensorStore raise many types for unreadable files; all mean damage
+        damaged.append((step, _one_line(e)))
+        continue
+      if check_meta is not None:
+        check_meta(meta)
+      try:
+        state = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
+      except Exception as e:
+        damaged.append((step, _one_line(e)))
+        continue
+      for bad, why in damaged:
+        logging.warning('Checkpoint step %d in %s is damaged (%s); using step %d.', bad, self.directory, why, step)
+        if delete_damaged:
+          self.manager.delete(bad)
+      return Restored(state['state'], meta, step, tuple(damaged))
+    raise CheckpointError(
+        f'No checkpoint in {self.directory} restores: steps {", ".join(str(s) for s, _ in damaged)} are damaged '
+        f'(step {damaged[0][0]}: {damaged[0][1]}). Delete {self.directory} to start over, or train in a new '
+        '--workdir.')
+
   def wait(self) -> None:
     self.manager.wait_until_finished()
 
@@ -55,3 +109,9 @@ def abstract(tree: Any, shardings: Any | None = None) -> Any:
   if shardings is None:
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, 'sharding', None)), tree)
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+def _one_line(error: Exception, limit: int = 160) -> str:
+  """An exception as one short line: Orbax's messages run over many lines of TensorStore specs."""
+  text = ' '.join(str(error).split())
+  return f'{type(error).__name__}: {text[:limit]}{"..." if len(text) > limit else ""}'

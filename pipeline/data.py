@@ -87,7 +87,11 @@ class EmptySplitError(DataError):
 
 
 class BadTextError(DataError):
-  """A text cell that is not a string (None, a number, NaN, ...)."""
+  """A text cell that is not a string (None, a number, NaN, ...), or is empty (unless data.allow_empty_text)."""
+
+
+class SingleClassError(DataError):
+  """A training split with fewer than two classes: nothing for a classifier to learn."""
 
 
 class BadLabelError(DataError):
@@ -206,6 +210,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.cache_dir = ''  # where fetched corpora are kept; '' = $XDG_CACHE_HOME/sweet_papa_jax or ~/.cache/sweet_papa_jax
   c.data_dir = ''  # tfds: data_dir of prepared datasets; hub: datasets' cache_dir; '' = the library's default
   c.max_seq_length = 128  # tokens per example, for the caller's tokenization (truncation and padding)
+  # An empty (or all-whitespace) text cell is an error naming its file and row, as it usually means a broken
+  # export; True keeps such rows (the model then sees only [CLS] [SEP]).
+  c.allow_empty_text = False
   return c
 
 
@@ -653,7 +660,7 @@ def _label_mapping(table: _Table, field: str) -> tuple[dict[str, int], tuple[str
 
 
 def _to_dataset(table: _Table, text_fields, label_field, mapping: dict[str, int], names, split: str,
-                known_from: str = '') -> TextDataset:
+                known_from: str = '', allow_empty_text: bool = False) -> TextDataset:
   """Checks columns, text cells and labels of a raw table, naming the file and row of the first problem."""
   present = table.all_columns if table.all_columns is not None else tuple(table.columns)
   missing = [c for c in (*text_fields, label_field) if c not in table.columns]
@@ -672,6 +679,9 @@ def _to_dataset(table: _Table, text_fields, label_field, mapping: dict[str, int]
           raise MissingColumnError(f'{table.origin}: {table.where(i)} has no field {field!r}.')
         kind = 'NaN' if isinstance(value, float) and math.isnan(value) else type(value).__name__
         raise BadTextError(f'{table.origin}: {table.where(i)}: {field!r} is {value!r} ({kind}), not text.')
+      if not allow_empty_text and not value.strip():
+        raise BadTextError(f'{table.origin}: {table.where(i)}: {field!r} is empty ({value!r}); fix the row, or set '
+                           'data.allow_empty_text=True to keep empty texts.')
     texts.append(tuple(column))
   labels = np.empty(table.num_rows, np.int32)
   for i, value in enumerate(table.columns[label_field]):
@@ -710,6 +720,7 @@ def load_splits(data_config, *, fetch: Callable | None = None) -> Splits:
   text_fields = _text_fields(cfg)
   label_field = _get(cfg, 'label_field', 'label')
   seed = int(_get(cfg, 'seed', 0))
+  allow_empty = bool(_get(cfg, 'allow_empty_text', False))
   train_table, eval_table = _LOADERS[source](cfg, fetch)
 
   if label_field not in train_table.columns:  # say so before a label mapping is attempted
@@ -719,7 +730,7 @@ def load_splits(data_config, *, fetch: Callable | None = None) -> Splits:
       None, train_table.class_names):
     raise DataError(f'{eval_table.origin}: class names {eval_table.class_names} differ from train\'s '
                     f'{train_table.class_names}.')
-  train = _to_dataset(train_table, text_fields, label_field, mapping, names, 'train')
+  train = _to_dataset(train_table, text_fields, label_field, mapping, names, 'train', allow_empty_text=allow_empty)
 
   if eval_table is None:
     n_eval = _count(_get(cfg, 'eval_size', 0.2), len(train), 'eval_size')
@@ -729,7 +740,7 @@ def load_splits(data_config, *, fetch: Callable | None = None) -> Splits:
     evaluation, train = _carve(train, n_eval, seed, 0)
   else:
     evaluation = _to_dataset(eval_table, text_fields, label_field, mapping, names, 'eval',
-                             known_from=train_table.origin)
+                             known_from=train_table.origin, allow_empty_text=allow_empty)
 
   n_cal = _count(_get(cfg, 'calibration_size', 0.1), len(train), 'calibration_size', cap=CALIBRATION_CAP)
   calibration = None
@@ -745,7 +756,18 @@ def load_splits(data_config, *, fetch: Callable | None = None) -> Splits:
   max_eval = int(_get(cfg, 'max_eval_samples', 0))
   if 0 < max_eval < len(evaluation):
     evaluation = evaluation.subset(_sample(len(evaluation), max_eval, seed, 3))
+  _check_classes(train, label_field)
   return Splits(train=train, calibration=calibration, eval=evaluation)
+
+
+def _check_classes(train: TextDataset, label_field: str) -> None:
+  """At least two classes among the examples trained on (after carving and sampling)."""
+  present = [name for name, count in train.label_counts().items() if count]
+  if len(present) < 2:
+    after = '' if train.num_labels < 2 else (f' after the eval/calibration carve and max_train_samples '
+                                              f'({len(train)} examples; the full split has {train.num_labels} classes)')
+    raise SingleClassError(f'{train.origin}: the training split has a single class {present[0]!r} in column '
+                           f'{label_field!r} (data.label_field){after}; a classifier needs at least 2 classes.')
 
 
 # ----------------------------------------------------------------------------------------------- batches

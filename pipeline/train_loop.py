@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
+import logging
 import math
+import os
 import signal
 import time
 from typing import Any, Callable
@@ -19,7 +22,7 @@ import numpy as np
 import optax
 
 import encoder_jax
-from pipeline import checkpoints, data, reporting, sharding
+from pipeline import checkpoints, data, fingerprint, reporting, sharding
 
 Params = Any
 Batch = dict[str, Any]
@@ -30,22 +33,50 @@ class Method:
   """What the pipeline calls; it knows nothing else about a method.
 
   init(rng) -> params (trainable only); loss(params, batch, rng) -> (loss, metrics dict of scalars);
-  predict(params, batch) -> logits [num_exits, batch, num_labels].
+  predict(params, batch) -> logits [num_exits, batch, num_labels];
+  param_groups(params) -> a tree of the params' structure whose leaves are hashable group labels: each group
+  is clipped by its own global norm (None: the whole tree is one group).
   """
   name: str
   init: Callable[[jax.Array], Params]
   loss: Callable[[Params, Batch, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
   predict: Callable[[Params, Batch], jax.Array]
+  param_groups: Callable[[Params], Any] | None = None
 
 
 class TrainingDiverged(FloatingPointError):
   """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
-def make_optimizer(train_config, total_steps: int) -> optax.GradientTransformation:
+def clip_by_group_norm(max_norm: float, param_groups: Callable[[Params], Any]) -> optax.GradientTransformation:
+  """optax.clip_by_global_norm applied to each group of leaves on its own (its own global norm), so a large
+  gradient in one group cannot shrink another group's update. param_groups(updates) labels every leaf.
+
+  The state is optax's EmptyState, as clip_by_global_norm's: checkpoints keep their structure."""
+  clip = optax.clip_by_global_norm(max_norm)
+
+  def update(updates, state, params=None):
+    del params  # the norm is of the updates alone
+    leaves, treedef = jax.tree.flatten(updates)
+    labels = treedef.flatten_up_to(param_groups(updates))
+    out = list(leaves)
+    for label in dict.fromkeys(labels):  # first-seen order: static and deterministic
+      members = [k for k, l in enumerate(labels) if l == label]
+      clipped, _ = clip.update([leaves[k] for k in members], optax.EmptyState())
+      for k, leaf in zip(members, clipped):
+        out[k] = leaf
+    return jax.tree.unflatten(treedef, out), state
+
+  return optax.GradientTransformation(optax.init_empty_state, update)
+
+
+def make_optimizer(train_config, total_steps: int, param_groups: Callable[[Params], Any] | None = None
+                   ) -> optax.GradientTransformation:
   """AdamW with gradient clipping; warmup then linear decay to 0 ('linear') or constant after warmup.
 
   Weight decay skips biases and layer-norm scales (leaves with fewer than 2 dimensions), as BERT does.
+  Clipping is by global norm over the whole tree, or over each group of `param_groups` (Method.param_groups)
+  on its own. Adam's epsilon is train_config.adam_eps (required: it changes every update of small gradients).
   """
   lr = train_config.learning_rate
   warmup = int(round(train_config.warmup_fraction * total_steps))
@@ -55,12 +86,17 @@ def make_optimizer(train_config, total_steps: int) -> optax.GradientTransformati
     after = optax.constant_schedule(lr)
   else:
     raise ValueError(f"train.schedule must be 'linear' or 'constant', got {train_config.schedule!r}.")
+  if 'adam_eps' not in train_config:
+    raise ValueError('train.adam_eps is missing: set it in the config (Hugging Face Trainer and optax: 1e-8; '
+                     'the demo configs: 1e-6, as BERT).')
   schedule = optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), after], [warmup]) if warmup else after
   decay_mask = lambda params: jax.tree.map(lambda x: jnp.ndim(x) >= 2, params)
-  parts = [optax.adamw(schedule, b1=0.9, b2=0.999, eps=1e-6, weight_decay=train_config.weight_decay,
-                       mask=decay_mask)]
+  parts = [optax.adamw(schedule, b1=0.9, b2=0.999, eps=float(train_config.adam_eps),
+                       weight_decay=train_config.weight_decay, mask=decay_mask)]
   if train_config.grad_clip > 0:
-    parts.insert(0, optax.clip_by_global_norm(train_config.grad_clip))
+    clip = (optax.clip_by_global_norm(train_config.grad_clip) if param_groups is None
+            else clip_by_group_norm(train_config.grad_clip, param_groups))
+    parts.insert(0, clip)
   return optax.chain(*parts)
 
 
@@ -122,9 +158,15 @@ def _stop_on_signals():
 
 
 def train_and_evaluate(config, workdir: str, method: Method, splits: data.Splits, encode_fn,
-                       extra_results: dict[str, Any] | None = None) -> dict[str, Any]:
+                       extra_results: dict[str, Any] | None = None,
+                       run_fingerprint: dict[str, Any] | None = None) -> dict[str, Any]:
   """Trains `method` on splits.train, checkpointing into workdir and resuming from it, then scores
   splits.eval. Writes workdir/metrics.jsonl and workdir/results.json; returns the results dict.
+
+  run_fingerprint (pipeline.fingerprint.of_run) is recorded in every checkpoint and in results.json. A
+  workdir whose checkpoint was made with another fingerprint, seed or batch size is refused (FingerprintMismatch
+  listing the fields); a finished one with the same returns its results.json untouched. A damaged newest
+  checkpoint falls back to the newest one that restores.
 
   Raises TrainingDiverged on a non-finite loss (the last good checkpoint stays). On SIGINT/SIGTERM it
   saves, and returns results with 'interrupted': True.
@@ -136,7 +178,7 @@ def train_and_evaluate(config, workdir: str, method: Method, splits: data.Splits
   if steps_per_epoch == 0:
     raise ValueError(f'The training split has {len(splits.train)} examples, fewer than one batch of {tc.batch_size}.')
   total_steps = tc.num_epochs * steps_per_epoch
-  tx = make_optimizer(tc, total_steps)
+  tx = make_optimizer(tc, total_steps, method.param_groups)
 
   init_rng, train_rng = jax.random.split(jax.random.key(tc.seed))
   params = method.init(init_rng)
@@ -144,13 +186,18 @@ def train_and_evaluate(config, workdir: str, method: Method, splits: data.Splits
   shardings = sharding.param_shardings(mesh, state, min_shard)
   ckpt = checkpoints.Checkpointer(workdir, max_to_keep=tc.get('max_to_keep', 2))
   meta = {'steps_per_epoch': steps_per_epoch, 'batch_size': tc.batch_size, 'seed': tc.seed,
-          'num_train_examples': len(splits.train)}
+          'num_train_examples': len(splits.train), 'fingerprint': fingerprint.normalized(run_fingerprint or {})}
   if ckpt.latest_step() is not None:
-    state, saved = ckpt.restore(checkpoints.abstract(state, shardings))
-    mismatch = {k: (saved.get(k), v) for k, v in meta.items() if saved.get(k) != v}
-    if mismatch:
-      raise ValueError(f'{workdir} holds a checkpoint of a different run (saved vs now: {mismatch}); '
-                       'use a new --workdir or the original config.')
+    restored = ckpt.restore_newest(checkpoints.abstract(state, shardings), _same_run_check(meta, workdir),
+                                   delete_damaged=True)
+    state = restored.state
+    done = _finished_results(workdir, meta['fingerprint'], total_steps) if restored.step >= total_steps else None
+    if done is not None:
+      ckpt.close()
+      _say(f'{workdir} already holds this finished run ({restored.step} steps, same data and model): '
+           'results.json and metrics.jsonl are left as they are.')
+      return done
+    _say(f'Resuming from step {restored.step} of {total_steps}: {max(total_steps - restored.step, 0)} steps left.')
   else:
     # Own copies: the step donates the state, and init may return arrays the caller still holds.
     # (jit outputs never alias non-donated inputs; device_put may, even with may_alias=False.)
@@ -218,15 +265,53 @@ def train_and_evaluate(config, workdir: str, method: Method, splits: data.Splits
   writer.write(total_steps, 'eval', {f'exit_{i}/accuracy': a for i, a in enumerate(results['per_exit_accuracy'])})
   results.update(extra_results or {})
   results.update(method=method.name, seed=tc.seed, steps=total_steps, train_time_s=train_time,
-                 examples_per_s=rate, config=config)
+                 examples_per_s=rate, fingerprint=meta['fingerprint'], config=config)
   reporting.write_json(f'{workdir}/results.json', results)
   return results
 
 
-def restore_params(config, workdir: str, method: Method) -> Params:
-  """The trained params of the latest checkpoint in workdir (for eval), replicated on this mesh."""
+def _say(message: str) -> None:
+  if reporting.is_writer():
+    print(message, flush=True)
+
+
+def _same_run_check(meta: dict[str, Any], workdir: str) -> Callable[[dict[str, Any]], None]:
+  """check_meta for Checkpointer.restore_newest: the saved run's data, model, seed and batch layout must be
+  this one's. A checkpoint from before fingerprints were recorded is checked on the rest, with a warning."""
+
+  def check(saved: dict[str, Any]) -> None:
+    keys = [k for k in meta if k != 'fingerprint']
+    now = {'train': {k: meta[k] for k in keys}}
+    then = {'train': {k: saved.get(k) for k in keys}}
+    if 'fingerprint' in saved:
+      now.update(meta['fingerprint'])
+      then.update(saved['fingerprint'])
+    else:
+      logging.warning('%s records no data fingerprint (made by an older version): its data cannot be checked.',
+                      workdir)
+    fingerprint.check(then, now, workdir)
+
+  return check
+
+
+def _finished_results(workdir: str, run_fingerprint: dict[str, Any], total_steps: int) -> dict[str, Any] | None:
+  """workdir/results.json when it holds this run's final results (same fingerprint and step count)."""
+  path = os.path.join(workdir, 'results.json')
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    saved = json.load(f)
+  same = saved.get('fingerprint') == run_fingerprint and saved.get('steps') == total_steps
+  return saved if same else None
+
+
+def restore(config, workdir: str, method: Method,
+            check_meta: Callable[[dict[str, Any]], None] | None = None) -> checkpoints.Restored:
+  """The newest checkpoint in workdir that restores (for eval): Restored with state = the trained params,
+  replicated on this mesh; check_meta(meta) may refuse it (see Checkpointer.restore_newest)."""
   mesh, min_shard = _mesh(config)
-  tx = make_optimizer(config.train, 1)  # the optimizer state's structure does not depend on the step count
+  # The optimizer state's structure depends on neither the step count nor the clip groups.
+  tx = make_optimizer(config.train, 1, method.param_groups)
 
   def init_state(rng):
     params = method.init(rng)
@@ -234,6 +319,14 @@ def restore_params(config, workdir: str, method: Method) -> Params:
 
   template = jax.eval_shape(init_state, jax.random.key(0))
   ckpt = checkpoints.Checkpointer(workdir, read_only=True)
-  state, _ = ckpt.restore(checkpoints.abstract(template, sharding.param_shardings(mesh, template, min_shard)))
-  ckpt.close()
-  return state['params']
+  try:
+    restored = ckpt.restore_newest(checkpoints.abstract(template, sharding.param_shardings(mesh, template, min_shard)),
+                                   check_meta)
+  finally:
+    ckpt.close()
+  return dataclasses.replace(restored, state=restored.state['params'])
+
+
+def restore_params(config, workdir: str, method: Method) -> Params:
+  """The trained params of the newest checkpoint in workdir that restores (for eval), replicated on this mesh."""
+  return restore(config, workdir, method).state

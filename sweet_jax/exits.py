@@ -60,6 +60,13 @@ class ExitConfig:
     """0-indexed [start, stop) layer range of each segment: (1, 4, 6) -> [(0, 1), (1, 4), (4, 6)]."""
     return list(zip((0,) + self.exit_layers[:-1], self.exit_layers))
 
+  def segment_of(self, layer: int) -> int:
+    """The segment holding 0-indexed `layer`: (1, 4, 6) -> layer 0 in 0, layers 1..3 in 1, 4..5 in 2."""
+    for i, stop in enumerate(self.exit_layers):
+      if 0 <= layer < stop:
+        return i
+    raise ValueError(f'Layer {layer} (0-indexed) lies in no segment of exits {self.exit_layers}.')
+
   def check(self, encoder_config: EncoderConfig) -> None:
     if self.exit_layers[-1] > encoder_config.num_layers:
       raise ValueError(f'Exit after layer {self.exit_layers[-1]} but the encoder has {encoder_config.num_layers}.')
@@ -142,6 +149,25 @@ def init_multi_model(rng, encoder_config: EncoderConfig, encoder_params, exit_co
       {'encoder': copy(_encoder_part(encoder_params, k)),
        'head': init_head(key, encoder_config.hidden_size, exit_config.num_labels, encoder_params.get('pooler'))}
       for k, key in zip(exit_config.exit_layers, keys))}
+
+
+def exit_model_groups(exit_config: ExitConfig, params) -> dict[str, Any]:
+  """SWEET's parameter groups: a tree of params' structure labelling every leaf with its segment index;
+  the embeddings belong to segment 0 and head i to segment i (what exit i's loss alone reaches)."""
+  def label(name):
+    if name == 'embeddings':
+      return 0
+    if not name.startswith('layers_'):
+      raise ValueError(f"Unexpected encoder parameter {name!r}: expected 'embeddings' or 'layers_<i>'.")
+    return exit_config.segment_of(int(name[len('layers_'):]))
+  encoder = {name: jax.tree.map(lambda _, i=label(name): i, sub) for name, sub in params['encoder'].items()}
+  heads = tuple(jax.tree.map(lambda _, i=i: i, head) for i, head in enumerate(params['heads']))
+  return {'encoder': encoder, 'heads': heads}
+
+
+def multi_model_groups(params) -> dict[str, Any]:
+  """Multi-Model's parameter groups: every leaf of member i (encoder and head) labelled i."""
+  return {'models': tuple(jax.tree.map(lambda _, i=i: i, model) for i, model in enumerate(params['models']))}
 
 
 def _split(rng, n):

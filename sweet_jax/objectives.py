@@ -4,6 +4,7 @@
   early_exit:   the same network, no stop_gradient (lower layers get every exit's gradient)
   multi_model:  independent truncated copies of the encoder, one per exit
 All losses are sum_i w_i * mean cross-entropy of exit i, weights from `exit_weights` (paper: all 1).
+Gradients are clipped per `param_groups` (each SWEET segment with its head, each Multi-Model member).
 """
 
 from __future__ import annotations
@@ -21,15 +22,22 @@ METHODS = ('sweet', 'early_exit', 'multi_model')
 WEIGHTINGS = ('equal', 'linear', 'geometric')
 
 
-def exit_weights(num_exits: int, scheme: str = 'equal', ratio: float = 2.0) -> np.ndarray:
-  """Loss weight of each exit [num_exits]: equal (SWEET paper), linear in depth i+1 (PABEE),
-  or geometric ratio**i (CALM)."""
+def exit_weights(exit_layers, scheme: str = 'equal', ratio: float = 2.0) -> np.ndarray:
+  """Loss weight of each exit [num_exits], for exits after 1-indexed layers `exit_layers`.
+
+  equal: all 1 (SWEET paper). linear: the exit's layer depth, normalised to sum 1, as PABEE
+  (sum_i i * L_i / sum_i i over its per-layer exits): (1, 4, 6, 12) -> (1, 4, 6, 12) / 23.
+  geometric: ratio**i for the i-th exit (CALM).
+  """
+  layers = np.asarray(exit_layers, np.float64)
+  if layers.ndim != 1 or not len(layers):
+    raise ValueError(f'exit_layers must be a non-empty sequence of layers, got {exit_layers!r}.')
   if scheme == 'equal':
-    return np.ones(num_exits, np.float32)
+    return np.ones(len(layers), np.float32)
   if scheme == 'linear':
-    return np.arange(1, num_exits + 1, dtype=np.float32)
+    return (layers / layers.sum()).astype(np.float32)
   if scheme == 'geometric':
-    return (ratio ** np.arange(num_exits)).astype(np.float32)
+    return (ratio ** np.arange(len(layers))).astype(np.float32)
   raise ValueError(f'Unknown exit weighting {scheme!r}; choose from {WEIGHTINGS}.')
 
 
@@ -45,6 +53,22 @@ def exit_accuracies(logits, labels, example_mask):
   return (correct * example_mask[None]).sum(-1) / jnp.maximum(example_mask.sum(), 1.0)
 
 
+def param_groups(method: str, exit_config: exits.ExitConfig):
+  """params -> group label tree for per-group gradient clipping (pipeline Method.param_groups), or None.
+
+  sweet: each segment with its own head (exit i's loss reaches nothing else, so nothing else may rescale its
+  update); multi_model: each member, as the reference trains each as its own run; early_exit: None, one
+  global clip (its exits share the lower layers).
+  """
+  if method not in METHODS:
+    raise ValueError(f'Unknown method {method!r}; choose from {METHODS}.')
+  if method == 'sweet':
+    return functools.partial(exits.exit_model_groups, exit_config)
+  if method == 'multi_model':
+    return exits.multi_model_groups
+  return None
+
+
 def make_fns(method: str, encoder_config, exit_config: exits.ExitConfig, pretrained_params, *,
              weighting: str = 'equal', geometric_ratio: float = 2.0, constants=None):
   """(init, loss, predict) of a training method.
@@ -54,7 +78,7 @@ def make_fns(method: str, encoder_config, exit_config: exits.ExitConfig, pretrai
   """
   if method not in METHODS:
     raise ValueError(f'Unknown method {method!r}; choose from {METHODS}.')
-  weights = jnp.asarray(exit_weights(exit_config.num_exits, weighting, geometric_ratio))
+  weights = jnp.asarray(exit_weights(exit_config.exit_layers, weighting, geometric_ratio))
   if method == 'multi_model':
     init_model, forward = exits.init_multi_model, exits.forward_multi_model
   else:

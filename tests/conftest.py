@@ -13,3 +13,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 
 jax.config.update('jax_default_matmul_precision', 'highest')
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope='session')
+def tiny_bert(tmp_path_factory):
+  """A random 3-layer BERT (hidden 15, 3 heads) as a Hugging Face checkpoint directory, written once."""
+  from tests.tiny_checkpoint import write_checkpoint
+  path = tmp_path_factory.mktemp('tiny_bert') / 'ckpt'
+  write_checkpoint(path, hidden=15, layers=3, heads=3, intermediate=7, max_positions=17)
+  return path

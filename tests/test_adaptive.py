@@ -173,7 +173,7 @@ def test_default_buckets():
 
 # ----------------------------------------------------------------------------------------------- sweet_eval
 
-def test_sweet_eval_writes_curve_files(models, tmp_path, caplog):
+def test_sweet_eval_writes_curve_files(models, tmp_path, caplog, monkeypatch):
   import json
   import ml_collections
   import sweet_eval
@@ -197,6 +197,9 @@ def test_sweet_eval_writes_curve_files(models, tmp_path, caplog):
   config = ml_collections.ConfigDict({'eval': {'batch_size': 2, 'thresholds': (0.0, 0.6, 2.0), 'rule': 'confidence',
                                                'timing_examples': 6, 'timing_repeats': 1}})
   splits = data.Splits(dataset(10), dataset(12), dataset(7))
+  from sweet_jax import calibration
+  fits, real_fit = [], calibration.fit_temperatures
+  monkeypatch.setattr(calibration, 'fit_temperatures', lambda z, y, **kw: fits.append((z, y)) or real_fit(z, y, **kw))
   out = sweet_eval.evaluate(config, str(tmp_path / 'a'), method='sweet', encoder_config=CFG, exit_config=ECFG,
                             params=models['sweet'], splits=splits, encode_fn=encode)
   curve = json.loads((tmp_path / 'a' / 'eval' / 'curve.json').read_text())
@@ -205,7 +208,15 @@ def test_sweet_eval_writes_curve_files(models, tmp_path, caplog):
   assert first['exit_counts'] == [7, 0, 0] and last['exit_counts'] == [0, 0, 7]
   assert last['layer_fraction'] == 1.0 and first['flops_fraction'] < 0.5
   assert all(p['engine_agreement'] == 1.0 and p['measured_speedup'] > 0 for p in curve['points'])
-  assert json.loads((tmp_path / 'a' / 'eval' / 'temperatures.json').read_text())['calibrated']
+  # Temperatures are fit once, on the 12 calibration examples alone (their labels, their logits), never on the
+  # 10 train or 7 eval ones; that the splits are disjoint is pipeline.data's (test_data's splits tests).
+  info = json.loads((tmp_path / 'a' / 'eval' / 'temperatures.json').read_text())
+  assert info['calibrated'] and info['calibration_examples'] == 12
+  (cal_logits, cal_labels), = fits
+  np.testing.assert_array_equal(cal_labels, splits.calibration.labels)
+  expected = exits.forward(CFG, ECFG, models['sweet'], encode(splits.calibration.texts[0]), stop_gradient=False)
+  np.testing.assert_allclose(cal_logits, np.asarray(expected), rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(info['temperatures'], real_fit(cal_logits, cal_labels), rtol=1e-6)
   assert len(out['per_exit_accuracy']) == 3
   for name in ('per_exit_accuracy.json', 'curve.csv', 'curve.png'):
     assert (tmp_path / 'a' / 'eval' / name).exists()

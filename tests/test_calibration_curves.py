@@ -28,15 +28,36 @@ def test_fit_recovers_known_temperatures():
   assert np.all(calibration.nll(logits, labels, t_fit) <= calibration.nll(logits, labels, t_true) + 1e-9)
 
 
-def test_fit_is_deterministic_and_bounded():
+def grid_nll(logits, labels, temperatures):
+  """Mean NLL [T] of one exit's logits [N, C] at each temperature [T]: numpy, independent of calibration.nll."""
+  z = logits[None] / temperatures[:, None, None]  # [T, N, C]
+  m = z.max(-1, keepdims=True)
+  log_p = z - m - np.log(np.exp(z - m).sum(-1, keepdims=True))
+  return -log_p[:, np.arange(len(labels)), labels].mean(-1)
+
+
+def test_fit_minimises_nll_against_a_brute_force_grid():
+  """On a grid of 4,001 temperatures over the search interval, no temperature has a lower NLL than the fit's,
+  and the grid's best lies next to the fit: an interior minimum, one at each bound (always-right exit ->
+  T at the lower bound; an exit that ranks the label last -> the upper bound)."""
   rng = np.random.default_rng(1)
-  logits = rng.normal(size=(2, 50, 3))
-  labels = logits[0].argmax(-1)  # exit 0 is always right: NLL keeps falling as T -> 0
-  a = calibration.fit_temperatures(logits, labels, min_temperature=0.1, max_temperature=10.0)
-  b = calibration.fit_temperatures(logits, labels, min_temperature=0.1, max_temperature=10.0)
-  np.testing.assert_array_equal(a, b)
-  assert a[0] == pytest.approx(0.1, rel=1e-5)
-  assert 0.1 <= a[1] <= 10.0
+  n, c = 60, 3
+  labels = rng.integers(0, c, n)
+  noisy = rng.normal(size=(n, c)) + 1.5 * np.eye(c)[labels]  # informative but overconfident when scaled
+  right = np.eye(c)[labels] * 3.0  # the label always wins: NLL keeps falling as T -> 0
+  wrong = -right  # the label always loses: NLL keeps falling as T -> infinity
+  logits = np.stack([4.0 * noisy, right, wrong])
+  lo, hi = 0.1, 10.0
+  fit = calibration.fit_temperatures(logits, labels, min_temperature=lo, max_temperature=hi)
+  grid = np.exp(np.linspace(np.log(lo), np.log(hi), 4001))
+  step = np.log(grid[1] / grid[0])
+  for e in range(3):
+    values = grid_nll(logits[e], labels, grid)
+    at_fit = grid_nll(logits[e], labels, np.array([float(fit[e])]))[0]
+    assert at_fit <= values.min() + 1e-6, (e, fit[e], grid[values.argmin()])
+    assert abs(np.log(fit[e]) - np.log(grid[values.argmin()])) <= step, (e, fit[e], grid[values.argmin()])
+  assert lo * 1.5 < fit[0] < hi / 1.5  # the first exit's minimum is interior: the search found it
+  assert fit[1] == pytest.approx(lo, rel=1e-5) and fit[2] == pytest.approx(hi, rel=1e-5)
 
 
 def test_nll_by_hand():

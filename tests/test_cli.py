@@ -36,13 +36,17 @@ def _run(script, *args):
   return out.stdout
 
 
-@pytest.fixture(scope='module')
-def task(tmp_path_factory):
-  root = tmp_path_factory.mktemp('cli')
+def write_task(root):
+  """The tiny task of these tests in root: ckpt/ (a random BERT), train.csv (60 rows), eval.csv (20 rows)."""
   write_checkpoint(root / 'ckpt', max_positions=20)
   write_split(root / 'train.csv', 60, 0)
   write_split(root / 'eval.csv', 20, 1)
   return root
+
+
+@pytest.fixture(scope='module')
+def task(tmp_path_factory):
+  return write_task(tmp_path_factory.mktemp('cli'))
 
 
 def test_train_then_eval_on_a_local_csv(task):
@@ -54,7 +58,7 @@ def test_train_then_eval_on_a_local_csv(task):
   assert results['method'] == 'sweet' and results['exit_layers'] == [1, 2]
   assert len(results['per_exit_accuracy']) == 2 and results['num_examples'] == 20
   assert results['num_train_examples'] == 48  # 60 minus the 12 held out for calibration
-  _run('train.py', *args)  # finished run: resumes at the end, retrains nothing, rescores the same
+  assert 'already holds this finished run' in _run('train.py', *args)  # finished: nothing retrained or rewritten
   assert json.loads((work / 'results.json').read_text())['per_exit_accuracy'] == results['per_exit_accuracy']
 
   _run('eval.py', *args)

@@ -1,6 +1,7 @@
 """The encoder against torch reference outputs (fixtures written by tests/fixtures/make_fixtures.py), on
 8 simulated devices, and the constant / mixed attention kernels. No torch is imported here."""
 
+import math
 from pathlib import Path
 
 import chex
@@ -294,18 +295,102 @@ def test_recommended_compiler_options_keep_parity(bert):
 def test_constant_and_mixed_fast_paths_match_their_probabilities():
   """Without dropout or returned probabilities, constant and mixed heads never form [b, heads, L, L]
   probabilities; the result must equal applying those probabilities, zero-mass rows included."""
-  q, k, v = RNG.standard_normal((3, 3, 7, 2, 5), np.float32)
-  mask = np.array([[1] * 7, [1] * 4 + [0] * 3, [0] * 7])  # full, padded, and an all-padding row
+  q, k, v = RNG.standard_normal((3, 3, 9, 2, 5), np.float32)
+  mask = np.array([[1] * 9, [1] * 4 + [0] * 5, [0] * 9])  # full, padded, and an all-padding row
   constant = RNG.uniform(size=(2, 9, 9)).astype(np.float32)
   constant[1, 2] = 0.0  # a query row of head 1 that was never observed
   gate = np.array([0.7, -1.3], np.float32)
   for kernel in (attention.constant_attention, attention.mixed_attention):
     fast, none = jax.jit(kernel)(q, k, v, mask, constant, gate)
     slow, probs = jax.jit(kernel, static_argnames='return_probs')(q, k, v, mask, constant, gate, return_probs=True)
-    assert none is None and probs.shape == (3, 2, 7, 7)
+    assert none is None and probs.shape == (3, 2, 9, 9)
     np.testing.assert_allclose(fast, slow, rtol=0, atol=1e-6, err_msg=kernel.__name__)
   fast, _ = attention.constant_attention(None, None, v, mask, constant)
   assert not np.asarray(fast[2]).any() and not np.asarray(fast[1, 4:]).any()  # padded queries give 0
   assert not np.asarray(fast[0, 2, 1]).any() and np.asarray(fast[0, 2, 0]).any()  # only the unobserved row
-  with pytest.raises(ValueError, match='cover 9 positions'):
-    attention.constant_attention(None, None, np.zeros((1, 10, 2, 5)), np.ones((1, 10)), constant)
+
+
+@pytest.mark.parametrize('seq', [12, 14])
+def test_constant_heads_refuse_an_input_that_is_not_the_layout_length(bert, seq):
+  """Constants of a length-13 layout put the final [SEP] at slot 12: a shorter input (which used to be
+  cropped silently) or a longer one misaligns every slot, so both stop at trace time, naming L."""
+  config, params = _shallow(*bert[:2])
+  ids = np.full((2, seq), 5, np.int32)
+  consts = jnp.full((1, 3, 13, 13), 1 / 13)
+  for cfg in (config.with_heads('constant', [(0, 1)]), config.with_heads('mixed', 'all')):
+    with pytest.raises(ValueError, match=f'length L=13; the input has length {seq}'):
+      encode(cfg, params, ids, np.ones_like(ids), np.zeros_like(ids), constants=consts, gates=jnp.zeros((1, 3)))
+  for kernel in (attention.constant_attention, attention.mixed_attention):
+    with pytest.raises(ValueError, match='L=13'):
+      qkv = np.zeros((1, seq, 3, 5), np.float32)
+      kernel(qkv, qkv, qkv, np.ones((1, seq)), consts[0], np.zeros(3, np.float32), return_probs=True)
+
+
+def test_a_padded_examples_own_attention_as_its_constant_reproduces_it(bert):
+  """An independent check of masking and renormalisation: a padded example's softmax attention, with every
+  row scaled by its own positive factor and garbage written into the padded rows and columns, used as its
+  constant matrices gives back its hidden states at the real positions (constant and mixed heads alike)."""
+  config, params, ref = bert
+  row = 1
+  inputs = _inputs(ref, slice(row, row + 1))
+  real = inputs[1][0].astype(bool)
+  assert 0 < real.sum() < real.size
+  hiddens, attentions = encode(config, params, *inputs, return_attention=True)
+  constants = np.stack([np.asarray(a[0]) for a in attentions])  # [layers, heads, 13, 13]
+  constants *= RNG.uniform(0.2, 5.0, size=constants.shape[:3] + (1,))  # renormalisation must undo this
+  pad = ~real
+  constants[:, :, pad, :] = RNG.uniform(size=constants[:, :, pad, :].shape)  # and masking drop this
+  constants[:, :, :, pad] = RNG.uniform(size=constants[:, :, :, pad].shape)
+  for cfg in (config.with_heads('constant', 'all'), config.with_heads('mixed', 'all')):
+    got = encode(cfg, params, *inputs, constants=constants, gates=jnp.zeros((3, 3)))
+    for layer, (a, b) in enumerate(zip(got, hiddens)):
+      np.testing.assert_allclose(np.asarray(a)[0, real], np.asarray(b)[0, real], rtol=0, atol=TOL,
+                                 err_msg=f'{cfg.kinds(0)[0]} layer {layer}')
+
+
+def _numpy_layer(p, x, mask, kinds, constants, gates, eps):
+  """One post-layer-norm BERT layer in float64 numpy, each head by its kind: (hidden [b, s, H], probs)."""
+  p = jax.tree.map(lambda a: np.asarray(a, np.float64), p)
+  proj = lambda name: np.einsum('bsh,hnd->bsnd', x, p[name]['kernel']) + p[name]['bias']
+  q, k, v = proj('query'), proj('key'), proj('value')
+  m = mask.astype(np.float64)
+  scores = np.einsum('bqnd,bknd->bnqk', q, k) / np.sqrt(q.shape[-1]) + np.where(m > 0, 0.0, -1e30)[:, None, None]
+  soft = np.exp(scores - scores.max(-1, keepdims=True))
+  soft /= soft.sum(-1, keepdims=True)
+  const = constants[None].astype(np.float64) * m[:, None, :, None] * m[:, None, None, :]
+  total = const.sum(-1, keepdims=True)
+  const = np.where(total > 0, const / np.where(total > 0, total, 1), 0)
+  w = 1 / (1 + np.exp(-gates.astype(np.float64)))[None, :, None, None]
+  pick = {'softmax': soft, 'constant': const, 'mixed': w * soft + (1 - w) * const}
+  probs = np.stack([pick[kind][:, h] for h, kind in enumerate(kinds)], axis=1)
+  context = np.einsum('bnqk,bknd->bqnd', probs, v)
+  attn = np.einsum('bqnd,ndh->bqh', context, p['attention_output']['kernel']) + p['attention_output']['bias']
+
+  def norm(y, name):
+    y = (y - y.mean(-1, keepdims=True)) / np.sqrt(y.var(-1, keepdims=True) + eps)
+    return y * p[name]['scale'] + p[name]['bias']
+
+  x = norm(attn + x, 'attention_layer_norm')
+  y = x @ p['intermediate']['kernel'] + p['intermediate']['bias']
+  y = y * 0.5 * (1 + np.vectorize(math.erf)(y / np.sqrt(2)))
+  return norm(y @ p['output']['kernel'] + p['output']['bias'] + x, 'output_layer_norm'), probs
+
+
+def test_one_layer_mixing_softmax_constant_and_mixed_heads_matches_numpy(bert):
+  """Heads of all three kinds in one layer, not grouped by kind (mixed, softmax, constant), on a padded
+  batch: hidden states and per-head probabilities equal a float64 numpy layer's."""
+  config, params, ref = bert
+  config, params = _shallow(config, params)
+  kinds = ('mixed', 'softmax', 'constant')
+  cfg = config.replace(head_kinds=(kinds,))
+  ids, mask, types = _inputs(ref)
+  constants = RNG.uniform(size=(1, 3, 13, 13)).astype(np.float32)
+  gates = np.array([[0.8, 5.0, -5.0]], np.float32)  # only the mixed head's gate is read
+  (x, got), (got_probs,) = encode(cfg, params, ids, mask, types, constants=constants, gates=gates,
+                                  return_attention=True)
+  want, want_probs = _numpy_layer(params['layers_0'], np.asarray(x, np.float64), mask, kinds, constants[0],
+                                  gates[0], config.layer_norm_eps)
+  np.testing.assert_allclose(got_probs, want_probs, rtol=0, atol=1e-6)
+  np.testing.assert_allclose(got, want, rtol=0, atol=TOL)
+  fast = encode(cfg, params, ids, mask, types, constants=constants, gates=gates)[-1]  # no probabilities formed
+  np.testing.assert_allclose(fast, want, rtol=0, atol=TOL)

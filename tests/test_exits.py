@@ -1,13 +1,14 @@
 """Training-side proofs for sweet_jax.exits and objectives: SWEET's separation is exact, Early-Exit shares,
 Multi-Model members share nothing; exit weights; [CLS] and masked-mean pooling."""
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import encoder_jax
+import methods
+from configs import sweet_demo
 from sweet_jax import exits, objectives
 
 # Prime sizes catch transposes; 5 layers cut into segments (0, 1), (1, 3), (3, 5).
@@ -52,22 +53,27 @@ def owner(path, exit_layers=EXIT_LAYERS):
   return ('segment', next(i for i, stop in enumerate(exit_layers) if layer < stop))
 
 
+BUILT_EXITS = (1, 2, 3)  # on conftest's 3-layer tiny_bert
 _JACOBIANS = {}
 
 
-def exit_loss_grads(method, pretrained, i):
-  """Gradient of exit i's loss alone, in the layout of `method`'s params. One jitted jacrev over the
-  vector of exit losses per method, shared by the tests (eager grads of the encoder are slow)."""
+def exit_loss_grads(method, tiny_bert, i):
+  """Gradient of exit i's loss alone (its `exit_i/loss` metric), in the layout of `method`'s params, through
+  the registry: methods.build(config).method.loss, as train.py trains it. One jitted jacrev over the vector
+  of exit losses per method, shared by the tests."""
   if method not in _JACOBIANS:
-    ecfg = exit_config()
-    batch = make_batch()
-    if method == 'multi_model':
-      params = exits.init_multi_model(jax.random.key(1), CFG, pretrained, ecfg)
-      forward = lambda p: exits.forward_multi_model(CFG, ecfg, p, batch)
-    else:
-      params = exits.init_exit_model(jax.random.key(1), CFG, pretrained, ecfg)
-      forward = lambda p: exits.forward(CFG, ecfg, p, batch, stop_gradient=(method == 'sweet'))
-    losses = lambda p: objectives.exit_losses(forward(p), batch['labels'], batch['example_mask'])
+    config = sweet_demo.get_config()
+    config.method, config.model.checkpoint, config.model.exit_layers = method, str(tiny_bert), BUILT_EXITS
+    config.data.max_seq_length = 16
+    built = methods.build(config, num_labels=C)
+    batch = built.encode_fn(['a good film', 'dull', 'the plot is fun'], ['yes', 'no, not at all', 'fun'])
+    batch = dict(batch, labels=np.array([0, 2, 1], np.int32), example_mask=np.ones(3, np.float32))
+    assert batch['token_type_ids'].max() == 1  # pairs: both token types carry gradient
+    params = built.method.init(jax.random.key(1))
+
+    def losses(p):
+      metrics = built.method.loss(p, batch, None)[1]
+      return jnp.stack([metrics[f'exit_{e}/loss'] for e in range(len(BUILT_EXITS))])
     _JACOBIANS[method] = jax.device_get(jax.jit(jax.jacrev(losses))(params))
   return jax.tree.map(lambda g: g[i], _JACOBIANS[method])
 
@@ -76,12 +82,12 @@ def nonzero(leaf):
   return bool(np.any(np.asarray(leaf) != 0))
 
 
-@pytest.mark.parametrize('i', range(len(EXIT_LAYERS)))
-def test_sweet_gradient_of_exit_stays_in_its_segment_and_head(pretrained, i):
-  grads = exit_loss_grads('sweet', pretrained, i)
+@pytest.mark.parametrize('i', range(len(BUILT_EXITS)))
+def test_sweet_gradient_of_exit_stays_in_its_segment_and_head(tiny_bert, i):
+  grads = exit_loss_grads('sweet', tiny_bert, i)
   inside = outside = 0
   for path, g in jax.tree_util.tree_leaves_with_path(grads):
-    kind, j = owner(path)
+    kind, j = owner(path, BUILT_EXITS)
     if (kind, j) in (('segment', i), ('head', i)):
       inside += 1
       if tuple(getattr(k, 'key', None) for k in path[-2:]) != KEY_BIAS:
@@ -93,11 +99,11 @@ def test_sweet_gradient_of_exit_stays_in_its_segment_and_head(pretrained, i):
   assert inside and outside
 
 
-@pytest.mark.parametrize('i', range(len(EXIT_LAYERS)))
-def test_early_exit_gradient_reaches_every_lower_segment(pretrained, i):
-  grads = exit_loss_grads('early_exit', pretrained, i)
+@pytest.mark.parametrize('i', range(len(BUILT_EXITS)))
+def test_early_exit_gradient_reaches_every_lower_segment(tiny_bert, i):
+  grads = exit_loss_grads('early_exit', tiny_bert, i)
   for path, g in jax.tree_util.tree_leaves_with_path(grads):
-    kind, j = owner(path)
+    kind, j = owner(path, BUILT_EXITS)
     reached = (kind == 'segment' and j <= i) or (kind, j) == ('head', i)
     if not reached:
       assert np.all(np.asarray(g) == 0.0), jax.tree_util.keystr(path)
@@ -105,13 +111,21 @@ def test_early_exit_gradient_reaches_every_lower_segment(pretrained, i):
       assert nonzero(g), f'exit {i} does not reach {jax.tree_util.keystr(path)}'
 
 
-def test_sweet_and_early_exit_share_the_forward_pass(pretrained):
-  params = exits.init_exit_model(jax.random.key(1), CFG, pretrained, exit_config())
-  batch = make_batch()
-  a = exits.forward(CFG, exit_config(), params, batch, stop_gradient=True)
-  b = exits.forward(CFG, exit_config(), params, batch, stop_gradient=False)
-  chex.assert_shape(a, (len(EXIT_LAYERS), B, C))
-  np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+def test_clip_groups_are_the_segments_and_members(pretrained):
+  """SWEET's clip groups (objectives.param_groups) are exactly owner()'s segments, head i with segment i;
+  Multi-Model's are its members; Early-Exit has one (None)."""
+  ecfg = exit_config()
+  params = exits.init_exit_model(jax.random.key(1), CFG, pretrained, ecfg)
+  labels = objectives.param_groups('sweet', ecfg)(params)
+  for path, label in jax.tree_util.tree_leaves_with_path(labels):
+    assert owner(path)[1] == label, (jax.tree_util.keystr(path), label)
+  assert set(jax.tree.leaves(labels)) == {0, 1, 2}
+  mm = exits.init_multi_model(jax.random.key(1), CFG, pretrained, ecfg)
+  for path, label in jax.tree_util.tree_leaves_with_path(objectives.param_groups('multi_model', ecfg)(mm)):
+    assert path[1].idx == label
+  assert objectives.param_groups('early_exit', ecfg) is None
+  with pytest.raises(ValueError, match="Unexpected encoder parameter 'pooler'"):
+    exits.exit_model_groups(ecfg, {'encoder': {'pooler': {'kernel': 0}}, 'heads': ()})
 
 
 def test_multi_model_members_share_no_parameter(pretrained):
@@ -126,9 +140,9 @@ def test_multi_model_members_share_no_parameter(pretrained):
     assert sorted(model['encoder']) == sorted(['embeddings'] + [f'layers_{l}' for l in range(depth)])
 
 
-@pytest.mark.parametrize('i', range(len(EXIT_LAYERS)))
-def test_multi_model_gradient_of_member_stays_in_member(pretrained, i):
-  grads = exit_loss_grads('multi_model', pretrained, i)
+@pytest.mark.parametrize('i', range(len(BUILT_EXITS)))
+def test_multi_model_gradient_of_member_stays_in_member(tiny_bert, i):
+  grads = exit_loss_grads('multi_model', tiny_bert, i)
   for j, member in enumerate(grads['models']):
     for path, g in jax.tree_util.tree_leaves_with_path(member):
       if j != i:
@@ -138,11 +152,18 @@ def test_multi_model_gradient_of_member_stays_in_member(pretrained, i):
 
 
 def test_exit_weight_schemes():
-  np.testing.assert_array_equal(objectives.exit_weights(4), [1, 1, 1, 1])
-  np.testing.assert_array_equal(objectives.exit_weights(4, 'linear'), [1, 2, 3, 4])
-  np.testing.assert_array_equal(objectives.exit_weights(4, 'geometric', 3.0), [1, 3, 9, 27])
+  np.testing.assert_array_equal(objectives.exit_weights((1, 4, 6, 12)), [1, 1, 1, 1])
+  # PABEE: exit i weighted by its layer depth, over the sum of depths (BERT-base exits: 1 + 4 + 6 + 12 = 23).
+  np.testing.assert_allclose(objectives.exit_weights((1, 4, 6, 12), 'linear'),
+                             [1 / 23, 4 / 23, 6 / 23, 12 / 23], rtol=1e-6)
+  np.testing.assert_allclose(objectives.exit_weights((1, 2, 3, 4), 'linear'), [0.1, 0.2, 0.3, 0.4], rtol=1e-6)
+  np.testing.assert_array_equal(objectives.exit_weights((1, 4, 6, 12), 'geometric', 3.0), [1, 3, 9, 27])
   with pytest.raises(ValueError, match='Unknown exit weighting'):
-    objectives.exit_weights(4, 'cubic')
+    objectives.exit_weights((1, 2), 'cubic')
+
+
+# Exits after layers 1, 3, 5 (EXIT_LAYERS), weights by hand.
+HAND_WEIGHTS = {'equal': [1.0, 1.0, 1.0], 'linear': [1 / 9, 3 / 9, 5 / 9], 'geometric': [1.0, 2.0, 4.0]}
 
 
 @pytest.mark.parametrize('weighting', ['equal', 'linear', 'geometric'])
@@ -153,8 +174,7 @@ def test_loss_is_the_weighted_sum_of_exit_losses(pretrained, weighting):
   batch = make_batch()
   total, metrics = loss(params, batch, None)
   per_exit = np.array([metrics[f'exit_{i}/loss'] for i in range(ecfg.num_exits)])
-  w = objectives.exit_weights(ecfg.num_exits, weighting, 2.0)
-  np.testing.assert_allclose(float(total), float((w * per_exit).sum()), rtol=1e-6)
+  np.testing.assert_allclose(float(total), float((np.array(HAND_WEIGHTS[weighting]) * per_exit).sum()), rtol=1e-6)
 
 
 def test_pooling_cls_takes_the_first_token_and_mean_ignores_padding():

@@ -143,3 +143,82 @@ def test_papa_layout_single_sentences(tokenizer):
   np.testing.assert_array_equal(mask[0], [1, 1, 1, 1] + [0] * 11 + [1])
   np.testing.assert_array_equal(mask[1], [1] * 8 + [0] * 7 + [1])  # A is cut at L/2
   assert (ids[1, 1:8] == ids[1, 1]).all() and ids[1, 8] == PAD
+
+
+# ------------------------------------------------------------------- every family's own pair template
+
+WORDS = ['<s>', '<pad>', '</s>', '<unk>', '[CLS]', '[SEP]', 'a', 'man', 'plays', 'someone', 'makes', 'music', 'word']
+
+
+def tiny_tokenizer(family):
+  """A word-level fast tokenizer with the post-processor of a family, like the checkpoints ship:
+  'bert' [CLS] A [SEP] B [SEP] (types 0/1), 'roberta' <s> A </s></s> B </s> (one type, as MPNet)."""
+  from tokenizers import Tokenizer, models, pre_tokenizers, processors
+  from transformers import PreTrainedTokenizerFast
+  vocab = {w: i for i, w in enumerate(WORDS)}
+  tok = Tokenizer(models.WordLevel(vocab, unk_token='<unk>'))
+  tok.pre_tokenizer = pre_tokenizers.Whitespace()
+  if family == 'bert':
+    tok.post_processor = processors.TemplateProcessing(
+        single='[CLS] $A [SEP]', pair='[CLS] $A [SEP] $B:1 [SEP]:1', special_tokens=[('[CLS]', 4), ('[SEP]', 5)])
+    specials = dict(cls_token='[CLS]', sep_token='[SEP]')
+  else:
+    tok.post_processor = processors.RobertaProcessing(('</s>', 2), ('<s>', 0))
+    specials = dict(cls_token='<s>', sep_token='</s>', bos_token='<s>', eos_token='</s>')
+  return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token='<pad>', unk_token='<unk>', **specials)
+
+
+def _ids(*words):
+  return [WORDS.index(w) for w in words]
+
+
+def test_papa_layout_uses_each_familys_own_separators_and_types():
+  """RoBERTa: <s> A </s></s> B </s>, every type 0 (its model has one type); BERT: types 0/1 that move with B."""
+  L, half = 16, 8
+  a, b = ['a man plays'], ['someone makes music']
+  got = encoder_jax.papa_layout(tiny_tokenizer('roberta'), a, b, length=L)
+  want = np.full(L, WORDS.index('<pad>'))
+  want[:4] = _ids('<s>', 'a', 'man', 'plays')
+  want[half:half + 5] = _ids('</s>', '</s>', 'someone', 'makes', 'music')
+  want[-1] = WORDS.index('</s>')
+  np.testing.assert_array_equal(got['input_ids'][0], want)
+  np.testing.assert_array_equal(got['attention_mask'][0], want != WORDS.index('<pad>'))
+  assert not got['token_type_ids'].any()
+  single = encoder_jax.papa_layout(tiny_tokenizer('roberta'), [' '.join(['word'] * 20)], length=L)
+  want_single = _ids('<s>') + _ids('word') * 7 + _ids('<pad>') * 7 + _ids('</s>')
+  np.testing.assert_array_equal(single['input_ids'][0], want_single)
+
+  got = encoder_jax.papa_layout(tiny_tokenizer('bert'), a, b, length=L)
+  want = np.full(L, WORDS.index('<pad>'))
+  want[:4] = _ids('[CLS]', 'a', 'man', 'plays')
+  want[half:half + 4] = _ids('[SEP]', 'someone', 'makes', 'music')
+  want[-1] = WORDS.index('[SEP]')
+  np.testing.assert_array_equal(got['input_ids'][0], want)
+  want_types = np.zeros(L, np.int32)
+  want_types[[half + 1, half + 2, half + 3, L - 1]] = 1
+  np.testing.assert_array_equal(got['token_type_ids'][0], want_types)
+  # A long pair fills every slot: B gets L/2 - len(middle) - len(suffix) tokens.
+  full = encoder_jax.papa_layout(tiny_tokenizer('roberta'), [' '.join(['word'] * 20)] * 1, [' '.join(['word'] * 20)],
+                                 length=L)
+  assert full['attention_mask'].all() and (full['input_ids'][0, half + 2:L - 1] == WORDS.index('word')).all()
+
+
+def test_token_types_outside_the_type_vocabulary_are_an_error_on_the_host():
+  """A type id past type_vocab_size would make the jitted lookup return NaN rows; the encode function a model
+  uses refuses it, naming type_vocab_size, for bucketed batches and the PAPA layout alike."""
+  one_type = encoder_jax.EncoderConfig(model_type='roberta', type_vocab_size=1, pad_token_id=1,
+                                       max_position_embeddings=66)
+  bert_tok, roberta_tok = tiny_tokenizer('bert'), tiny_tokenizer('roberta')
+  for layout in (None, 16):
+    fn = encoder_jax.make_encode_fn(bert_tok, one_type, layout_length=layout)
+    with pytest.raises(ValueError, match='type_vocab_size=1'):
+      fn(['a man'], ['plays'])
+    assert not fn(['a man']).get('token_type_ids').any()  # single sentences are all type 0: fine
+    batch = encoder_jax.make_encode_fn(roberta_tok, one_type, layout_length=layout)(['a man'], ['plays'])
+    assert not batch['token_type_ids'].any()
+    two = encoder_jax.make_encode_fn(bert_tok, one_type.replace(type_vocab_size=2), layout_length=layout)
+    assert two(['a man'], ['plays'])['token_type_ids'].max() == 1
+  assert encoder_jax.make_encode_fn(bert_tok, one_type.replace(type_vocab_size=0))(['a'], ['man'])[
+      'token_type_ids'].max() == 0  # no type embeddings at all: the model reads none
+  capped = encoder_jax.make_encode_fn(bert_tok, one_type, max_length=500)  # capped at the position table (64)
+  assert capped([' '.join(['word'] * 100)])['input_ids'].shape == (1, 64)

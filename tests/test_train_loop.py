@@ -1,4 +1,5 @@
-"""The trainer: sharded step equals single-device, resume equals no interruption, NaN stops cleanly."""
+"""The trainer: sharded step equals single-device, resume equals no interruption, NaN stops cleanly;
+per-group clipping keeps SWEET's segments and Multi-Model's members apart in the parameter updates."""
 
 import os
 import signal
@@ -7,9 +8,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 
 import encoder_jax
+import methods
+from configs import early_exit_mnli, multi_model_mnli, sweet_demo, sweet_mnli
 from pipeline import checkpoints, data, sharding, train_loop
 from sweet_jax import exits, objectives
 
@@ -29,7 +33,7 @@ def tiny_method(name='sweet'):
   cfg = tiny_encoder_config()
   pretrained = encoder_jax.init_params(cfg, jax.random.key(0))
   init, loss, predict = objectives.make_fns(name, cfg, EXIT_CONFIG, pretrained)
-  return train_loop.Method(name, init, loss, predict)
+  return train_loop.Method(name, init, loss, predict, objectives.param_groups(name, EXIT_CONFIG))
 
 
 def dataset(n=40, seed=0):
@@ -54,7 +58,7 @@ def config(**train):
   c = ml_collections.ConfigDict()
   c.train = ml_collections.ConfigDict(dict(
       num_epochs=2, batch_size=8, learning_rate=1e-3, schedule='linear', warmup_fraction=0.1, weight_decay=0.01,
-      grad_clip=1.0, seed=3, log_every=2, checkpoint_every=3, max_to_keep=2))
+      grad_clip=1.0, adam_eps=1e-6, seed=3, log_every=2, checkpoint_every=3, max_to_keep=2))
   c.train.update(train)
   c.eval = ml_collections.ConfigDict(dict(batch_size=16))
   c.mesh = ml_collections.ConfigDict(dict(model_axis=1))
@@ -206,3 +210,103 @@ def test_optimizer_schedule_warms_up_and_decays():
   assert steps[0] == pytest.approx(0.0, abs=1e-9)
   assert steps[2] == pytest.approx(1e-3, rel=1e-3)
   assert steps[2] > steps[5] > steps[9] > 0
+
+
+# ----------------------------------------------------------------------------------- per-group clipping
+
+def test_clip_by_group_norm_by_hand():
+  """Each group is scaled by min(1, max_norm / its own norm): numpy by hand, three groups."""
+  g = {'a': jnp.array([3.0, 4.0]), 'b': jnp.array([[0.3, 0.4]]), 'c': jnp.array([6.0]), 'd': jnp.array([8.0])}
+  labels = {'a': 'x', 'b': 'y', 'c': 'z', 'd': 'z'}
+  out, _ = train_loop.clip_by_group_norm(2.0, lambda tree: labels).update(g, optax.EmptyState())
+  np.testing.assert_allclose(out['a'], np.array([3.0, 4.0]) * 2.0 / 5.0, rtol=1e-6)  # norm 5 -> 2
+  np.testing.assert_array_equal(out['b'], g['b'])  # norm 0.5 < 2: untouched
+  np.testing.assert_allclose([out['c'][0], out['d'][0]], np.array([6.0, 8.0]) * 2.0 / 10.0, rtol=1e-6)
+  one, _ = train_loop.clip_by_group_norm(2.0, lambda tree: jax.tree.map(lambda _: 0, tree)).update(g, None)
+  ref, _ = optax.clip_by_global_norm(2.0).update(g, None)  # one group is optax's global clip, bit for bit
+  for x, y in zip(jax.tree.leaves(one), jax.tree.leaves(ref)):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_adam_eps_is_the_config_field():
+  """Adam's first step is lr * g / (|g| + eps): by hand at two epsilons; the paper configs use 1e-8."""
+  g = {'w': jnp.full((2, 2), 1e-6)}
+  for eps in (1e-6, 1e-8):
+    tx = train_loop.make_optimizer(config(warmup_fraction=0.0, weight_decay=0.0, grad_clip=0.0, adam_eps=eps,
+                                          schedule='constant').train, 10)
+    updates, _ = tx.update(g, tx.init(g), g)
+    np.testing.assert_allclose(updates['w'], -1e-3 * 1e-6 / (1e-6 + eps) * np.ones((2, 2)), rtol=1e-5)
+  c = config()
+  del c.train['adam_eps']
+  with pytest.raises(ValueError, match='train.adam_eps'):
+    train_loop.make_optimizer(c.train, 10)
+  for paper in (sweet_mnli, early_exit_mnli, multi_model_mnli):
+    assert paper.get_config().train.adam_eps == 1e-8  # Hugging Face Trainer's default, as the reference
+  assert sweet_demo.get_config().train.adam_eps == 1e-6  # what the demo results were measured with
+
+
+EXITS = (1, 3)  # on conftest's 3-layer tiny_bert: segments (0, 1) and (1, 3)
+
+
+def built_method(checkpoint, name):
+  c = sweet_demo.get_config()
+  c.method, c.model.checkpoint, c.model.exit_layers = name, str(checkpoint), EXITS
+  c.data.max_seq_length = 12
+  c.train.learning_rate, c.train.warmup_fraction, c.train.weight_decay = 5e-5, 0.0, 0.01
+  return methods.build(c, num_labels=3), c
+
+
+def group_of(name, path):
+  """Independent of the code under test: the segment (sweet, early_exit) or member (multi_model) of a leaf."""
+  keys = [getattr(k, 'key', getattr(k, 'idx', None)) for k in path]
+  if keys[0] in ('heads', 'models'):
+    return keys[1]
+  if keys[1] == 'embeddings':
+    return 0
+  layer = int(keys[1].split('_')[1])
+  return next(i for i, stop in enumerate(EXITS) if layer < stop)
+
+
+def scale_exit(params, i, factor=100.0):
+  """Exit i's classifier kernel times `factor`: a huge loss (and gradient) at that exit only."""
+  path = ('models', i, 'head') if 'models' in params else ('heads', i)
+  def scale(p, k):
+    if k == len(path):
+      return dict(p, classifier=dict(p['classifier'], kernel=p['classifier']['kernel'] * factor))
+    if isinstance(p, tuple):
+      return tuple(scale(q, k + 1) if j == path[k] else q for j, q in enumerate(p))
+    return {key: scale(v, k + 1) if key == path[k] else v for key, v in p.items()}
+  return scale(params, 0)
+
+
+@pytest.mark.parametrize('name', ['sweet', 'multi_model', 'early_exit'])
+def test_huge_loss_at_one_exit_leaves_the_other_groups_updates_bitwise(tiny_bert, name):
+  """One step of the pipeline's optimizer (per-group clipping, AdamW) from params where exit i's classifier is
+  scaled by 100: for SWEET every other segment with its head, and for Multi-Model every other member, takes
+  bitwise the same step as without the scaling. Early-Exit (one global clip, shared layers) does not."""
+  built, c = built_method(tiny_bert, name)
+  tx = train_loop.make_optimizer(c.train, 10, built.method.param_groups)
+  step = jax.jit(train_loop.make_train_step(built.method, tx))
+  batch = built.encode_fn(['a good film', 'dull plot', 'fun', 'bad bad film', 'the plot is fun'], None)
+  batch = jax.tree.map(jnp.asarray, dict(batch, labels=np.array([0, 1, 2, 1, 0], np.int32),
+                                         example_mask=np.ones(5, np.float32)))
+  params = built.method.init(jax.random.key(1))
+
+  def after_step(p):
+    new, metrics = step({'params': p, 'opt_state': tx.init(p), 'step': jnp.zeros((), jnp.int32)}, batch,
+                        jax.random.key(2))
+    return jax.tree_util.tree_leaves_with_path(jax.device_get(new['params'])), float(metrics['grad_norm'])
+
+  base, base_norm = after_step(params)
+  assert base_norm < c.train.grad_clip  # unscaled, nothing is clipped
+  for i in range(len(EXITS)):
+    scaled, norm = after_step(scale_exit(params, i))
+    assert norm > 2 * c.train.grad_clip  # scaled, exit i's gradient alone is clipped (and, globally, all)
+    moved = {}
+    for (path, a), (_, b) in zip(base, scaled):
+      j = group_of(name, path)
+      moved[j] = moved.get(j, False) or not np.array_equal(a, b)
+    if name == 'early_exit':
+      assert moved[0], f'exit {i} scaled: the shared first segment should move'
+    else:
+      assert moved[i] and not any(moved[j] for j in moved if j != i), (i, moved)

@@ -1,0 +1,292 @@
+"""What every study runner shares: cells, the resumable loop that runs them, the machine, sequence lengths.
+
+A study is a list of cells (one training run and its evaluation, or one PAPA experiment). Each cell is a
+few steps, each a command line of this repository's programs (`python train.py ...`, `python eval.py ...`)
+with the file whose presence means the step finished. Cells run as subprocesses, not in-process:
+- a failure (a diverged loss, an out-of-memory kill, a bug in one configuration) ends that process only;
+  the study records it and goes on with the next cell;
+- every cell starts with fresh memory and jit caches (a study of dozens of cells in one process would
+  accumulate compiled programs and device buffers of every model it met);
+- the recorded command is exactly what a reader reruns by hand to check one number; train.py's own
+  resume (Orbax checkpoints, SIGINT saves) works unchanged.
+The cost, ~10-20 s of imports and model loading per step, is small against minutes per cell.
+
+Resumption: a cell is done when its small raw JSON exists under docs/results/<study>/runs/<cell>.json (what
+the tables read); it is then skipped. Within an unfinished cell a step is skipped when its done-file exists
+in the workdir (e.g. results.json after training), and train.py itself resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS_ROOT = os.path.join(ROOT, 'docs', 'results')
+WORK_ROOT = os.path.join(ROOT, 'runs', 'studies')
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+  """One program run of a cell: argv after `python`, and the file (relative to the cell's workdir) whose
+  presence means it finished."""
+  name: str
+  argv: tuple[str, ...]
+  done_file: str
+
+  def command(self) -> str:
+    return 'python ' + ' '.join(shlex.quote(a) for a in self.argv)
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+  """One point of a study's grid. name: unique in the study (the raw JSON's file name); labels: what the
+  tables group by (task, method, seed, ...), copied into the raw JSON."""
+  name: str
+  workdir: str
+  steps: tuple[Step, ...]
+  labels: Mapping[str, Any]
+
+  def __post_init__(self):
+    if not self.name or '/' in self.name or self.name.startswith('.'):
+      raise ValueError(f'Cell name {self.name!r} must be a plain file name.')
+    if not self.steps:
+      raise ValueError(f'Cell {self.name} has no steps.')
+
+
+def write_json(path: str, obj: Any) -> None:
+  """Atomic write (temp file + rename). Not pipeline.reporting.write_json: that asks jax which process
+  writes, and the runner must not initialise a jax backend (on a GPU it would reserve the cells' memory)."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = f'{path}.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(obj, f, indent=1, sort_keys=True)
+    f.write('\n')
+  os.replace(tmp, path)
+
+
+def read_json(path: str) -> Any:
+  with open(path) as f:
+    return json.load(f)
+
+
+def accelerator() -> str:
+  """$STUDY_ACCELERATOR, else the NVIDIA GPUs nvidia-smi names, else ''. Asked outside jax on purpose: the
+  runner must not initialise a backend (see write_json)."""
+  if os.environ.get('STUDY_ACCELERATOR'):
+    return os.environ['STUDY_ACCELERATOR']
+  if shutil.which('nvidia-smi') is None:
+    return ''
+  try:
+    out = subprocess.run(['nvidia-smi', '--query-gpu=name', '--format=csv,noheader'], capture_output=True,
+                         text=True, timeout=30).stdout.split('\n')
+  except (OSError, subprocess.SubprocessError):
+    return ''
+  names = [n.strip() for n in out if n.strip()]
+  return f'{len(names)} x {names[0]}' if names else ''
+
+
+def machine() -> dict[str, Any]:
+  """The CPU model (bench.machine), its core count, the accelerator and the platform, recorded with every
+  cell."""
+  from bench import machine as bench_machine
+  return {'cpu': bench_machine.cpu_model(), 'cpu_count': os.cpu_count(), 'platform': platform.platform(),
+          'accelerator': accelerator()}
+
+
+def run_subprocess(step: Step, workdir: str, log_path: str) -> tuple[int, str]:
+  """Runs one step from the repository root with this Python; stdout and stderr go to log_path.
+  Returns (exit status, the log's last 2,000 characters)."""
+  os.makedirs(os.path.dirname(log_path), exist_ok=True)
+  with open(log_path, 'w') as log:
+    log.write(f'$ {step.command()}\n')
+    log.flush()
+    rc = subprocess.run([sys.executable, *step.argv], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT).returncode
+  with open(log_path) as f:
+    return rc, f.read()[-2000:]
+
+
+Runner = Callable[[Step, str, str], tuple[int, str]]
+Extract = Callable[[Cell], dict[str, Any]]
+
+
+@dataclasses.dataclass
+class Outcome:
+  """What one sitting did: cells skipped (done before), run now, failed (with their error tails)."""
+  skipped: list[str] = dataclasses.field(default_factory=list)
+  ran: list[str] = dataclasses.field(default_factory=list)
+  failed: dict[str, str] = dataclasses.field(default_factory=dict)
+
+  def summary(self) -> str:
+    return (f'{len(self.skipped)} cells done before, {len(self.ran)} run now, {len(self.failed)} failed'
+            + (f': {sorted(self.failed)}' if self.failed else ''))
+
+
+def raw_path(study_dir: str, cell: Cell) -> str:
+  return os.path.join(study_dir, 'runs', f'{cell.name}.json')
+
+
+def run_cells(cells: Sequence[Cell], study_dir: str, extract: Extract, *, runner: Runner = run_subprocess,
+              dry_run: bool = False) -> Outcome:
+  """Runs every cell whose raw JSON is not in study_dir/runs, step by step (a step whose done-file exists is
+  skipped), then writes the raw JSON: extract(cell) plus the cell's labels, commands, wall time per step
+  and machine. A failed step is recorded in study_dir/failures.json and the study goes on; a later sitting
+  retries it. dry_run prints the commands of the cells still to do and runs nothing."""
+  names = [c.name for c in cells]
+  if len(set(names)) != len(names):
+    raise ValueError(f'Duplicate cell names: {sorted({n for n in names if names.count(n) > 1})}.')
+  out = Outcome()
+  failures_path = os.path.join(study_dir, 'failures.json')
+  failures = read_json(failures_path) if os.path.exists(failures_path) else {}
+  for i, cell in enumerate(cells):
+    if os.path.exists(raw_path(study_dir, cell)):
+      out.skipped.append(cell.name)
+      continue
+    print(f'[{time.strftime("%H:%M:%S")}] cell {i + 1}/{len(cells)}: {cell.name}', flush=True)
+    if dry_run:
+      for step in cell.steps:
+        print('  ' + step.command())
+      continue
+    wall, error = {}, None
+    for step in cell.steps:
+      if os.path.exists(os.path.join(cell.workdir, step.done_file)):
+        continue
+      t0 = time.time()
+      rc, tail = runner(step, cell.workdir, os.path.join(cell.workdir, 'logs', f'{step.name}.log'))
+      wall[step.name] = round(time.time() - t0, 1)
+      if rc != 0 or not os.path.exists(os.path.join(cell.workdir, step.done_file)):
+        error = f'{step.name} exited with status {rc}: {tail}'
+        break
+    if error is None:
+      try:
+        extracted = extract(cell)
+      except Exception as e:  # a malformed output file is this cell's failure, not the study's
+        error = f'extract: {type(e).__name__}: {e}'
+    if error is not None:
+      print(f'  FAILED: {error[-500:]}', flush=True)
+      out.failed[cell.name] = failures[cell.name] = error
+      write_json(failures_path, failures)
+      continue
+    record = dict(extracted, labels=dict(cell.labels), commands=[s.command() for s in cell.steps],
+                  wall_s=wall, machine=machine())
+    write_json(raw_path(study_dir, cell), record)
+    if failures.pop(cell.name, None) is not None:
+      write_json(failures_path, failures)
+    out.ran.append(cell.name)
+  return out
+
+
+def study_main(f, study_dir: str, make_cells: Callable[[], Sequence[Cell]], extract: Extract,
+               write_report: Callable[[], str]) -> None:
+  """What every runner's main does with the common flags (f = absl's FLAGS): run the missing cells (or
+  print them with --dry_run), then write and print the report; --report_only only writes the report."""
+  if not f.report_only:
+    print(run_cells(make_cells(), study_dir, extract, dry_run=f.dry_run).summary(), flush=True)
+    if f.dry_run:
+      return
+  print(write_report())
+
+
+def load_runs(study_dir: str) -> list[dict[str, Any]]:
+  """Every raw per-cell JSON of a study (sorted by file name)."""
+  runs_dir = os.path.join(study_dir, 'runs')
+  if not os.path.isdir(runs_dir):
+    return []
+  return [dict(read_json(os.path.join(runs_dir, n)), cell=n[:-5])
+          for n in sorted(os.listdir(runs_dir)) if n.endswith('.json')]
+
+
+def define_flags(study: str, *, work_root: bool = True) -> None:
+  """The flags every runner has (defined when it runs as a program, so that runners import each other
+  without defining a flag twice)."""
+  from absl import flags
+  flags.DEFINE_bool('report_only', False, 'Only aggregate the runs on disk: tables, figures, README.')
+  flags.DEFINE_bool('dry_run', False, 'Print the commands of the cells still to do; run nothing.')
+  if work_root:
+    flags.DEFINE_string('work_root', os.path.join('runs', 'studies', study), 'Workdirs of the cells.')
+
+
+def parse_configs(items: Sequence[str], *, must_exist: bool = True) -> dict[str, str]:
+  """['method=path', ...] -> {method: path}, checking each path exists when cells are to run (config names
+  are data: a study keeps working when a config file is renamed, by passing the new path)."""
+  out = {}
+  for item in items:
+    method, sep, path = item.partition('=')
+    if not sep or not method or not path:
+      raise ValueError(f'--configs entries are method=path, got {item!r}.')
+    if must_exist and not os.path.exists(os.path.join(ROOT, path)):
+      raise FileNotFoundError(f'--configs: {path} (for {method}) does not exist.')
+    out[method] = path
+  return out
+
+
+def overrides(**fields: Any) -> tuple[str, ...]:
+  """--config.a.b=value flags from keyword names with '__' for dots: overrides(train__seed=1)."""
+  def fmt(v):
+    if isinstance(v, (tuple, list)):
+      return '(' + ','.join(fmt(x) for x in v) + (',)' if len(v) == 1 else ')')
+    return repr(v) if isinstance(v, str) and v == '' else str(v)
+  return tuple(f'--config.{k.replace("__", ".")}={fmt(v)}' for k, v in fields.items())
+
+
+# ------------------------------------------------------------------------------------ sequence lengths
+
+def length_from_counts(token_counts: Sequence[int], *, quantile: float, buckets: Sequence[int],
+                       cap: int) -> int:
+  """The smallest bucket >= the `quantile` percentile of the examples' token counts, at most cap.
+
+  With quantile 99, 1% of the training examples (the longest) are truncated, and every batch pads to a
+  bucket no longer than it needs (the tokenizer already picks the smallest bucket per batch)."""
+  if len(token_counts) == 0:
+    raise ValueError('No token counts: the training split is empty.')
+  if not 0 < quantile <= 100:
+    raise ValueError(f'quantile must lie in (0, 100], got {quantile}.')
+  q = int(np.ceil(np.percentile(np.asarray(token_counts), quantile)))
+  from encoder_jax.tokenize import bucket_length
+  return bucket_length(q, cap, buckets)
+
+
+def lengths_line(cache_path: str) -> str:
+  """The chosen lengths for a README: 'minilm/tweets: 64 (99th percentile 62 tokens of 6000 examples)'."""
+  cache = read_json(cache_path) if os.path.exists(cache_path) else {}
+  return '; '.join(f'{k}: {v["max_seq_length"]} ({v["quantile"]:g}th percentile '
+                   f'{v["percentiles"].get(str(int(v["quantile"])), float("nan")):.0f} tokens of {v["examples"]} '
+                   'examples)' for k, v in sorted(cache.items())) or 'not chosen yet'
+
+
+def choose_seq_length(cache_path: str, checkpoint: str, data_fields: Mapping[str, Any], *, quantile: float = 99.0
+                      ) -> int:
+  """length_from_counts over the training split's token counts (the checkpoint's tokenizer, special tokens
+  included), capped at the model's position table; cached in cache_path under checkpoint/source, so that
+  every sitting of a study uses the same length (and the reader sees it)."""
+  cache = read_json(cache_path) if os.path.exists(cache_path) else {}
+  key = f'{checkpoint}/{data_fields.get("source")}'
+  if key in cache:
+    return int(cache[key]['max_seq_length'])
+  from encoder_jax.tokenize import DEFAULT_BUCKETS, load_tokenizer  # the package's `tokenize` is the function
+  from encoder_jax.config import EncoderConfig
+  from encoder_jax.hf_import import resolve
+  from pipeline import data
+  cfg = data.base_config()
+  cfg.update(dict(data_fields))
+  splits = data.load_splits(cfg)
+  tok = load_tokenizer(checkpoint)
+  texts = splits.train.texts
+  enc = tok(list(texts[0]), list(texts[1]) if len(texts) == 2 else None, truncation=False)
+  counts = [len(ids) for ids in enc['input_ids']]
+  cap = EncoderConfig.from_json_file(resolve(checkpoint) / 'config.json').max_length
+  length = length_from_counts(counts, quantile=quantile, buckets=DEFAULT_BUCKETS, cap=cap)
+  cache[key] = {'max_seq_length': length, 'quantile': quantile, 'examples': len(counts),
+                'percentiles': {str(p): float(np.percentile(counts, p)) for p in (50, 90, 99, 100)}}
+  write_json(cache_path, cache)
+  return length

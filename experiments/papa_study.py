@@ -1,0 +1,236 @@
+"""PAPA study: how much accuracy a frozen encoder's probe loses as its attention heads become constant, on
+MiniLM (6 x 12 = 72 heads) and MPNet-base (12 x 12 = 144 heads), on movie reviews and tweets, with spread.
+
+Command (from the repository root; rerun the same command to continue where it stopped; inside a cell
+papa_experiment also skips the stages it finished: averages, ranking, each probe):
+  python -m experiments.papa_study                       # both models, both tasks, 3 seeds
+  python -m experiments.papa_study --models=minilm       # one model
+  python -m experiments.papa_study --dry_run | --report_only
+
+Grid (12 cells): models minilm ('minilm') and mpnet ('mpnet-base'); tasks movie_reviews, tweets; seeds
+train.seed 42, 43, 44 (probe initialisation, dropout, batch order, the averages' and ranking run's subsets;
+data.seed stays 42: one eval set). Each cell is one `python train.py --config configs/papa_demo.py` run with
+config.papa.ks = k constant heads for the fractions 0, 1/8, 1/4, 1/2, 3/4, 1 of all heads (MiniLM
+0, 9, 18, 36, 54, 72; MPNet 0, 18, 36, 72, 108, 144), chosen by the cell's own ranking run (lowest lambda
+first). Everything else is papa_demo's: 3,000 training and 1,000 eval examples, 15 probe epochs, a 120-step
+ranking run. Layout length (config.papa.length): the 99th percentile of the training split's token counts
+under the model's tokenizer, rounded up to the next padding bucket (common.choose_seq_length).
+Expected time per cell on 2 CPU cores: MiniLM ~16 min (demo: 11 min for 3 probes), MPNet ~70 min (4-5x the
+encoder cost); the whole grid ~9 h.
+Claims (thresholds stated in each sentence): every head constant costs a small relative drop (< 10%; the
+paper averages ~8% over tasks for BERT-base); half the heads constant cost little or none (< 2%); the better
+model (higher k = 0 accuracy) loses more with every head constant.
+Outputs: docs/results/papa_study/{README.md, accuracy_vs_constant.png, constants_<model>_<task>.png (the
+head-averaged constant matrix of every layer, seed 42), runs/<cell>.json}.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+from absl import app, flags
+import numpy as np
+
+from experiments import common, exit_study, report
+from experiments.stats import Spread, claim_sentence, difference, markdown_table
+
+STUDY = 'papa_study'
+MODELS = {'minilm': 'minilm', 'mpnet': 'mpnet-base'}  # name -> checkpoint
+TASKS = ('movie_reviews', 'tweets')
+SEEDS = (42, 43, 44)
+FRACTIONS = (0.0, 0.125, 0.25, 0.5, 0.75, 1.0)
+CONFIG = 'configs/papa_demo.py'
+SMALL_DROP, LITTLE_DROP = 0.10, 0.02
+DATA_FIELDS = {'max_train_samples': 3000, 'calibration_size': 0, 'seed': 42}  # papa_demo's: for the lengths
+
+
+def ks_for(total_heads: int, fractions: Sequence[float] = FRACTIONS) -> tuple[int, ...]:
+  """The number of constant heads for each fraction of total_heads (rounded to the nearest head)."""
+  return tuple(int(round(f * total_heads)) for f in fractions)
+
+
+def total_heads(checkpoint: str) -> int:
+  from encoder_jax.config import EncoderConfig
+  from encoder_jax.hf_import import resolve
+  c = EncoderConfig.from_json_file(resolve(checkpoint) / 'config.json')
+  return c.num_layers * c.num_heads
+
+
+def cells(models: dict[str, str], heads: dict[str, int], lengths: dict[tuple[str, str], int], *,
+          seeds: int, work_root: str) -> list[common.Cell]:
+  """heads: model name -> its total heads; lengths: (model name, task) -> layout length."""
+  out = []
+  for model, checkpoint in models.items():
+    for task in TASKS:
+      length = lengths[model, task]
+      for seed in SEEDS[:seeds]:
+        name = f'{model}_{task}_s{seed}'
+        workdir = os.path.join(work_root, name)
+        argv = ('train.py', '--config', CONFIG, '--workdir', workdir, *common.overrides(
+            model__checkpoint=checkpoint, data__source=task, train__seed=seed, papa__ks=ks_for(heads[model]),
+            papa__length=length, data__max_seq_length=length))
+        out.append(common.Cell(name, os.path.join(common.ROOT, workdir),
+                               (common.Step('papa', argv, os.path.join('papa', 'results.json')),),
+                               {'model': model, 'task': task, 'seed': seed}))
+  return out
+
+
+def extract(cell: common.Cell) -> dict[str, Any]:
+  """From WORKDIR/papa/results.json the accuracy and relative drop per k; for the first seed, also the
+  per-layer picture of the constant matrices (docs/results/papa_study/constants_<model>_<task>.png)."""
+  res = common.read_json(os.path.join(cell.workdir, 'papa', 'results.json'))
+  if cell.labels['seed'] == SEEDS[0]:
+    from papa_jax import averages
+    model, task = cell.labels['model'], cell.labels['task']
+    plot_constants(averages.load_constants(os.path.join(cell.workdir, 'papa', 'averages.npz')),
+                   f'{model}, {task} (seed {SEEDS[0]})',
+                   os.path.join(common.RESULTS_ROOT, STUDY, f'constants_{model}_{task}.png'))
+  return {'model': res['model'], 'length': res['length'], 'num_heads': res['num_heads'],
+          'eval_examples': res['data']['num_eval'], 'num_train': res['data']['num_train'],
+          'baseline_accuracy': res['baseline_accuracy'],
+          'results': [{k: r[k] for k in ('k', 'num_constant_heads', 'fraction_constant', 'accuracy', 'relative_drop')}
+                      for r in res['results']]}
+
+
+def plot_constants(constants: np.ndarray, title: str, path: str) -> None:
+  """One panel per layer: the constant matrix averaged over heads, [L, L] (query rows, key columns)."""
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  layers = constants.shape[0]
+  cols = min(layers, 6)
+  rows = -(-layers // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.5 * rows), squeeze=False)
+  per_layer = constants.mean(1)
+  vmax = float(np.percentile(per_layer, 99.5)) or 1.0
+  for l, ax in enumerate(axes.flat):
+    ax.axis('off')
+    if l < layers:
+      ax.imshow(per_layer[l], vmin=0, vmax=vmax, cmap='viridis')
+      ax.set_title(f'layer {l + 1}', fontsize=9)
+  fig.suptitle(f'Constant attention (mean over heads), {title}', fontsize=10)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def per_fraction(runs: Sequence[dict[str, Any]], field: str) -> dict[float, list[float]]:
+  """fraction of heads constant -> the runs' values of field (seed order)."""
+  out: dict[float, list[float]] = {}
+  for r in runs:
+    for row in r['results']:
+      out.setdefault(round(row['fraction_constant'], 3), []).append(row[field])
+  return out
+
+
+def table(runs: Sequence[dict[str, Any]]) -> str:
+  rows = []
+  for (model, task), g in exit_study.groups(runs, ['model', 'task']).items():
+    acc, drop = per_fraction(g, 'accuracy'), per_fraction(g, 'relative_drop')
+    for f in sorted(acc):
+      rows.append([model, task, f'{f:.3f}', len(acc[f]), Spread.of(acc[f]).fmt(),
+                   '(baseline)' if f == 0 else Spread.of(drop[f]).fmt(digits=1, scale=100) + ' %'])
+  return markdown_table(['model', 'task', 'fraction constant', 'seeds', 'accuracy', 'relative drop'], rows)
+
+
+def relative_drop(g: Sequence[dict[str, Any]], fraction: float) -> tuple[float, float, int] | None:
+  """Mean relative drop at `fraction` (from the mean k = 0 accuracy), its standard error (seeds and eval-set
+  sampling, stats.difference, over the baseline) and seeds; None when a run lacks that fraction."""
+  acc = per_fraction(g, 'accuracy')
+  if fraction not in acc or 0.0 not in acc or len(acc[fraction]) != len(g):
+    return None
+  est, se, n = difference(acc[0.0], acc[fraction], g[0]['eval_examples'])
+  base = float(np.mean(acc[0.0]))
+  return est / base, se / base, n
+
+
+def claims(runs: Sequence[dict[str, Any]]) -> list[str]:
+  out, all_drops = [], {}
+  for (model, task), g in exit_study.groups(runs, ['model', 'task']).items():
+    for fraction, bound, what in ((1.0, SMALL_DROP, 'every head constant: a small relative drop'),
+                                  (0.5, LITTLE_DROP, 'half the heads constant: little or no relative drop')):
+      d = relative_drop(g, fraction)
+      if d is None:
+        continue
+      if fraction == 1.0:
+        all_drops[model, task] = (*d, float(np.mean(per_fraction(g, 'accuracy')[0.0])))
+      out.append(claim_sentence(f'{model}, {task}: {what} (< {100 * bound:g}%; minus the drop, in %)',
+                                -d[0], d[1], threshold=-bound, seeds=d[2], scale=100, unit='%'))
+  for task in TASKS:
+    got = {m: all_drops[m, task] for m in MODELS if (m, task) in all_drops}
+    if len(got) < 2:
+      continue
+    (better, b), (worse, w) = sorted(got.items(), key=lambda kv: -kv[1][3])
+    out.append(claim_sentence(
+        f'{task}: the better model ({better}, k = 0 accuracy {b[3]:.3f} against {worse}\'s {w[3]:.3f}) loses '
+        'more with every head constant (difference of relative drops, in %)', b[0] - w[0], float(np.hypot(b[1], w[1])),
+        seeds=min(b[2], w[2]), scale=100, unit='%'))
+  return out
+
+
+def plot_curves(runs: Sequence[dict[str, Any]], path: str) -> None:
+  """Accuracy against the fraction of heads constant, one line per (model, task), band ± 1 std."""
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(7, 4.2))
+  for i, ((model, task), g) in enumerate(exit_study.groups(runs, ['model', 'task']).items()):
+    acc = per_fraction(g, 'accuracy')
+    x = np.array(sorted(acc))
+    s = [Spread.of(acc[f]) for f in x]
+    y, sd = np.array([v.mean for v in s]), np.array([v.std or 0.0 for v in s])
+    ax.plot(x, y, '-o', ms=3, color=f'C{i}', label=f'{model}, {task} ({len(g)} seeds)')
+    ax.fill_between(x, y - sd, y + sd, color=f'C{i}', alpha=0.2)
+  ax.set_xlabel('fraction of attention heads constant')
+  ax.set_ylabel('probe accuracy (band: ± 1 std over seeds)')
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def write_report(study_dir: str, work_root: str) -> str:
+  runs = common.load_runs(study_dir)
+  lengths_path = os.path.join(study_dir, 'seq_lengths.json')
+  lengths = common.lengths_line(lengths_path)
+  sections = []
+  if runs:
+    plot_curves(runs, os.path.join(study_dir, 'accuracy_vs_constant.png'))
+    pictures = sorted(n for n in os.listdir(study_dir) if n.startswith('constants_') and n.endswith('.png'))
+    sections = [('Accuracy and relative drop per fraction of constant heads', table(runs)),
+                ('Figures', '![accuracy](accuracy_vs_constant.png)\n\n' + '\n\n'.join(
+                    f'![{n[:-4]}]({n})' for n in pictures) + '\n')]
+  settings = (f'Frozen-encoder probes, `{CONFIG}` with k constant heads for fractions {FRACTIONS}, seeds '
+              f'{SEEDS} (see the runner\'s docstring).\n\nCommand: `python -m experiments.papa_study` '
+              f'(workdirs under `{work_root}`).\n\nLayout lengths: {lengths}.\n')
+  return report.write_readme(study_dir, 'PAPA study: constant attention on MiniLM and MPNet-base', settings,
+                             sections, claims(runs), runs)
+
+
+def define_flags() -> None:
+  common.define_flags(STUDY)
+  flags.DEFINE_list('models', list(MODELS), 'Models (minilm, mpnet).')
+  flags.DEFINE_integer('seeds', 3, 'Seeds (42, 43, 44).')
+
+
+def main(argv):
+  del argv  # everything comes from flags
+  f = flags.FLAGS
+  study_dir = os.path.join(common.RESULTS_ROOT, STUDY)
+  models = {m: MODELS[m] for m in f.models}
+
+  def make_cells():
+    lengths = {(m, t): common.choose_seq_length(os.path.join(study_dir, 'seq_lengths.json'), c,
+                                                DATA_FIELDS | {'source': t})
+               for m, c in models.items() for t in TASKS}
+    return cells(models, {m: total_heads(c) for m, c in models.items()}, lengths, seeds=f.seeds,
+                 work_root=f.work_root)
+  common.study_main(f, study_dir, make_cells, extract, lambda: write_report(study_dir, f.work_root))
+
+
+if __name__ == '__main__':
+  define_flags()
+  app.run(main)

@@ -1,0 +1,176 @@
+"""SWEET study A: the packaged 6-layer MiniLM, exits after layers 1, 2, 4, 6; SWEET against Early-Exit and
+Multi-Model on two tasks, with spread over seeds.
+
+Command (from the repository root; rerun the same command to continue where it stopped):
+  python -m experiments.sweet_study_a                     # run missing cells, then write the report
+  python -m experiments.sweet_study_a --tweet_seeds=3     # where an accelerator is available
+  python -m experiments.sweet_study_a --dry_run           # print the commands of the cells still to do
+  python -m experiments.sweet_study_a --report_only       # tables, figures, README from the runs on disk
+
+Grid (15 cells with the default --tweet_seeds=1, 21 with 3):
+  tasks     movie_reviews (binary, 2,114 held-out sentences) and tweets (3 classes, data source 'tweets';
+            a seeded 2,000 of its ~7,600 carved-out eval tweets, to keep evaluation time comparable)
+  methods   sweet, early_exit, multi_model (configs/sweet_demo.py, early_exit_demo.py, multi_model_demo.py,
+            or --configs=method=path,...)
+  seeds     train.seed 42, 43, 44 on movie reviews (--movie_seeds=3); --tweet_seeds on tweets (default 1 on
+            CPU). The seed drives initialisation, dropout and batch order; data.seed stays 42, so every run
+            trains on the same 6,000 examples and is scored on the same eval set (spread = training noise).
+  pooling   'mean' (the demo's; MiniLM was trained with it) everywhere, plus 'cls' (the papers') on movie
+            reviews with the first seed.
+  fixed     6,000 training examples, 2 epochs of batch 16, lr 5e-5, exits (1, 2, 4, 6), the demo's other
+            hyper-parameters.
+Evaluation settings (cheaper than the demo's 11 thresholds x 3 timing repeats): 7 confidence thresholds
+from just above chance to 1 (exit_study.eval_thresholds: 0.51 ... 1 binary, 0.34 ... 1 three classes),
+config.eval.timing_repeats=1 on the default 512 timed examples.
+Sequence length per task: the 99th percentile of the training split's token counts (MiniLM's tokenizer,
+special tokens included), rounded up to the tokenizer's next padding bucket (32, 64, 128, ...); cached with
+the percentiles in docs/results/sweet_study_a/seq_lengths.json (common.choose_seq_length).
+Expected time per cell on 2 CPU cores: Early-Exit and SWEET training ~10 min, Multi-Model 20-30 min, eval
+~3 min with these settings; the whole CPU grid ~4.5 h (6 h with --tweet_seeds=3).
+Claims judged per task on mean pooling (stats.verdict: holds / does not hold when the estimate is 2 standard
+errors past 0, else inconclusive): SWEET's first exit beats Early-Exit's; Early-Exit's last exit beats
+SWEET's; SWEET beats Early-Exit and Multi-Model within 0.33 and 0.5 of the layers (best threshold of each);
+and on movie reviews, Early-Exit's first exit learns more with mean than with [CLS] pooling (one seed).
+Outputs: docs/results/sweet_study_a/{README.md, *.png, runs/<cell>.json, seq_lengths.json, failures.json};
+workdirs (checkpoints, logs) under runs/studies/sweet_study_a/ (not committed).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+from absl import app, flags
+
+from experiments import common, exit_study, report
+from experiments.stats import claim_sentence, difference
+
+STUDY = 'sweet_study_a'
+TASKS = {'movie_reviews': 2, 'tweets': 3}  # task -> number of classes
+SEEDS = (42, 43, 44)
+EXIT_LAYERS = (1, 2, 4, 6)
+TRAIN_EXAMPLES = 6000
+TWEET_EVAL_EXAMPLES = 2000
+CHECKPOINT = 'minilm'
+CONFIGS = {'sweet': 'configs/sweet_demo.py', 'early_exit': 'configs/early_exit_demo.py',
+           'multi_model': 'configs/multi_model_demo.py'}
+
+def data_fields(task: str) -> dict[str, Any]:
+  """The data config of a task (what the runs train on and what the sequence length is chosen from)."""
+  fields = {'source': task, 'max_train_samples': TRAIN_EXAMPLES, 'seed': 42}
+  if task == 'tweets':
+    fields['max_eval_samples'] = TWEET_EVAL_EXAMPLES
+  return fields
+
+
+def cells(configs: dict[str, str], seq_lengths: dict[str, int], *, movie_seeds: int, tweet_seeds: int,
+          work_root: str) -> list[common.Cell]:
+  """The grid of the module docstring; seq_lengths: task -> max_seq_length."""
+  out = []
+  for task, num_labels in TASKS.items():
+    seeds = SEEDS[:movie_seeds if task == 'movie_reviews' else tweet_seeds]
+    for pooling in ('mean', 'cls') if task == 'movie_reviews' else ('mean',):
+      for method, config_path in configs.items():
+        for seed in (seeds if pooling == 'mean' else seeds[:1]):
+          flags_ = common.overrides(
+              method=method, model__exit_layers=EXIT_LAYERS, model__pooling=pooling, train__seed=seed,
+              data__max_seq_length=seq_lengths[task], eval__thresholds=exit_study.eval_thresholds(num_labels),
+              eval__timing_repeats=1, **{f'data__{k}': v for k, v in data_fields(task).items()})
+          labels = {'task': task, 'pooling': pooling, 'method': method, 'seed': seed,
+                    'panel': f'{task}_{pooling}'}
+          out.append(exit_study.exit_cell(f'{task}_{pooling}_{method}_s{seed}', config_path, flags_, labels,
+                                          work_root))
+  return out
+
+
+def claims(runs: Sequence[dict[str, Any]]) -> list[str]:
+  """The papers' claims, judged per task on mean pooling (and the pooling claim on movie reviews)."""
+  out = []
+  for task in TASKS:
+    by = {m: [r for r in runs if r['labels']['task'] == task and r['labels']['pooling'] == 'mean'
+              and r['labels']['method'] == m] for m in CONFIGS}
+    out += method_claims(task, by)
+  ee = {p: [r for r in runs if r['labels']['task'] == 'movie_reviews' and r['labels']['pooling'] == p
+            and r['labels']['method'] == 'early_exit'] for p in ('mean', 'cls')}
+  if ee['mean'] and ee['cls']:
+    mean, cls = exit_study.common_seeds(ee['mean'], ee['cls'])
+    if mean:
+      est, se, n = difference(exit_study.exit_accuracies(mean, 0), exit_study.exit_accuracies(cls, 0),
+                              exit_study.eval_examples(mean, cls))
+      out.append(claim_sentence('movie_reviews: Early-Exit\'s first exit learns more with mean pooling than '
+                                'with [CLS] pooling (accuracy points, mean minus cls)', est, se, seeds=n, scale=100))
+  return out
+
+
+def method_claims(task: str, by: dict[str, list[dict[str, Any]]], budgets: Sequence[float] = (0.33, 0.5)
+                  ) -> list[str]:
+  """SWEET's early exits beat Early-Exit's; Early-Exit's last exit beats SWEET's; SWEET is the best
+  method within small layer budgets. by: method -> its runs (one task, one pooling)."""
+  out = []
+  if by.get('sweet') and by.get('early_exit'):
+    sw, ee = exit_study.common_seeds(by['sweet'], by['early_exit'])
+    if sw:
+      n_eval = exit_study.eval_examples(sw, ee)
+      for name, e, a, b in (('SWEET\'s first exit is more accurate than Early-Exit\'s', 0, sw, ee),
+                            ('Early-Exit\'s last exit is more accurate than SWEET\'s', -1, ee, sw)):
+        est, se, n = difference(exit_study.exit_accuracies(a, e), exit_study.exit_accuracies(b, e), n_eval)
+        out.append(claim_sentence(f'{task}: {name} (accuracy points)', est, se, seeds=n, scale=100))
+  for other in ('early_exit', 'multi_model'):
+    if not (by.get('sweet') and by.get(other)):
+      continue
+    sw, ot = exit_study.common_seeds(by['sweet'], by[other])
+    for b in budgets:
+      a = [exit_study.best_within(r, b) for r in sw]
+      c = [exit_study.best_within(r, b) for r in ot]
+      if not sw or None in a or None in c:
+        out.append(f'- {task}: SWEET against {other} within {b:g} of the layers: not judged (a run has no '
+                   'threshold within this budget).')
+        continue
+      est, se, n = difference(a, c, exit_study.eval_examples(sw, ot))
+      out.append(claim_sentence(f'{task}: SWEET is more accurate than {other} within {b:g} of the layers '
+                                '(best threshold each, accuracy points)', est, se, seeds=n, scale=100))
+  return out
+
+
+def settings(configs: dict[str, str], work_root: str, seq_lengths_path: str) -> str:
+  return (f'MiniLM (`{CHECKPOINT}`), exits after layers {EXIT_LAYERS}, {TRAIN_EXAMPLES} training examples, '
+          f'seeds {SEEDS} (train.seed), configs {configs}; see the runner\'s docstring for the grid and the '
+          'evaluation settings (7 thresholds, 1 timing repeat).\n\n'
+          f'Command: `python -m experiments.sweet_study_a` (workdirs under `{work_root}`; each cell\'s exact '
+          'commands are in its raw JSON).\n\nSequence lengths (99th percentile of the training split\'s token '
+          f'counts, rounded up to a padding bucket): {common.lengths_line(seq_lengths_path)}.\n')
+
+
+def write_report(study_dir: str, configs: dict[str, str], work_root: str) -> str:
+  runs = common.load_runs(study_dir)
+  sections = exit_study.results_sections(runs, ['task', 'pooling', 'method'], study_dir, 'panel',
+                                         'MiniLM, exits 1/2/4/6') if runs else []
+  return report.write_readme(study_dir, 'SWEET study A: MiniLM (6 layers), two tasks',
+                             settings(configs, work_root, os.path.join(study_dir, 'seq_lengths.json')),
+                             sections, claims(runs), runs)
+
+
+def define_flags() -> None:
+  common.define_flags(STUDY)
+  flags.DEFINE_integer('movie_seeds', 3, 'Seeds on movie reviews (42, 43, ...).')
+  flags.DEFINE_integer('tweet_seeds', 1, 'Seeds on tweets: 3 where an accelerator is available.')
+  flags.DEFINE_list('configs', [f'{m}={p}' for m, p in CONFIGS.items()], 'method=config path, ...')
+
+
+def main(argv):
+  del argv  # everything comes from flags
+  f = flags.FLAGS
+  study_dir = os.path.join(common.RESULTS_ROOT, STUDY)
+  configs = common.parse_configs(f.configs, must_exist=not f.report_only)
+  lengths_path = os.path.join(study_dir, 'seq_lengths.json')
+
+  def make_cells():
+    seq = {t: common.choose_seq_length(lengths_path, CHECKPOINT, data_fields(t)) for t in TASKS}
+    return cells(configs, seq, movie_seeds=f.movie_seeds, tweet_seeds=f.tweet_seeds, work_root=f.work_root)
+  common.study_main(f, study_dir, make_cells, exit_study.extract,
+                    lambda: write_report(study_dir, configs, f.work_root))
+
+
+if __name__ == '__main__':
+  define_flags()
+  app.run(main)

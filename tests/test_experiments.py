@@ -1,0 +1,289 @@
+"""The study runners (experiments/): aggregation against hand-computed numbers on synthetic per-run JSON,
+claim sentences, the skip-done logic with a fake cell runner, sequence lengths, and that every cell's
+command-line overrides parse against its config file."""
+
+import json
+import math
+import os
+
+from absl import flags
+from ml_collections import config_flags
+import numpy as np
+import pytest
+
+from experiments import common, exit_study, gradient_conflict, papa_study, report, stats, sweet_study_a
+
+
+def _run(method, seed, accs, points, task='movie_reviews', pooling='mean', n_eval=1000):
+  """A raw exit-study run as exit_study.extract writes it. points: (threshold, accuracy, layer_fraction)."""
+  return {'cell': f'{task}_{pooling}_{method}_s{seed}', 'method': method, 'seed': seed,
+          'exit_layers': [1, 2, 4, 6], 'per_exit_accuracy': accs, 'eval_examples': n_eval,
+          'labels': {'task': task, 'pooling': pooling, 'method': method, 'seed': seed, 'panel': f'{task}_{pooling}'},
+          'curve': {'device': 'cpu x1', 'points': [
+              {'threshold': t, 'accuracy': a, 'layer_fraction': f, 'flops_fraction': f, 'measured_speedup': 1 / f}
+              for t, a, f in points]},
+          'wall_s': {'train': 600.0, 'eval': 180.0}, 'machine': {'cpu': 'Test CPU', 'cpu_count': 2}}
+
+
+def _study_a_runs():
+  return [
+      _run('sweet', 42, [0.70, 0.75, 0.80, 0.81], [(0.5, 0.70, 0.25), (0.8, 0.78, 0.40), (1.0, 0.81, 1.0)]),
+      _run('sweet', 43, [0.72, 0.77, 0.80, 0.83], [(0.5, 0.72, 0.25), (0.8, 0.76, 0.45), (1.0, 0.83, 1.0)]),
+      _run('early_exit', 42, [0.60, 0.70, 0.80, 0.82], [(0.5, 0.60, 0.25), (0.8, 0.74, 0.60), (1.0, 0.82, 1.0)]),
+      _run('early_exit', 43, [0.61, 0.71, 0.81, 0.82], [(0.5, 0.61, 0.25), (0.8, 0.70, 0.55), (1.0, 0.82, 1.0)]),
+  ]
+
+
+def test_spread_and_difference_by_hand():
+  s = stats.Spread.of([0.80, 0.82, 0.84])
+  assert s.mean == pytest.approx(0.82) and s.std == pytest.approx(0.02) and s.n == 3
+  assert s.fmt() == '0.820 ± 0.020' and stats.Spread.of([0.5]).fmt() == '0.500 (1 run)'
+  assert s.sem() == pytest.approx(0.02 / math.sqrt(3))
+  assert stats.binomial_se(0.8, 100) == pytest.approx(0.04)
+  # Paired by seed: differences 0.10, 0.11 -> mean 0.105, std 0.01 / sqrt(2), sem 0.005 (unpaired it would be
+  # hypot(0.01, 0.005)); binomial part of the two means (0.71 and 0.605 on 1,000 examples) in quadrature.
+  est, se, n = stats.difference([0.70, 0.72], [0.60, 0.61], 1000)
+  binom = math.hypot(math.sqrt(0.71 * 0.29 / 1000), math.sqrt(0.605 * 0.395 / 1000))
+  assert est == pytest.approx(0.105) and se == pytest.approx(math.hypot(0.005, binom)) and n == 2
+  # Unequal lengths: unpaired; one value has no seed spread.
+  est, se, n = stats.difference([0.7, 0.8], [0.5], 0)
+  assert est == pytest.approx(0.25) and se == pytest.approx(stats.Spread.of([0.7, 0.8]).sem()) and n == 1
+
+
+def test_verdicts_and_claim_sentence():
+  assert stats.verdict(0.05, 0.02) == 'holds'  # 0.05 - 2 * 0.02 > 0
+  assert stats.verdict(0.03, 0.02) == 'inconclusive within spread'
+  assert stats.verdict(-0.05, 0.02) == 'does not hold'
+  assert stats.verdict(-0.05, 0.01, threshold=-0.10) == 'holds'  # a drop of 5% is below a 10% bound
+  text = stats.claim_sentence('X beats Y', 0.05, 0.02, seeds=3, scale=100)
+  assert text == ('- X beats Y: **holds here** (estimate +5.0 ± 2.0 standard error, threshold +0.0; 3 seeds).')
+  assert 'single run' in stats.claim_sentence('c', 0.0, 0.01, seeds=1)
+
+
+def test_per_exit_and_budget_tables_by_hand():
+  runs = _study_a_runs()
+  table = exit_study.per_exit_table(runs, ['method'])
+  # early_exit sorts first; exit L1: mean(0.60, 0.61) = 0.605, std |0.60 - 0.61| / sqrt(2) = 0.00707.
+  assert '| early_exit | 2 | 0.605 ± 0.007 | 0.705 ± 0.007 | 0.805 ± 0.007 | 0.820 ± 0.000 |' in table
+  assert '| sweet | 2 | 0.710 ± 0.014 | 0.760 ± 0.014 | 0.800 ± 0.000 | 0.820 ± 0.014 |' in table
+  # Within 0.5 of the layers: sweet seed 42 best of (0.70 @0.25, 0.78 @0.40) = 0.78, seed 43 0.76 -> 0.770 ± 0.014;
+  # early_exit only its 0.25 points: 0.60, 0.61. Within 0.25: the same for early_exit, 0.70/0.72 for sweet.
+  budget = exit_study.budget_table(runs, ['method'], budgets=(0.2, 0.25, 0.5, 1.0))
+  assert '| sweet | 2 | - | 0.710 ± 0.014 | 0.770 ± 0.014 | 0.820 ± 0.014 |' in budget
+  assert '| early_exit | 2 | - | 0.605 ± 0.007 | 0.605 ± 0.007 | 0.820 ± 0.000 |' in budget
+  # A seed without a point in the budget is counted out and marked.
+  runs[1]['curve']['points'][0]['layer_fraction'] = 0.3
+  assert '0.700 (1 run) [1/2]' in exit_study.budget_table(runs, ['method'], budgets=(0.25,))
+
+
+def test_curve_band_by_hand():
+  x, y, s = exit_study.curve_band(_study_a_runs()[:2], 'layer_fraction')
+  np.testing.assert_allclose(x, [0.25, 0.425, 1.0])
+  np.testing.assert_allclose(y, [0.71, 0.77, 0.82])
+  np.testing.assert_allclose(s, np.std([[0.70, 0.78, 0.81], [0.72, 0.76, 0.83]], axis=0, ddof=1))
+
+
+def test_study_a_claims_by_hand():
+  by = {m: [r for r in _study_a_runs() if r['method'] == m] for m in ('sweet', 'early_exit')}
+  out = sweet_study_a.method_claims('movie_reviews', by, budgets=(0.5,))
+  assert len(out) == 3
+  # First exit: sweet - early_exit per seed 0.10, 0.11 -> 0.105; se = hypot(sem 0.005, binomial of 0.71 and 0.605).
+  binom = math.hypot(math.sqrt(0.71 * 0.29 / 1000), math.sqrt(0.605 * 0.395 / 1000))
+  se = math.hypot(0.005, binom)
+  assert out[0].startswith("- movie_reviews: SWEET's first exit is more accurate than Early-Exit's")
+  assert f'+10.5 ± {100 * se:.1f} standard error' in out[0] and '**holds here**' in out[0]
+  # Last exit: early_exit - sweet = 0.01, -0.01 -> 0.0: inconclusive.
+  assert 'estimate +0.0' in out[1] and 'inconclusive within spread' in out[1]
+  # Within half the layers: 0.78 - 0.60, 0.76 - 0.61 -> +16.5 points.
+  assert 'within 0.5 of the layers' in out[2] and '+16.5' in out[2] and '**holds here**' in out[2]
+
+
+def test_study_readme_and_figures(tmp_path):
+  study_dir = tmp_path / 'study'
+  for r in _study_a_runs():
+    common.write_json(str(study_dir / 'runs' / f'{r["cell"]}.json'), {k: v for k, v in r.items() if k != 'cell'})
+  common.write_json(str(study_dir / 'failures.json'), {'tweets_mean_sweet_s42': 'train exited with status 1: boom'})
+  text = sweet_study_a.write_report(str(study_dir), sweet_study_a.CONFIGS, 'runs/x')
+  assert (study_dir / 'README.md').read_text() == text
+  assert '4 cells done.' in text and '**holds here**' in text and 'tweets_mean_sweet_s42' in text
+  assert '| movie_reviews_mean_sweet_s42 | 180 | 600 | Test CPU (2 cores); jax cpu x1 |' in text
+  assert (study_dir / 'movie_reviews_mean.png').stat().st_size > 0
+  empty = report.write_readme(str(tmp_path / 'empty'), 'T', 'S', [], [], [])
+  assert 'No results yet' in empty and '## Claims' not in empty
+
+
+def _papa_run(model, seed, accs, n_eval=1000, heads=72):
+  fractions = papa_study.FRACTIONS
+  return {'cell': f'{model}_movie_reviews_s{seed}', 'eval_examples': n_eval, 'num_heads': heads,
+          'labels': {'model': model, 'task': 'movie_reviews', 'seed': seed},
+          'results': [{'k': k, 'num_constant_heads': k, 'fraction_constant': f, 'accuracy': a,
+                       'relative_drop': (accs[0] - a) / accs[0]}
+                      for k, f, a in zip(papa_study.ks_for(heads), fractions, accs)]}
+
+
+def test_papa_ks_drops_and_claims_by_hand():
+  assert papa_study.ks_for(72) == (0, 9, 18, 36, 54, 72) and papa_study.ks_for(144) == (0, 18, 36, 72, 108, 144)
+  runs = [_papa_run('minilm', 42, [0.80, 0.80, 0.80, 0.80, 0.78, 0.76]),
+          _papa_run('minilm', 43, [0.80, 0.80, 0.80, 0.79, 0.78, 0.73]),
+          _papa_run('mpnet', 42, [0.90, 0.90, 0.89, 0.88, 0.80, 0.70], heads=144),
+          _papa_run('mpnet', 43, [0.90, 0.90, 0.89, 0.88, 0.80, 0.70], heads=144)]
+  drop, se, n = papa_study.relative_drop(runs[:2], 1.0)
+  # Paired accuracy differences 0.04, 0.07 (sem 0.015) and the binomial errors of 0.800 and 0.745, over 0.8.
+  se_hand = math.hypot(0.015, math.sqrt(0.8 * 0.2 / 1000), math.sqrt(0.745 * 0.255 / 1000)) / 0.8
+  assert drop == pytest.approx(0.06875) and se == pytest.approx(se_hand) and n == 2
+  table = papa_study.table(runs)
+  # Per-seed drops 5% and 8.75%: mean 6.9, std 3.75 / sqrt(2) = 2.7.
+  assert '| minilm | movie_reviews | 1.000 | 2 | 0.745 ± 0.021 | 6.9 ± 2.7 % |' in table
+  out = papa_study.claims(runs)
+  # minilm all heads: 6.9% drop, se 3.0%: 6.9 + 2 se > 10 -> inconclusive.
+  assert out[0].startswith('- minilm, movie_reviews: every head constant') and 'inconclusive' in out[0]
+  assert f'estimate -6.9% ± {100 * se_hand:.1f}%' in out[0]
+  # mpnet all heads: 0.2/0.9 = 22.2% drop, far above 10%: does not hold.
+  assert out[2].startswith('- mpnet, movie_reviews: every head constant') and '**does not hold here**' in out[2]
+  # The better model (mpnet, 0.900) loses more: 22.2% - 6.9% = +15.3 points.
+  assert 'the better model (mpnet, k = 0 accuracy 0.900' in out[4] and 'estimate +15.3%' in out[4]
+  assert '**holds here**' in out[4]
+
+
+def test_gradient_conflict_summary_by_hand():
+  def rep(means):
+    groups = ['embeddings', 'layers_0', 'layers_1']
+    return {'groups': groups, 'mean_cosine': dict(zip(groups, means)), 'exit_layers': [1, 2], 'batches': 8,
+            'cosine': {g: [[1.0, m], [m, 1.0]] for g, m in zip(groups, means)}}
+  run = {'cell': 'minilm', 'labels': {'model': 'minilm'}, 'pretrained': rep([0.5, 0.3, None]),
+         'trained': rep([-0.2, 0.1, None])}
+  assert gradient_conflict.shared_mean(run['pretrained']) == pytest.approx(0.4)
+  text = gradient_conflict.sentences([run])[0]
+  assert 'mean cosine +0.400 at the pretrained start and -0.050 after' in text
+  assert 'negative mean (conflict): 0 and 1 of 3' in text
+  assert '| minilm | layers_1 | - | - |' in gradient_conflict.table([run])
+
+
+def _fake_runner(calls, fail=()):
+  def runner(step, workdir, log_path):
+    calls.append((os.path.basename(workdir), step.name))
+    if os.path.basename(workdir) in fail:
+      return 1, 'Traceback: boom'
+    path = os.path.join(workdir, step.done_file)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, 'w') as f:
+      json.dump({'step': step.name}, f)
+    return 0, ''
+  return runner
+
+
+def _cells(root, names):
+  return [common.Cell(n, str(root / n), (common.Step('train', ('train.py',), 'results.json'),
+                                         common.Step('eval', ('eval.py',), 'eval/curve.json')), {'seed': i})
+          for i, n in enumerate(names)]
+
+
+def test_run_cells_skips_done_cells_and_steps_and_records_failures(tmp_path):
+  study, work = tmp_path / 'study', tmp_path / 'work'
+  cells = _cells(work, ['a', 'b', 'c'])
+  extract = lambda cell: {'value': cell.labels['seed']}
+  # Cell b's training finished in an earlier sitting: only its eval runs.
+  (work / 'b').mkdir(parents=True)
+  (work / 'b' / 'results.json').write_text('{}')
+  calls = []
+  out = common.run_cells(cells, str(study), extract, runner=_fake_runner(calls, fail=('c',)))
+  assert calls == [('a', 'train'), ('a', 'eval'), ('b', 'eval'), ('c', 'train')]
+  assert out.ran == ['a', 'b'] and list(out.failed) == ['c'] and out.skipped == []
+  assert 'boom' in json.loads((study / 'failures.json').read_text())['c']
+  record = json.loads((study / 'runs' / 'b.json').read_text())
+  assert record['value'] == 1 and record['labels'] == {'seed': 1} and set(record['wall_s']) == {'eval'}
+  assert record['commands'] == ['python train.py', 'python eval.py'] and 'cpu' in record['machine']
+  # Second sitting: a and b are done (their raw JSON exists) and are not run again; c is retried and now works.
+  calls.clear()
+  out = common.run_cells(cells, str(study), extract, runner=_fake_runner(calls))
+  assert calls == [('c', 'train'), ('c', 'eval')]
+  assert out.skipped == ['a', 'b'] and out.ran == ['c']
+  assert json.loads((study / 'failures.json').read_text()) == {}
+  assert [r['cell'] for r in common.load_runs(str(study))] == ['a', 'b', 'c']
+  # A step that exits 0 without writing its done-file is a failure too.
+  calls.clear()
+  bad = _cells(work, ['d'])
+  out = common.run_cells(bad, str(study), extract, runner=lambda s, w, l: (0, ''))
+  assert list(out.failed) == ['d'] and not (study / 'runs' / 'd.json').exists()
+  with pytest.raises(ValueError, match='Duplicate'):
+    common.run_cells(_cells(work, ['a', 'a']), str(study), extract, runner=_fake_runner([]))
+
+
+def test_length_from_counts_by_hand():
+  buckets = (32, 64, 128)
+  # 99th percentile of 1..100 (linear interpolation) is 99.01 -> 100 tokens -> bucket 128.
+  assert common.length_from_counts(list(range(1, 101)), quantile=99, buckets=buckets, cap=512) == 128
+  assert common.length_from_counts(list(range(1, 101)), quantile=99, buckets=buckets, cap=64) == 64
+  # One outlier in 100: the percentile sits at 10 + 0.01 * 190 = 11.9 -> 12 tokens -> bucket 32.
+  assert common.length_from_counts([10] * 99 + [200], quantile=99, buckets=buckets, cap=512) == 32
+  # The maximum, 200 tokens, fits no bucket: the cap.
+  assert common.length_from_counts([10] * 99 + [200], quantile=100, buckets=buckets, cap=512) == 512
+  with pytest.raises(ValueError, match='empty'):
+    common.length_from_counts([], quantile=99, buckets=buckets, cap=512)
+
+
+def _parse(argv):
+  """The config a train.py command line gives (absl + ml_collections, as train.py parses it)."""
+  fv = flags.FlagValues()
+  # ml_collections defines the --config.x flags from the argv it is given (sys.argv by default).
+  full = ['train.py', *argv[1:]]
+  config_flags.DEFINE_config_file('config', None, 'config', flag_values=fv, sys_argv=full)
+  flags.DEFINE_string('workdir', None, 'workdir', flag_values=fv)
+  fv(full)
+  return fv.config
+
+
+def test_cell_commands_parse_against_their_configs(tmp_path):
+  grid = sweet_study_a.cells(sweet_study_a.CONFIGS, {'movie_reviews': 64, 'tweets': 32}, movie_seeds=3,
+                             tweet_seeds=1, work_root='runs/x')
+  assert len(grid) == 15 and len({c.name for c in grid}) == 15
+  cell = next(c for c in grid if c.name == 'tweets_mean_multi_model_s42')
+  cfg = _parse(cell.steps[0].argv)
+  assert cfg.method == 'multi_model' and tuple(cfg.model.exit_layers) == (1, 2, 4, 6)
+  assert cfg.data.source == 'tweets' and cfg.data.max_seq_length == 32 and cfg.data.max_eval_samples == 2000
+  assert tuple(cfg.eval.thresholds) == exit_study.eval_thresholds(3) and cfg.eval.timing_repeats == 1
+  assert cell.steps[1].argv[1:] == cell.steps[0].argv[1:]  # eval sees the same config
+  cls = [c for c in grid if c.labels['pooling'] == 'cls']
+  assert len(cls) == 3 and all(_parse(c.steps[0].argv).model.pooling == 'cls' for c in cls)
+  analysis = gradient_conflict.analysis_cell('minilm', grid[1])
+  assert analysis.workdir == grid[1].workdir and _parse(analysis.steps[0].argv).analysis.gradient_conflict
+  papa = papa_study.cells({'minilm': 'minilm'}, {'minilm': 72}, {('minilm', 'movie_reviews'): 64,
+                                                                 ('minilm', 'tweets'): 64}, seeds=3, work_root='w')
+  assert len(papa) == 6
+  cfg = _parse(papa[1].steps[0].argv)
+  assert tuple(cfg.papa.ks) == (0, 9, 18, 36, 54, 72) and cfg.train.seed == 43 and cfg.papa.length == 64
+
+
+def test_extract_keeps_only_the_fields_the_tables_need(tmp_path, monkeypatch):
+  work = tmp_path / 'cell'
+  common.write_json(str(work / 'results.json'), {
+      'method': 'sweet', 'seed': 42, 'exit_layers': [1, 2], 'per_exit_accuracy': [0.6, 0.7], 'num_examples': 20,
+      'num_train_examples': 48, 'steps': 6, 'train_time_s': 3.5, 'config': {'big': 'x' * 1000}})
+  point = {'threshold': 0.5, 'accuracy': 0.7, 'layer_fraction': 0.75, 'flops_fraction': 0.8, 'measured_speedup': 1.2,
+           'exit_counts': [5, 15], 'engine_agreement': 1.0}
+  common.write_json(str(work / 'eval' / 'curve.json'), {'device': 'cpu x1', 'timing_repeats': 1, 'points': [point]})
+  out = exit_study.extract(common.Cell('c', str(work), (common.Step('train', ('train.py',), 'results.json'),), {}))
+  assert out['per_exit_accuracy'] == [0.6, 0.7] and out['eval_examples'] == 20 and 'config' not in out
+  assert out['curve']['points'] == [{'threshold': 0.5, 'accuracy': 0.7, 'layer_fraction': 0.75, 'flops_fraction': 0.8,
+                                     'measured_speedup': 1.2}]
+  assert out['curve']['device'] == 'cpu x1' and out['curve']['timing_repeats'] == 1
+
+  from papa_jax import averages
+  monkeypatch.setattr(common, 'RESULTS_ROOT', str(tmp_path / 'results'))
+  papa_dir = tmp_path / 'papa_cell' / 'papa'
+  est = averages.AttentionSums.zeros(2, 3, 12)
+  est.sums[:] = np.random.default_rng(0).random(est.sums.shape)
+  est.counts[:] = 1.0
+  papa_dir.mkdir(parents=True)
+  averages.save(papa_dir / 'averages.npz', est)
+  rows = [{'k': 0, 'label': '0', 'num_constant_heads': 0, 'fraction_constant': 0.0, 'accuracy': 0.8,
+           'relative_drop': 0.0, 'best_accuracy': 0.85}]
+  common.write_json(str(papa_dir / 'results.json'), {
+      'model': 'tiny', 'length': 12, 'num_heads': 6, 'baseline_accuracy': 0.8, 'results': rows,
+      'data': {'num_eval': 13, 'num_train': 40}, 'slot_coverage': {'big': list(range(100))}})
+  cell = common.Cell('p', str(tmp_path / 'papa_cell'), (common.Step('papa', ('train.py',), 'papa/results.json'),),
+                     {'model': 'tiny', 'task': 'movie_reviews', 'seed': papa_study.SEEDS[0]})
+  out = papa_study.extract(cell)
+  assert out['results'] == [{k: v for k, v in rows[0].items() if k not in ('label', 'best_accuracy')}]
+  assert out['eval_examples'] == 13 and 'slot_coverage' not in out
+  assert (tmp_path / 'results' / papa_study.STUDY / 'constants_tiny_movie_reviews.png').stat().st_size > 0
