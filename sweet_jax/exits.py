@@ -162,7 +162,11 @@ def exit_model_groups(exit_config: ExitConfig, params) -> dict[str, Any]:
     return exit_config.segment_of(int(name[len('layers_'):]))
   encoder = {name: jax.tree.map(lambda _, i=label(name): i, sub) for name, sub in params['encoder'].items()}
   heads = tuple(jax.tree.map(lambda _, i=i: i, head) for i, head in enumerate(params['heads']))
-  return {'encoder': encoder, 'heads': heads}
+  groups = {'encoder': encoder, 'heads': heads}
+  if 'segment_shared' in params:  # segment i's own copy of what the layers share
+    groups['segment_shared'] = tuple(jax.tree.map(lambda _, i=i: i, copy)
+                                     for i, copy in enumerate(params['segment_shared']))
+  return groups
 
 
 def multi_model_groups(params) -> dict[str, Any]:

@@ -230,6 +230,10 @@ def test_sweet_separation_is_exact(kind):
   params, jac = _exit_jacobian(kind, 'sweet')
   if kind != 'bert':  # one copy of the shared relative parameters per segment, none left in the encoder
     assert len(params['segment_shared']) == len(EXIT_LAYERS) and encoder_jax.SHARED not in params['encoder']
+    # Per-segment gradient clipping groups each copy with its segment.
+    groups = objectives.param_groups('sweet', exits.ExitConfig(EXIT_LAYERS, C))(params)
+    assert jax.tree.structure(groups) == jax.tree.structure(params)
+    assert [set(jax.tree.leaves(g)) for g in groups['segment_shared']] == [{0}, {1}, {2}]
   for i in range(len(EXIT_LAYERS)):
     for path, g in jax.tree_util.tree_leaves_with_path(jax.tree.map(lambda x: x[i], jac)):
       where = _owner(path)
