@@ -1,11 +1,13 @@
-"""Encoder speed, JAX (encoder_jax) against torch (transformers BertForSequenceClassification), in one run.
+"""Encoder speed, JAX (encoder_jax) against torch (transformers' *ForSequenceClassification), in one run.
 
   PYTHONPATH=. .venv/bin/python bench/encoder_speed.py                 # MiniLM shape, seq 128 and 64
+  PYTHONPATH=. .venv/bin/python bench/encoder_speed.py --arch bert,mpnet,deberta-v3   # each architecture
   PYTHONPATH=. .venv/bin/python bench/encoder_speed.py --dtype bfloat16
   PYTHONPATH=. .venv/bin/python bench/encoder_speed.py --layers 12 --hidden 768 --seq 128 --reps 3  # BERT-base
 
-Both sides run the same model: a BERT encoder (random weights), the pooler (dense + tanh on [CLS]) and a
-linear classifier, with dropout disabled on both sides (hidden and attention dropout 0, so the two do the
+Both sides run the same model: an encoder of the architecture (--arch: bert; mpnet, with its relative
+attention bias; deberta-v3, with disentangled attention: shared key, 256 log buckets, normed relative
+table; random weights), a pooler on [CLS] and a linear classifier (torch: each family's own head), with dropout disabled on both sides (hidden and attention dropout 0, so the two do the
 same arithmetic). Two measurements per sequence length:
   forward: logits of one batch (torch: eval mode under inference_mode; JAX: a jitted function).
   train:   one full step: forward, softmax cross-entropy, backward and an AdamW update (torch.optim.AdamW;
@@ -37,8 +39,24 @@ from encoder_jax import EncoderConfig
 
 from machine import cpu_model, peak_flops  # bench/ is on sys.path when a script here runs
 
+# Per architecture: EncoderConfig fields, and (transformers class prefix, its config fields).
+ARCHS = {
+    'bert': ({}, ('Bert', {})),
+    'mpnet': ({'model_type': 'mpnet', 'type_vocab_size': 0, 'pad_token_id': 1, 'relative_attention_num_buckets': 32,
+               'max_position_embeddings': 514}, ('MPNet', {'pad_token_id': 1, 'max_position_embeddings': 514})),
+    'deberta-v3': ({'model_type': 'deberta-v2', 'type_vocab_size': 0, 'relative_attention': True,
+                    'position_buckets': 256, 'max_relative_positions': 512, 'pos_att_type': ('p2c', 'c2p'),
+                    'share_att_key': True, 'norm_rel_ebd': True, 'position_biased_input': False},
+                   ('DebertaV2', {'type_vocab_size': 0, 'relative_attention': True, 'position_buckets': 256,
+                                  'max_relative_positions': 512, 'pos_att_type': ['p2c', 'c2p'],
+                                  'share_att_key': True, 'norm_rel_ebd': 'layer_norm',
+                                  'position_biased_input': False, 'pooler_hidden_act': 'tanh'})),
+}
+
+
 def parse_args():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument('--arch', default='bert', help=f'comma-separated architectures from {sorted(ARCHS)}')
   p.add_argument('--dtype', choices=('float32', 'bfloat16'), default='float32', help='compute dtype')
   p.add_argument('--seq', default='128,64', help='comma-separated sequence lengths')
   p.add_argument('--batch', type=int, default=32)
@@ -58,6 +76,10 @@ def parse_args():
   args.intermediate = args.intermediate or 4 * args.hidden
   args.seqs = [int(s) for s in args.seq.split(',')]
   args.threads = args.threads or len(os.sched_getaffinity(0))
+  args.archs = args.arch.split(',')
+  unknown = set(args.archs) - set(ARCHS)
+  if unknown:
+    p.error(f'unknown --arch {sorted(unknown)}; choose from {sorted(ARCHS)}')
   return args
 
 
@@ -76,10 +98,11 @@ def make_batch(args, seq, seed=0):
 # ----------------------------------------------------------------------------------------------------- JAX
 
 class JaxSide:
-  def __init__(self, args):
+  def __init__(self, args, arch='bert'):
     self.config = EncoderConfig(
         vocab_size=args.vocab, hidden_size=args.hidden, num_layers=args.layers, num_heads=args.heads,
-        intermediate_size=args.intermediate, hidden_dropout=0.0, attention_dropout=0.0, dtype=args.dtype)
+        intermediate_size=args.intermediate, hidden_dropout=0.0, attention_dropout=0.0, dtype=args.dtype,
+        **ARCHS[arch][0])
     k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
     h = args.hidden
     init = jax.nn.initializers.normal(0.02)
@@ -129,7 +152,7 @@ class JaxSide:
 # --------------------------------------------------------------------------------------------------- torch
 
 class TorchSide:
-  def __init__(self, args):
+  def __init__(self, args, arch='bert'):
     import torch
     import transformers
     torch.manual_seed(0)
@@ -139,17 +162,20 @@ class TorchSide:
     self.device = 'cuda' if torch.cuda.is_available() and jax.default_backend() == 'gpu' else 'cpu'
     if self.device == 'cuda':  # float32 matmuls in TF32, as jax's default precision does on NVIDIA GPUs
       torch.set_float32_matmul_precision('high')
-    config = transformers.BertConfig(
+    family, fields = ARCHS[arch][1]
+    config = getattr(transformers, family + 'Config')(
         vocab_size=args.vocab, hidden_size=args.hidden, num_hidden_layers=args.layers,
         num_attention_heads=args.heads, intermediate_size=args.intermediate, hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0, num_labels=args.labels)
-    self.model = transformers.BertForSequenceClassification(config).to(self.device)
+        attention_probs_dropout_prob=0.0, num_labels=args.labels, **fields)
+    self.model = getattr(transformers, family + 'ForSequenceClassification')(config).to(self.device)
+    self.token_types = arch == 'bert'  # the others have none
     self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=2e-5, weight_decay=0.01)
     self.autocast = args.dtype == 'bfloat16'
 
   def prepare(self, batch):
     """int64 tensors on the device, once (see JaxSide.prepare)."""
-    return {k: self.torch.from_numpy(v).long().to(self.device) for k, v in batch.items()}
+    return {k: self.torch.from_numpy(v).long().to(self.device) for k, v in batch.items()
+            if k != 'token_type_ids' or self.token_types}
 
   def _ctx(self):
     return self.torch.autocast(self.device, dtype=self.torch.bfloat16, enabled=self.autocast)
@@ -196,7 +222,10 @@ def model_flops(args, seq: int) -> tuple[float, float]:
 
 
 def print_mfu(args, results) -> None:
-  """Achieved FLOP/s of the JAX side, and its model FLOPs utilisation where the device's peak is known."""
+  """Achieved FLOP/s of the JAX side, and its model FLOPs utilisation where the device's peak is known.
+
+  The FLOPs are BERT's for every architecture (MPNet's and DeBERTa's relative score terms come on top).
+  """
   peak, kind = peak_flops(args.dtype)
   if peak is None:
     print(f'# MFU: peak FLOP/s of {kind!r} unknown, not reported')
@@ -209,11 +238,18 @@ def print_mfu(args, results) -> None:
 
 def main():
   args = parse_args()
+  for arch in args.archs:
+    run_arch(args, arch)
+
+
+def run_arch(args, arch):
+  """Both sides on one architecture; prints its table and ratios."""
   sides = {}
   if args.only in ('both', 'jax'):
-    sides['jax'] = JaxSide(args)
+    sides['jax'] = JaxSide(args, arch)
   if args.only in ('both', 'torch'):
-    sides['torch'] = TorchSide(args)
+    sides['torch'] = TorchSide(args, arch)
+  print(f'# architecture: {arch}')
   print(f'# machine: {len(os.sched_getaffinity(0))} cores, {cpu_model()}; jax {jax.__version__} '
         f'({jax.default_backend()}: {jax.devices()[0].device_kind}), torch threads {args.threads}'
         + (f', torch on {sides["torch"].device}' if 'torch' in sides else ''))
@@ -247,7 +283,7 @@ def main():
       for task in ('forward', 'train'):
         r = statistics.median(results[(seq, task, 'torch')]) / statistics.median(results[(seq, task, 'jax')])
         ratios.append(f'seq{seq} {task} {r:.2f}x')
-    print('speed ratio torch/JAX (>1: JAX faster): ' + ', '.join(ratios))
+    print(f'speed ratio torch/JAX (>1: JAX faster), {arch}: ' + ', '.join(ratios))
 
 
 if __name__ == '__main__':

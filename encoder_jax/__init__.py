@@ -1,13 +1,13 @@
-"""encoder_jax: one pure-functional Flax BERT/RoBERTa encoder that every method in this project uses."""
+"""encoder_jax: one pure-functional Flax BERT/RoBERTa/MPNet encoder that every method in this project uses."""
 
 from encoder_jax.config import EncoderConfig, HEAD_KINDS, SUPPORTED_MODEL_TYPES
 from encoder_jax.hf_import import CheckpointError, load_pretrained, PACKAGED
-from encoder_jax.model import Encoder, embed, encode, init_params, run_layers
+from encoder_jax.model import SHARED, Encoder, embed, encode, init_params, run_layers
 from encoder_jax.tokenize import load_tokenizer, make_encode_fn, papa_layout, tokenize
 from encoder_jax.tuning import compiler_options
 
 __all__ = [
     'EncoderConfig', 'HEAD_KINDS', 'SUPPORTED_MODEL_TYPES', 'CheckpointError', 'load_pretrained', 'PACKAGED',
-    'Encoder', 'embed', 'encode', 'init_params', 'run_layers', 'load_tokenizer', 'make_encode_fn', 'papa_layout',
-    'tokenize', 'compiler_options',
+    'SHARED', 'Encoder', 'embed', 'encode', 'init_params', 'run_layers', 'load_tokenizer', 'make_encode_fn',
+    'papa_layout', 'tokenize', 'compiler_options',
 ]

@@ -2,7 +2,7 @@
 
 Every kernel maps a group of heads to their context vectors:
 
-  kernel(q, k, v, mask, constant, gate, dropout, return_probs) -> (context, probs | None)
+  kernel(q, k, v, mask, constant, gate, dropout, return_probs, bias) -> (context, probs | None)
 
   q, k:     [batch, seq, heads, head_dim] (None for constant heads: they compute no query or key)
   v:        [batch, seq, heads, head_dim]
@@ -12,6 +12,9 @@ Every kernel maps a group of heads to their context vectors:
   dropout:  callable on probabilities [batch, heads, seq, seq], or None (deterministic)
   context:  [batch, seq, heads, head_dim]
   probs:    [batch, heads, seq, seq] when return_probs, else None
+  bias:     an additive score term, float32 [heads, seq, seq] or [batch, heads, seq, seq], or None: how an
+            architecture's relative positions enter (MPNet's bucketed bias). Constant heads ignore it: they
+            replace the whole probability matrix, whatever would have formed the scores.
 
 The encoder layer splits its heads into groups by kind (EncoderConfig.head_kinds) and calls the
 matching kernel once per group, so a layer can mix kinds freely.
@@ -43,8 +46,8 @@ def _apply_probs(probs, v, dropout):
   return _heads_major(context).astype(v.dtype)
 
 
-def _scores(q, k, mask):
-  """Scaled scores of real keys, float32 [batch, heads, q, k]; padded keys get the most negative float.
+def _scores(q, k, mask, bias=None):
+  """Scaled scores of real keys (+ bias), float32 [batch, heads, q, k]; padded keys get the most negative float.
 
   The scale is applied to q ([b, s, n, d]), not to the 16x larger scores, and the mask is an additive bias:
   XLA then fuses bias, row maximum and exponential into the epilogue of the score matmul (a `where` on the
@@ -53,24 +56,26 @@ def _scores(q, k, mask):
   scale = jnp.asarray(1.0 / math.sqrt(q.shape[-1]), q.dtype)
   scores = jnp.einsum('bnqd,bnkd->bnqk', _heads_major(q * scale), _heads_major(k),
                       preferred_element_type=jnp.float32)
-  bias = jnp.where(mask > 0, 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)
-  return scores + bias[:, None, None, :]
+  if bias is not None:
+    scores = scores + bias  # [heads | batch, heads, q, k]: broadcasts against [batch, heads, q, k]
+  key_mask = jnp.where(mask > 0, 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)
+  return scores + key_mask[:, None, None, :]
 
 
-def _unnormalized(q, k, mask):
+def _unnormalized(q, k, mask, bias=None):
   """exp(scores - row max) [batch, heads, q, k] and its row sums [batch, heads, q, 1].
 
   The max is a constant shift of each row (softmax does not depend on it), so no gradient flows through it;
   differentiating the max would cost an extra pass over the scores for a term that cancels exactly.
   """
-  scores = _scores(q, k, mask)
+  scores = _scores(q, k, mask, bias)
   e = jnp.exp(scores - jax.lax.stop_gradient(scores.max(-1, keepdims=True)))
   return e, e.sum(-1, keepdims=True)
 
 
-def softmax_probs(q, k, mask):
+def softmax_probs(q, k, mask, bias=None):
   """Scaled dot-product softmax over real keys, as Hugging Face BERT: [batch, heads, seq, seq]."""
-  e, total = _unnormalized(q, k, mask)
+  e, total = _unnormalized(q, k, mask, bias)
   return e / total
 
 
@@ -103,17 +108,17 @@ def constant_probs(constant, mask):
   return jnp.where(total > 0, probs / jnp.where(total > 0, total, 1.0), 0.0)
 
 
-def softmax_attention(q, k, v, mask, constant=None, gate=None, dropout=None, return_probs=False):
+def softmax_attention(q, k, v, mask, constant=None, gate=None, dropout=None, return_probs=False, bias=None):
   """The usual input-dependent attention."""
   del constant, gate  # input-dependent heads use neither
   if dropout is None and not return_probs:
     # Normalise after the value matmul: dividing the [b, heads, q, d] context by the row sums is 4x
     # (seq / head_dim) cheaper than dividing the [b, heads, q, k] probabilities, and saves a pass over them.
-    e, total = _unnormalized(q, k, mask)
+    e, total = _unnormalized(q, k, mask, bias)
     context = jnp.einsum('bnqk,bnkd->bnqd', e.astype(v.dtype), _heads_major(v),
                          preferred_element_type=jnp.float32)
     return _heads_major(context / total).astype(v.dtype), None
-  probs = softmax_probs(q, k, mask)
+  probs = softmax_probs(q, k, mask, bias)
   return _apply_probs(probs, v, dropout), (probs if return_probs else None)
 
 
@@ -135,26 +140,26 @@ def _constant_context(constant, mask, v):
   return (numerator * scale[..., None]).astype(v.dtype)
 
 
-def constant_attention(q, k, v, mask, constant=None, gate=None, dropout=None, return_probs=False):
+def constant_attention(q, k, v, mask, constant=None, gate=None, dropout=None, return_probs=False, bias=None):
   """A fixed matrix per head: no query, no key, no scores, no softmax."""
-  del q, k, gate  # constant heads compute no query or key
+  del q, k, gate, bias  # constant heads compute no query or key, and so no score term either
   if dropout is None and not return_probs:
     return _constant_context(constant, mask, v), None
   probs = constant_probs(constant, mask)
   return _apply_probs(probs, v, dropout), (probs if return_probs else None)
 
 
-def mixed_attention(q, k, v, mask, constant=None, gate=None, dropout=None, return_probs=False):
+def mixed_attention(q, k, v, mask, constant=None, gate=None, dropout=None, return_probs=False, bias=None):
   """sigmoid(gate) * softmax + (1 - sigmoid(gate)) * constant, per head (PAPA's ranking run)."""
   weight = jax.nn.sigmoid(gate.astype(jnp.float32))
   if dropout is None and not return_probs:
     # Attention is linear in its probabilities, so the mix of contexts is the context of the mix.
     w = weight[None, None, :, None]
-    dynamic, _ = softmax_attention(q, k, v, mask)
+    dynamic, _ = softmax_attention(q, k, v, mask, bias=bias)
     mixed = w * dynamic.astype(jnp.float32) + (1.0 - w) * _constant_context(constant, mask, v).astype(jnp.float32)
     return mixed.astype(v.dtype), None
   weight = weight[None, :, None, None]
-  probs = weight * softmax_probs(q, k, mask) + (1.0 - weight) * constant_probs(constant, mask)
+  probs = weight * softmax_probs(q, k, mask, bias) + (1.0 - weight) * constant_probs(constant, mask)
   return _apply_probs(probs, v, dropout), (probs if return_probs else None)
 
 

@@ -12,25 +12,44 @@ import json
 import os
 from typing import Any, Sequence
 
-SUPPORTED_MODEL_TYPES = ('bert', 'roberta')
+SUPPORTED_MODEL_TYPES = ('bert', 'roberta', 'mpnet', 'deberta', 'deberta-v2')
+DEBERTA_TYPES = ('deberta', 'deberta-v2')
+CONV_ACTS = ('tanh', 'gelu')
+# Families that number positions from pad_token_id + 1 (fairseq's make_positions).
+_PADDING_OFFSET_TYPES = ('roberta', 'mpnet')
 HEAD_KINDS = ('softmax', 'constant', 'mixed')
+# Hugging Face's MPNet buckets relative positions into 32 buckets up to distance 128, whatever the config says.
+MPNET_BUCKETS, MPNET_MAX_DISTANCE = 32, 128
 
 
 @dataclasses.dataclass(frozen=True)
 class EncoderConfig:
-  """A post-layer-norm BERT/RoBERTa encoder.
+  """A post-layer-norm BERT-style encoder: BERT, RoBERTa, MPNet, DeBERTa (v1) or DeBERTa v2/v3.
 
   Attributes:
-    model_type: 'bert' or 'roberta' (RoBERTa offsets positions past the padding id).
+    model_type: 'bert', 'roberta', 'mpnet', 'deberta' or 'deberta-v2' (RoBERTa and MPNet offset positions
+      past the padding id; MPNet adds a bucketed relative position bias, shared by all layers, to every
+      attention score; DeBERTa adds disentangled content-to-position and position-to-content scores).
     vocab_size: rows of the word-embedding table.
     hidden_size: model width H.
     num_layers: transformer layers.
     num_heads: attention heads per layer; H must divide evenly.
     intermediate_size: width of the feed-forward layer.
     max_position_embeddings: rows of the position table (RoBERTa: includes its offset).
-    type_vocab_size: token types (BERT 2, RoBERTa 1).
+    type_vocab_size: token types (BERT 2, RoBERTa 1, MPNet 0: no token-type table).
     layer_norm_eps: epsilon of every layer norm.
-    pad_token_id: id of [PAD]; RoBERTa derives position ids from it.
+    pad_token_id: id of [PAD]; RoBERTa and MPNet derive position ids from it.
+    relative_attention_num_buckets: rows of MPNet's relative attention bias table [buckets, heads]; 0 for
+      architectures without one.
+    DeBERTa (names as in its config.json):
+    relative_attention: disentangled attention on (v1 and v2 checkpoints all have it).
+    max_relative_positions: the relative distance span k; -1 means max_position_embeddings.
+    position_buckets: v2's log buckets (k = position_buckets); -1 for none (v1: always none).
+    pos_att_type: which disentangled terms, a subset of ('c2p', 'p2c').
+    share_att_key: v2: positions are projected with the layer's own query and key weights.
+    norm_rel_ebd: v2: a layer norm on the relative embeddings.
+    conv_kernel_size, conv_groups, conv_act: v2's convolution beside the first layer; kernel 0 for none.
+    position_biased_input: absolute position embeddings added to the input (BERT-style); False in v3.
     hidden_dropout: dropout on embeddings and sublayer outputs (training only).
     attention_dropout: dropout on attention probabilities (training only).
     dtype: compute dtype, 'float32' or 'bfloat16'; parameters always stay float32.
@@ -49,6 +68,17 @@ class EncoderConfig:
   type_vocab_size: int = 2
   layer_norm_eps: float = 1e-12
   pad_token_id: int = 0
+  relative_attention_num_buckets: int = 0
+  relative_attention: bool = False
+  max_relative_positions: int = -1
+  position_buckets: int = -1
+  pos_att_type: tuple[str, ...] = ()
+  share_att_key: bool = False
+  norm_rel_ebd: bool = False
+  conv_kernel_size: int = 0
+  conv_groups: int = 1
+  conv_act: str = 'tanh'
+  position_biased_input: bool = True
   hidden_dropout: float = 0.1
   attention_dropout: float = 0.1
   dtype: str = 'float32'
@@ -59,6 +89,13 @@ class EncoderConfig:
       raise ValueError(f'Unsupported model_type {self.model_type!r}; supported: {SUPPORTED_MODEL_TYPES}.')
     if self.hidden_size % self.num_heads:
       raise ValueError(f'hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}.')
+    if self.type_vocab_size < 0:
+      raise ValueError(f'type_vocab_size must be >= 0, got {self.type_vocab_size}.')
+    if self.model_type == 'mpnet' and self.relative_attention_num_buckets < MPNET_BUCKETS:
+      raise ValueError(f'MPNet buckets relative positions into {MPNET_BUCKETS} buckets; '
+                       f'relative_attention_num_buckets={self.relative_attention_num_buckets} is too small.')
+    if self.model_type in DEBERTA_TYPES:
+      self._check_deberta()
     if self.dtype not in ('float32', 'bfloat16'):
       raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}.")
     if self.head_kinds is not None:
@@ -68,14 +105,38 @@ class EncoderConfig:
         if len(kinds) != self.num_heads or any(k not in HEAD_KINDS for k in kinds):
           raise ValueError(f'head_kinds[{layer}] must be {self.num_heads} names from {HEAD_KINDS}, got {kinds}.')
 
+  def _check_deberta(self):
+    if set(self.pos_att_type) - {'c2p', 'p2c'}:
+      raise ValueError(f"pos_att_type must be a subset of ('c2p', 'p2c'), got {self.pos_att_type}.")
+    if self.model_type == 'deberta' and (self.position_buckets > 0 or self.share_att_key or self.norm_rel_ebd
+                                         or self.conv_kernel_size):
+      raise ValueError('position_buckets, share_att_key, norm_rel_ebd and the convolution are DeBERTa v2 '
+                       "features; use model_type='deberta-v2'.")
+    if self.conv_kernel_size and (self.conv_kernel_size % 2 == 0 or self.hidden_size % self.conv_groups
+                                  or self.conv_act not in CONV_ACTS):
+      raise ValueError(f'conv_kernel_size must be odd, conv_groups divide hidden_size and conv_act be one of '
+                       f'{CONV_ACTS}; got {self.conv_kernel_size}, {self.conv_groups}, {self.conv_act!r}.')
+
+  @property
+  def disentangled(self) -> bool:
+    """DeBERTa's relative position scores are on."""
+    return self.model_type in DEBERTA_TYPES and self.relative_attention and bool(self.pos_att_type)
+
+  @property
+  def attention_span(self) -> int:
+    """DeBERTa's k: relative distances are clipped to [-k, k); the relative table has 2k rows."""
+    if self.position_buckets > 0:
+      return self.position_buckets
+    return self.max_relative_positions if self.max_relative_positions > 0 else self.max_position_embeddings
+
   @property
   def head_dim(self) -> int:
     return self.hidden_size // self.num_heads
 
   @property
   def position_offset(self) -> int:
-    """RoBERTa numbers positions from pad_token_id + 1; BERT from 0."""
-    return self.pad_token_id + 1 if self.model_type == 'roberta' else 0
+    """RoBERTa and MPNet number positions from pad_token_id + 1; BERT from 0."""
+    return self.pad_token_id + 1 if self.model_type in _PADDING_OFFSET_TYPES else 0
 
   @property
   def max_length(self) -> int:
@@ -125,12 +186,16 @@ class EncoderConfig:
         num_heads=hf['num_attention_heads'],
         intermediate_size=hf['intermediate_size'],
         max_position_embeddings=hf['max_position_embeddings'],
-        type_vocab_size=hf.get('type_vocab_size', 2),
-        layer_norm_eps=hf.get('layer_norm_eps', 1e-12),
+        type_vocab_size=0 if model_type == 'mpnet' else hf.get('type_vocab_size', 2),
+        layer_norm_eps=hf.get('layer_norm_eps', 1e-7 if model_type in DEBERTA_TYPES else 1e-12),
         pad_token_id=hf.get('pad_token_id', 0) or 0,
         hidden_dropout=hf.get('hidden_dropout_prob', 0.1),
         attention_dropout=hf.get('attention_probs_dropout_prob', 0.1),
     )
+    if model_type == 'mpnet':
+      fields['relative_attention_num_buckets'] = hf.get('relative_attention_num_buckets', MPNET_BUCKETS)
+    if model_type in DEBERTA_TYPES:
+      fields.update(_deberta_fields(hf))
     fields.update(overrides)
     return cls(**fields)
 
@@ -138,3 +203,28 @@ class EncoderConfig:
   def from_json_file(cls, path: str | os.PathLike, **overrides: Any) -> 'EncoderConfig':
     with open(path) as f:
       return cls.from_hf(json.load(f), **overrides)
+
+
+def _deberta_fields(hf: dict[str, Any]) -> dict[str, Any]:
+  """DeBERTa's extra config.json fields, with Hugging Face's defaults and spellings ('c2p|p2c' or a list)."""
+  if hf.get('talking_head'):
+    raise ValueError('DeBERTa talking_head is not supported.')
+  if hf.get('embedding_size', hf['hidden_size']) != hf['hidden_size']:
+    raise ValueError(f"DeBERTa embedding_size {hf['embedding_size']} != hidden_size is not supported.")
+  pos = hf.get('pos_att_type') or ()
+  if isinstance(pos, str):
+    pos = [x.strip() for x in pos.lower().split('|')]
+  norm = [x.strip() for x in str(hf.get('norm_rel_ebd', 'none')).lower().split('|')]
+  return dict(
+      type_vocab_size=hf.get('type_vocab_size', 0),
+      relative_attention=bool(hf.get('relative_attention', False)),
+      max_relative_positions=hf.get('max_relative_positions', -1),
+      position_buckets=hf.get('position_buckets', -1),
+      pos_att_type=tuple(pos),
+      share_att_key=bool(hf.get('share_att_key', False)),
+      norm_rel_ebd='layer_norm' in norm,
+      conv_kernel_size=hf.get('conv_kernel_size', 0),
+      conv_groups=hf.get('conv_groups', 1),
+      conv_act=hf.get('conv_act', 'tanh'),
+      position_biased_input=bool(hf.get('position_biased_input', True)),
+  )

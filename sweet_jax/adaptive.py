@@ -199,8 +199,9 @@ def _full(spec: _Spec, params, constants, payload):
                                constants=constants)
   mask = payload['attention_mask']
   hidden = encoder_jax.embed(cfg, params['encoder'], payload['input_ids'], mask, payload['token_type_ids'])
-  hidden = encoder_jax.run_layers(cfg, params['encoder'], hidden, mask, 0, ecfg.exit_layers[-1],
-                                  constants=constants)[-1]
+  for i, (start, stop) in enumerate(ecfg.segments()):  # each segment with its own shared parameters (SWEET)
+    hidden = encoder_jax.run_layers(cfg, exits.segment_encoder(params, i), hidden, mask, start, stop,
+                                    constants=constants)[-1]
   return exits.apply_head(params['heads'][-1], hidden, mask, ecfg.pooling)
 
 

@@ -122,7 +122,7 @@ def gradient_conflict(encoder_config, exit_config: exits.ExitConfig, params, bat
   heads = params['heads']
 
   def losses_fn(encoder, batch):
-    logits = exits.forward(encoder_config, exit_config, {'encoder': encoder, 'heads': heads}, batch,
+    logits = exits.forward(encoder_config, exit_config, dict(params, encoder=encoder, heads=heads), batch,
                            stop_gradient=False, constants=constants)
     return objectives.exit_losses(logits, batch['labels'], batch['example_mask'])
 

@@ -6,7 +6,10 @@ Every exit owns its pooler and classifier (the reference shares the BERT pooler,
 across exits); how it pools ([CLS] or the masked mean) is configuration.
 
 Params of an exit model:  {'encoder': encoder params (layers below the last exit), 'heads': (head_0, ...)}
-Params of a multi-model:  {'models': ({'encoder': first k layers, 'head': head}, ...)}
+  and, for SWEET on an architecture whose layers share parameters (encoder_jax.SHARED: MPNet's relative
+  attention bias), 'segment_shared': (copy for segment 0, ...) in place of the encoder's own, so that each
+  segment owns everything it computes with; Early-Exit keeps the model's own sharing.
+Params of a multi-model:  {'models': ({'encoder': first k layers (+ shared), 'head': head}, ...)}
 head = {'pooler': {'kernel': [H, H], 'bias': [H]}, 'classifier': {'kernel': [H, C], 'bias': [C]}}
 """
 
@@ -104,15 +107,37 @@ def _layers(encoder_params, start: int, stop: int) -> dict[str, Any]:
   return {f'layers_{i}': encoder_params[f'layers_{i}'] for i in range(start, stop)}
 
 
-def init_exit_model(rng, encoder_config: EncoderConfig, encoder_params, exit_config: ExitConfig):
-  """SWEET / Early-Exit params: the pretrained encoder up to the last exit and one fresh head per exit."""
+def _encoder_part(encoder_params, stop: int) -> dict[str, Any]:
+  """The embeddings, layers 0..stop-1 and what all layers share (when the architecture has it)."""
+  part = {'embeddings': encoder_params['embeddings'], **_layers(encoder_params, 0, stop)}
+  if encoder_jax.SHARED in encoder_params:
+    part[encoder_jax.SHARED] = encoder_params[encoder_jax.SHARED]
+  return part
+
+
+def init_exit_model(rng, encoder_config: EncoderConfig, encoder_params, exit_config: ExitConfig, *,
+                    segment_copies: bool = False):
+  """SWEET / Early-Exit params: the pretrained encoder up to the last exit and one fresh head per exit.
+
+  segment_copies (SWEET): parameters the layers share get one copy per segment ('segment_shared').
+  """
   exit_config.check(encoder_config)
   keys = jax.random.split(rng, exit_config.num_exits)
-  encoder = {'embeddings': encoder_params['embeddings'],
-             **_layers(encoder_params, 0, exit_config.exit_layers[-1])}
+  encoder = _encoder_part(encoder_params, exit_config.exit_layers[-1])
   heads = tuple(init_head(k, encoder_config.hidden_size, exit_config.num_labels, encoder_params.get('pooler'))
                 for k in keys)
-  return {'encoder': encoder, 'heads': heads}
+  params = {'encoder': encoder, 'heads': heads}
+  if segment_copies and encoder_jax.SHARED in encoder:
+    shared = encoder.pop(encoder_jax.SHARED)
+    params['segment_shared'] = tuple(jax.tree.map(jnp.array, shared) for _ in range(exit_config.num_exits))
+  return params
+
+
+def segment_encoder(params, index: int) -> dict[str, Any]:
+  """The encoder params segment `index` runs with: under SWEET, with its own copy of the shared ones."""
+  if 'segment_shared' in params:
+    return {**params['encoder'], encoder_jax.SHARED: params['segment_shared'][index]}
+  return params['encoder']
 
 
 def init_multi_model(rng, encoder_config: EncoderConfig, encoder_params, exit_config: ExitConfig):
@@ -121,7 +146,7 @@ def init_multi_model(rng, encoder_config: EncoderConfig, encoder_params, exit_co
   keys = jax.random.split(rng, exit_config.num_exits)
   copy = lambda tree: jax.tree.map(jnp.array, tree)  # own buffers: no model shares a parameter
   return {'models': tuple(
-      {'encoder': copy({'embeddings': encoder_params['embeddings'], **_layers(encoder_params, 0, k)}),
+      {'encoder': copy(_encoder_part(encoder_params, k)),
        'head': init_head(key, encoder_config.hidden_size, exit_config.num_labels, encoder_params.get('pooler'))}
       for k, key in zip(exit_config.exit_layers, keys))}
 
@@ -137,7 +162,11 @@ def exit_model_groups(exit_config: ExitConfig, params) -> dict[str, Any]:
     return exit_config.segment_of(int(name[len('layers_'):]))
   encoder = {name: jax.tree.map(lambda _, i=label(name): i, sub) for name, sub in params['encoder'].items()}
   heads = tuple(jax.tree.map(lambda _, i=i: i, head) for i, head in enumerate(params['heads']))
-  return {'encoder': encoder, 'heads': heads}
+  groups = {'encoder': encoder, 'heads': heads}
+  if 'segment_shared' in params:  # segment i's own copy of what the layers share
+    groups['segment_shared'] = tuple(jax.tree.map(lambda _, i=i: i, copy)
+                                     for i, copy in enumerate(params['segment_shared']))
+  return groups
 
 
 def multi_model_groups(params) -> dict[str, Any]:
@@ -154,7 +183,7 @@ def segment_forward(encoder_config, exit_config, params, hidden, mask, index, *,
   (hidden leaving it, logits [batch, C]). The step adaptive inference repeats."""
   start, stop = exit_config.segments()[index]
   r1, r2 = _split(rng, 2)
-  hidden = encoder_jax.run_layers(encoder_config, params['encoder'], hidden, mask, start, stop,
+  hidden = encoder_jax.run_layers(encoder_config, segment_encoder(params, index), hidden, mask, start, stop,
                                   constants=constants, rng=r1)[-1]
   logits = apply_head(params['heads'][index], hidden, mask, exit_config.pooling,
                       dropout=exit_config.classifier_dropout, rng=r2)

@@ -82,7 +82,8 @@ def make_fns(method: str, encoder_config, exit_config: exits.ExitConfig, pretrai
   if method == 'multi_model':
     init_model, forward = exits.init_multi_model, exits.forward_multi_model
   else:
-    init_model = exits.init_exit_model
+    # SWEET: each segment gets its own copy of parameters the architecture shares across layers.
+    init_model = functools.partial(exits.init_exit_model, segment_copies=(method == 'sweet'))
     forward = functools.partial(exits.forward, stop_gradient=(method == 'sweet'))
 
   def init(rng):
