@@ -99,6 +99,10 @@ def export(config, workdir: str, out_dir: str) -> list[Path]:
     info['constant_heads'] = [[l, h] for l in range(cfg.num_layers) for h, k in enumerate(cfg.kinds(l))
                               if k != 'softmax']
   like = config.model.checkpoint
+  if 'segment_shared' in params:
+    raise ValueError('This SWEET model keeps one copy per segment of the parameters its layers share (the '
+                     f'{cfg.model_type} relative-position tables): one Hugging Face model cannot hold them; export '
+                     'is supported for architectures without layer-shared parameters (BERT, RoBERTa).')
   if trained.method != 'multi_model':
     _write_model(out, params['encoder'], params['heads'], ecfg.exit_layers, info,
                  exits.depth_config(cfg, ecfg.exit_layers[-1]), like)

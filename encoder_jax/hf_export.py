@@ -2,7 +2,7 @@
 
 An exported encoder keeps the tensor names, prefixes and shapes of the checkpoint it was fine-tuned from
 (`like`), so `transformers.AutoModel.from_pretrained(out)` and `encoder_jax.load_pretrained(out)` both load
-it. No second name table: every tensor of `like` is mapped to its params path by hf_import.NAME_TABLE, and
+it. No second name table: every tensor of `like` is mapped to its params path by hf_import.name_table (per family), and
 the table's transform (a transpose and reshape) is inverted by pushing an index array through it.
 """
 
@@ -55,7 +55,7 @@ def to_hf_tensors(params: dict[str, Any], config: EncoderConfig, like: dict[str,
   out, used = {}, set()
   for raw, tensor in like.items():
     name = next((raw[len(p):] for p in hf_import.PREFIXES if raw.startswith(p)), raw)
-    path, transform = hf_import._target(name)  # pylint: disable=protected-access  (the one name table)
+    path, transform = hf_import._target(name, config.model_type)  # pylint: disable=protected-access
     value = None if path is None else _leaf(params, path)
     if value is None:
       continue
