@@ -33,8 +33,8 @@ and the exit rule's state (patience). Gather from the source queue, the segment,
 scatter into the destination queue are one jitted call per (segment, rows, seq); rows is the batch size or
 a bucket size, so compilations are bounded by segments x buckets x sequence lengths; `warmup` compiles them
 all before timing. The destination queue is donated, so the scatter writes in place. The host reads back
-only the per-row exit flags, predictions and indices (a few hundred bytes), which also tells it how many
-rows the next queue holds.
+only the per-row exit flags, predictions, indices and exit logits (a few hundred bytes to a few KB), which
+also tells it how many rows the next queue holds.
 
 Queues and their invariant. A queue (`Queue`: ring buffers, head, count) holds the examples waiting for one
 exit's segment at one sequence length; its capacity is 2 x batch_size rows. A call takes at most batch_size
@@ -78,10 +78,12 @@ def default_buckets(batch_size: int, count: int = 8) -> tuple[int, ...]:
 
 @dataclasses.dataclass
 class Result:
-  """predictions, exit_index: int32 [N] in input order (-1 for rows whose example_mask is 0)."""
+  """predictions, exit_index: int32 [N] in input order (-1 for rows whose example_mask is 0); logits: float32
+  [N, C], each example's logits at the exit it left at (zeros for skipped rows)."""
   predictions: np.ndarray
   exit_index: np.ndarray
   stats: dict[str, Any]
+  logits: np.ndarray | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,7 +164,8 @@ def _stage(spec: _Spec, params, constants, temperatures, rule, threshold, keep_a
   queue of this exit, a ring of spec.capacity rows; the `src_take` rows from ring position src_head on are
   real (the rest of `rows` is padding). Rows that stay on (all valid rows when keep_all: CALM's mode) are
   scattered into the next exit's queue `dst` from ring position dst_end on.
-  Returns ({'leave' bool [rows], 'pred' int32 [rows], 'index' int32 [rows], 'kept' int32}, updated dst).
+  Returns ({'leave' bool [rows], 'pred' int32 [rows], 'index' int32 [rows], 'logits' float32 [rows, C],
+  'kept' int32}, updated dst).
   """
   positions = jnp.arange(rows)
   if index == 0:
@@ -175,7 +178,7 @@ def _stage(spec: _Spec, params, constants, temperatures, rule, threshold, keep_a
   payload, logits = _forward(spec, index, params, constants, x['payload'])
   last = index == spec.exit_config.num_exits - 1
   leave, pred, state = curves.decide(rule, logits, temperatures[index], threshold, state, is_last=last)
-  out = {'leave': leave & valid, 'pred': pred, 'index': x['index']}
+  out = {'leave': leave & valid, 'pred': pred, 'index': x['index'], 'logits': logits}
   if last:
     return out, dst
   keep = valid & (~leave | keep_all)
@@ -344,7 +347,7 @@ class _Run:
     self.engine, self.calm = engine, calm
     self.threshold, self.keep_all = jnp.float32(threshold), jnp.bool_(calm)
     self.stats = {key: [0] * engine.num_exits for key in ('calls', 'rows', 'left')}
-    self.answers: list[tuple[np.ndarray, np.ndarray, int]] = []  # (global indices, predictions, exit)
+    self.answers: list[tuple[np.ndarray, np.ndarray, int, np.ndarray]] = []  # (indices, predictions, exit, logits)
     self.pending: dict[int, bool] = {}  # calm: global index -> still in (the queues carry rows that left)
 
   def start_batch(self, indices: np.ndarray) -> None:
@@ -375,7 +378,7 @@ class _Run:
       self.pending.update((int(k), False) for k in out['index'][leave])
       if dst is not None and not any(self.pending.values()):  # the whole batch has left: CALM stops here
         dst.clear()
-    self.answers.append((out['index'][leave], out['pred'][leave], i))
+    self.answers.append((out['index'][leave], out['pred'][leave], i, out['logits'][leave]))
     self.stats['calls'][i] += 1
     self.stats['rows'][i] += e._bucket(take)
     self.stats['left'][i] += int(leave.sum())
@@ -395,10 +398,12 @@ class _Run:
   def result(self, total: int) -> Result:
     predictions = np.full(total, -1, np.int32)
     exit_index = np.full(total, -1, np.int32)
-    for index, pred, i in self.answers:
+    logits = np.zeros((total, self.engine.exit_config.num_labels), np.float32)
+    for index, pred, i, exit_logits in self.answers:
       predictions[index] = pred
       exit_index[index] = i
-    return Result(predictions, exit_index, self.stats)
+      logits[index] = exit_logits
+    return Result(predictions, exit_index, self.stats, logits)
 
 
 def median_time(fn: Callable[[], Any], repeats: int = 3) -> float:

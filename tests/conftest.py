@@ -25,3 +25,22 @@ def tiny_bert(tmp_path_factory):
   path = tmp_path_factory.mktemp('tiny_bert') / 'ckpt'
   write_checkpoint(path, hidden=15, layers=3, heads=3, intermediate=7, max_positions=17)
   return path
+
+
+@pytest.fixture(scope='session')
+def trained(tmp_path_factory):
+  """Tiny checkpointed workdirs (tests/trained_workdirs.py) shared by test_predict and test_export:
+  name -> (config, workdir), made on first use."""
+  from tests import trained_workdirs
+  root = trained_workdirs.task(tmp_path_factory.mktemp('trained'))
+  made = {}
+
+  def get(name):
+    if name not in made:
+      method, constant, evaluate = {'sweet': ('sweet', False, True), 'multi_model': ('multi_model', False, False),
+                                    'papa': ('sweet', True, False)}[name]
+      made[name] = trained_workdirs.make_workdir(root, name, method, constant=constant, evaluate=evaluate)
+    return made[name]
+
+  get.root = root
+  return get
