@@ -85,23 +85,35 @@ def deberta_log_buckets(relative: np.ndarray, bucket_size: int, max_position: in
   return np.where(abs_pos <= mid, relative, log_pos * sign).astype(np.int64)
 
 
-def deberta_indices(config: EncoderConfig, seq: int) -> tuple[np.ndarray, np.ndarray]:
-  """Rows of the relative table each score reads: (c2p [query, key], p2c [key, query]), int32 [seq, seq].
+def deberta_rows(config: EncoderConfig, seq: int) -> tuple[np.ndarray, np.ndarray]:
+  """Rows of the relative table each distance reads: (c2p, p2c), int32 [2 seq - 1], entry m for distance
+  delta = m - (seq - 1).
 
-  relative[i, j] = bucket(i - j) (v2's log buckets when position_buckets > 0); c2p reads row
-  clip(relative[i, j] + k) for query i, key j; p2c reads clip(-relative[j, i] + k) for key j, query i.
-  DeBERTa v1 slices its table to the sequence's span first; indexing the whole table as here is the same
-  lookup.
+  relative(delta) = bucket(delta) (v2's log buckets when position_buckets > 0). c2p reads row
+  clip(relative(i - j) + k) for query i, key j; p2c reads clip(-relative(j - i) + k) for key j, query i.
+  Both depend on the distance alone, so one row per distance serves every (i, j) pair. DeBERTa v1 slices its
+  table to the sequence's span first; indexing the whole table as here is the same lookup.
   """
-  positions = np.arange(seq)
-  rel = positions[:, None] - positions[None, :]
+  rel = np.arange(-(seq - 1), seq)
   if config.position_buckets > 0:
     rel = deberta_log_buckets(rel, config.position_buckets, config.max_relative_positions
                               if config.max_relative_positions > 0 else config.max_position_embeddings)
   k = config.attention_span
-  c2p = np.clip(rel + k, 0, 2 * k - 1)
-  p2c = np.clip(-rel + k, 0, 2 * k - 1)  # row j (key), column i (query)
-  return c2p.astype(np.int32), p2c.astype(np.int32)
+  return np.clip(rel + k, 0, 2 * k - 1).astype(np.int32), np.clip(-rel + k, 0, 2 * k - 1).astype(np.int32)
+
+
+def _by_distance(x):
+  """x [..., S, 2S - 1] indexed by (row a, distance a - b + S - 1) -> [..., S, S] indexed by (a, b).
+
+  The Transformer-XL relative shift: reversed, flattened rows read consecutively at a stride of 2S - 2
+  (element a (2S - 1) + (S - 1 - a) + b of the reversed rows is x[a, a - b + S - 1]). A reshape and a slice
+  instead of a [batch, heads, S, S] gather, whose gradient (a scatter-add of that size) dominated training.
+  """
+  s = x.shape[-2]
+  if s == 1:
+    return x
+  flat = jnp.flip(x, -1).reshape(x.shape[:-2] + (s * (2 * s - 1),))
+  return flat[..., s - 1:s - 1 + s * (2 * s - 2)].reshape(x.shape[:-2] + (s, 2 * s - 2))[..., :s]
 
 
 def disentangled_scores(config: EncoderConfig, q, k, pos_query, pos_key):
@@ -109,18 +121,17 @@ def disentangled_scores(config: EncoderConfig, q, k, pos_query, pos_key):
 
   q, k: [batch, seq, heads, d] (unscaled); pos_query, pos_key: [2k, heads, d], the relative embeddings
   projected by the layer (None when the term is off). Each term is divided by sqrt(d * (1 + terms)), as the
-  content score is.
+  content score is. Scores are computed per distance (2 seq - 1 table rows, gathered once per layer from
+  the parameters) and shifted into place (_by_distance).
   """
   seq, d = q.shape[1], q.shape[-1]
   scale = 1.0 / np.sqrt(d * (1 + len(config.pos_att_type)))
-  c2p_index, p2c_index = deberta_indices(config, seq)
+  c2p_rows, p2c_rows = deberta_rows(config, seq)
   score = 0.0
-  gather = lambda x, index: jnp.take_along_axis(x, jnp.broadcast_to(jnp.asarray(index), x.shape[:2] + index.shape),
-                                                axis=-1)
-  if 'c2p' in config.pos_att_type:
-    by_row = jnp.einsum('bind,rnd->bnir', q, pos_key, preferred_element_type=jnp.float32)  # [b, n, q, 2k]
-    score = score + gather(by_row, c2p_index) * scale
-  if 'p2c' in config.pos_att_type:
-    by_row = jnp.einsum('bjnd,rnd->bnjr', k, pos_query, preferred_element_type=jnp.float32)  # [b, n, key, 2k]
-    score = score + jnp.swapaxes(gather(by_row, p2c_index), -1, -2) * scale
+  if 'c2p' in config.pos_att_type:  # query i, distance i - j
+    by_distance = jnp.einsum('bind,mnd->bnim', q, pos_key[c2p_rows], preferred_element_type=jnp.float32)
+    score = score + _by_distance(by_distance) * scale
+  if 'p2c' in config.pos_att_type:  # key j, distance j - i; then transposed to [query, key]
+    by_distance = jnp.einsum('bjnd,mnd->bnjm', k, pos_query[p2c_rows], preferred_element_type=jnp.float32)
+    score = score + jnp.swapaxes(_by_distance(by_distance), -1, -2) * scale
   return score
