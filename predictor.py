@@ -46,9 +46,8 @@ def _read_json(path: str, what: str, hint: str) -> dict[str, Any]:
 
 
 def text_fields(config) -> tuple[str, ...]:
-  """config.data.text_fields as a tuple: 1 field (single texts) or 2 (pairs)."""
-  fields = _get(_get(config, 'data'), 'text_fields', ('text',))
-  return (fields,) if isinstance(fields, str) else tuple(fields)
+  """config.data.text_fields as a tuple: 1 field (single texts) or 2 (pairs); pipeline.data checks it."""
+  return data.text_fields(_get(config, 'data'))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -216,7 +216,8 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
-def _text_fields(cfg) -> tuple[str, ...]:
+def text_fields(cfg) -> tuple[str, ...]:
+  """data.text_fields as a tuple of 1 (single texts) or 2 (pairs) column names; else BadConfigError."""
   fields = _get(cfg, 'text_fields', ('text',))
   if isinstance(fields, str):
     fields = (fields,)
@@ -531,7 +532,7 @@ def _load_hub(cfg, fetch):
   if not name:
     raise BadConfigError("data.source='hub' needs data.name (e.g. 'glue', with data.subset='mnli').")
   label_field = _get(cfg, 'label_field', 'label')
-  needed = (*_text_fields(cfg), label_field)
+  needed = (*text_fields(cfg), label_field)
   described = f'hub dataset {name!r}' + (f' ({subset})' if subset else '')
   try:
     dd = datasets.load_dataset(name, subset, cache_dir=_get(cfg, 'data_dir', '') or None)
@@ -563,7 +564,7 @@ def _load_tfds(cfg, fetch):
   if not name:
     raise BadConfigError("data.source='tfds' needs data.name (a tfds name, or a prepared builder directory).")
   label_field = _get(cfg, 'label_field', 'label')
-  needed = (*_text_fields(cfg), label_field)
+  needed = (*text_fields(cfg), label_field)
   data_dir = _get(cfg, 'data_dir', '') or None
   if os.path.isfile(os.path.join(os.path.expanduser(name), 'dataset_info.json')):
     builder = tfds.builder_from_directory(os.path.expanduser(name))
@@ -717,20 +718,20 @@ def load_splits(data_config, *, fetch: Callable | None = None) -> Splits:
   source = _get(cfg, 'source', '')
   if source not in _LOADERS:
     raise UnknownSourceError(f'Unknown data.source {source!r}; valid sources: {", ".join(SOURCES)}.')
-  text_fields = _text_fields(cfg)
+  fields = text_fields(cfg)
   label_field = _get(cfg, 'label_field', 'label')
   seed = int(_get(cfg, 'seed', 0))
   allow_empty = bool(_get(cfg, 'allow_empty_text', False))
   train_table, eval_table = _LOADERS[source](cfg, fetch)
 
   if label_field not in train_table.columns:  # say so before a label mapping is attempted
-    _to_dataset(train_table, text_fields, label_field, {}, (), 'train')
+    _to_dataset(train_table, fields, label_field, {}, (), 'train')
   mapping, names = _label_mapping(train_table, label_field)
   if eval_table is not None and train_table.class_names and eval_table.class_names not in (
       None, train_table.class_names):
     raise DataError(f'{eval_table.origin}: class names {eval_table.class_names} differ from train\'s '
                     f'{train_table.class_names}.')
-  train = _to_dataset(train_table, text_fields, label_field, mapping, names, 'train', allow_empty_text=allow_empty)
+  train = _to_dataset(train_table, fields, label_field, mapping, names, 'train', allow_empty_text=allow_empty)
 
   if eval_table is None:
     n_eval = _count(_get(cfg, 'eval_size', 0.2), len(train), 'eval_size')
@@ -739,7 +740,7 @@ def load_splits(data_config, *, fetch: Callable | None = None) -> Splits:
                             f'its {len(train)} examples (need 0 < eval_size < {len(train)}).')
     evaluation, train = _carve(train, n_eval, seed, 0)
   else:
-    evaluation = _to_dataset(eval_table, text_fields, label_field, mapping, names, 'eval',
+    evaluation = _to_dataset(eval_table, fields, label_field, mapping, names, 'eval',
                              known_from=train_table.origin, allow_empty_text=allow_empty)
 
   n_cal = _count(_get(cfg, 'calibration_size', 0.1), len(train), 'calibration_size', cap=CALIBRATION_CAP)
