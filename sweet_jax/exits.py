@@ -151,6 +151,11 @@ def init_multi_model(rng, encoder_config: EncoderConfig, encoder_params, exit_co
       for k, key in zip(exit_config.exit_layers, keys))}
 
 
+def _labelled(tree, label) -> Any:
+  """tree's structure with every leaf replaced by label."""
+  return jax.tree.map(lambda _: label, tree)
+
+
 def exit_model_groups(exit_config: ExitConfig, params) -> dict[str, Any]:
   """SWEET's parameter groups: a tree of params' structure labelling every leaf with its segment index;
   the embeddings belong to segment 0 and head i to segment i (what exit i's loss alone reaches)."""
@@ -160,18 +165,17 @@ def exit_model_groups(exit_config: ExitConfig, params) -> dict[str, Any]:
     if not name.startswith('layers_'):
       raise ValueError(f"Unexpected encoder parameter {name!r}: expected 'embeddings' or 'layers_<i>'.")
     return exit_config.segment_of(int(name[len('layers_'):]))
-  encoder = {name: jax.tree.map(lambda _, i=label(name): i, sub) for name, sub in params['encoder'].items()}
-  heads = tuple(jax.tree.map(lambda _, i=i: i, head) for i, head in enumerate(params['heads']))
+  encoder = {name: _labelled(sub, label(name)) for name, sub in params['encoder'].items()}
+  heads = tuple(_labelled(head, i) for i, head in enumerate(params['heads']))
   groups = {'encoder': encoder, 'heads': heads}
   if 'segment_shared' in params:  # segment i's own copy of what the layers share
-    groups['segment_shared'] = tuple(jax.tree.map(lambda _, i=i: i, copy)
-                                     for i, copy in enumerate(params['segment_shared']))
+    groups['segment_shared'] = tuple(_labelled(copy, i) for i, copy in enumerate(params['segment_shared']))
   return groups
 
 
 def multi_model_groups(params) -> dict[str, Any]:
   """Multi-Model's parameter groups: every leaf of member i (encoder and head) labelled i."""
-  return {'models': tuple(jax.tree.map(lambda _, i=i: i, model) for i, model in enumerate(params['models']))}
+  return {'models': tuple(_labelled(model, i) for i, model in enumerate(params['models']))}
 
 
 def _split(rng, n):
