@@ -70,8 +70,10 @@ def cells(configs: dict[str, str], seq_lengths: dict[str, int], *, movie_seeds: 
   for task, num_labels in TASKS.items():
     seeds = SEEDS[:movie_seeds if task == 'movie_reviews' else tweet_seeds]
     for pooling in ('mean', 'cls') if task == 'movie_reviews' else ('mean',):
-      for method, config_path in configs.items():
-        for seed in (seeds if pooling == 'mean' else seeds[:1]):
+      # Seed-major: a study stopped part-way has every method at the seeds it finished, so its comparisons
+      # stay paired.
+      for seed in (seeds if pooling == 'mean' else seeds[:1]):
+        for method, config_path in configs.items():
           flags_ = common.overrides(
               method=method, model__exit_layers=EXIT_LAYERS, model__pooling=pooling, train__seed=seed,
               data__max_seq_length=seq_lengths[task], eval__thresholds=exit_study.eval_thresholds(num_labels),
