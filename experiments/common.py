@@ -19,6 +19,7 @@ in the workdir (e.g. results.json after training), and train.py itself resumes f
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import json
 import os
 import platform
@@ -94,6 +95,19 @@ def accelerator() -> str:
     return ''
   names = [n.strip() for n in out if n.strip()]
   return f'{len(names)} x {names[0]}' if names else ''
+
+
+def code_version() -> dict[str, Any]:
+  """The git commit the cell ran on, and whether tracked files differed from it ('unknown' outside git), so
+  that a number can be traced to the code that produced it."""
+  try:
+    commit = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=ROOT, capture_output=True, text=True,
+                            timeout=30, check=True).stdout.strip()
+    dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=ROOT,
+                           capture_output=True, text=True, timeout=30, check=True).stdout.strip() != ''
+  except (OSError, subprocess.SubprocessError):
+    return {'commit': 'unknown', 'dirty': None}
+  return {'commit': commit, 'dirty': dirty}
 
 
 def machine() -> dict[str, Any]:
@@ -178,7 +192,7 @@ def run_cells(cells: Sequence[Cell], study_dir: str, extract: Extract, *, runner
       write_json(failures_path, failures)
       continue
     record = dict(extracted, labels=dict(cell.labels), commands=[s.command() for s in cell.steps],
-                  wall_s=wall, machine=machine())
+                  wall_s=wall, machine=machine(), code=code_version())
     write_json(raw_path(study_dir, cell), record)
     if failures.pop(cell.name, None) is not None:
       write_json(failures_path, failures)
@@ -186,12 +200,30 @@ def run_cells(cells: Sequence[Cell], study_dir: str, extract: Extract, *, runner
   return out
 
 
+def select_cells(cells: Sequence[Cell], patterns: Sequence[str]) -> list[Cell]:
+  """The cells whose names match the fnmatch patterns, in the order of the patterns (then the grid's), each
+  once; every cell when there are no patterns. A pattern that matches no cell is an error (a typo would
+  otherwise silently run nothing)."""
+  if not patterns:
+    return list(cells)
+  out, seen = [], set()
+  for pattern in patterns:
+    matched = [c for c in cells if fnmatch.fnmatchcase(c.name, pattern)]
+    if not matched:
+      raise ValueError(f'--cells: {pattern!r} matches no cell of this study; cells: {[c.name for c in cells]}.')
+    out += [c for c in matched if c.name not in seen]
+    seen.update(c.name for c in matched)
+  return out
+
+
 def study_main(f, study_dir: str, make_cells: Callable[[], Sequence[Cell]], extract: Extract,
                write_report: Callable[[], str]) -> None:
-  """What every runner's main does with the common flags (f = absl's FLAGS): run the missing cells (or
-  print them with --dry_run), then write and print the report; --report_only only writes the report."""
+  """What every runner's main does with the common flags (f = absl's FLAGS): run the missing cells (only
+  those --cells selects, in its order), or print them with --dry_run; then write and print the report (of
+  every run on disk); --report_only only writes the report."""
   if not f.report_only:
-    print(run_cells(make_cells(), study_dir, extract, dry_run=f.dry_run).summary(), flush=True)
+    cells = select_cells(make_cells(), f.cells)
+    print(run_cells(cells, study_dir, extract, dry_run=f.dry_run).summary(), flush=True)
     if f.dry_run:
       return
   print(write_report())
@@ -212,6 +244,8 @@ def define_flags(study: str, *, work_root: bool = True) -> None:
   from absl import flags
   flags.DEFINE_bool('report_only', False, 'Only aggregate the runs on disk: tables, figures, README.')
   flags.DEFINE_bool('dry_run', False, 'Print the commands of the cells still to do; run nothing.')
+  flags.DEFINE_list('cells', [], 'Only the cells whose names match these fnmatch patterns, run in the order '
+                    'of the patterns (e.g. "*_s42,*_s43"); default: the whole grid in its order.')
   if work_root:
     flags.DEFINE_string('work_root', os.path.join('runs', 'studies', study), 'Workdirs of the cells.')
 

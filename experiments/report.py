@@ -13,7 +13,8 @@ from experiments.stats import markdown_table
 
 def timing_table(runs: Sequence[dict[str, Any]]) -> str:
   """Markdown: per cell, the wall time of each step this runner ran (steps done in an earlier sitting whose
-  time was not recorded show '-') and the machine."""
+  time was not recorded show '-'), the machine and the code's commit ('+' when tracked files differed from it;
+  '-' for cells recorded before commits were)."""
   steps = sorted({s for r in runs for s in r.get('wall_s', {})})
   rows = []
   for r in runs:
@@ -21,9 +22,11 @@ def timing_table(runs: Sequence[dict[str, Any]]) -> str:
     where = f'{m.get("cpu", "?")} ({m.get("cpu_count", "?")} cores)' + (
         f', {m["accelerator"]}' if m.get('accelerator') else '')
     device = (r.get('curve') or {}).get('device') or ''
+    code = r.get('code') or {}
+    commit = code.get('commit', '-')[:10] + ('+' if code.get('dirty') else '')
     rows.append([r['cell'], *(f'{r["wall_s"][s]:.0f}' if s in r.get('wall_s', {}) else '-' for s in steps),
-                 where + (f'; jax {device}' if device else '')])
-  return markdown_table(['cell', *(f'{s} (s)' for s in steps), 'machine'], rows)
+                 where + (f'; jax {device}' if device else ''), commit])
+  return markdown_table(['cell', *(f'{s} (s)' for s in steps), 'machine', 'commit'], rows)
 
 
 def failures_section(study_dir: str) -> str:

@@ -5,6 +5,7 @@ command-line overrides parse against its config file."""
 import json
 import math
 import os
+import subprocess
 
 from absl import flags
 from ml_collections import config_flags
@@ -22,7 +23,8 @@ def _run(method, seed, accs, points, task='movie_reviews', pooling='mean', n_eva
           'curve': {'device': 'cpu x1', 'points': [
               {'threshold': t, 'accuracy': a, 'layer_fraction': f, 'flops_fraction': f, 'measured_speedup': 1 / f}
               for t, a, f in points]},
-          'wall_s': {'train': 600.0, 'eval': 180.0}, 'machine': {'cpu': 'Test CPU', 'cpu_count': 2}}
+          'wall_s': {'train': 600.0, 'eval': 180.0}, 'machine': {'cpu': 'Test CPU', 'cpu_count': 2},
+          'code': {'commit': 'abcdef0123456789', 'dirty': seed == 43}}
 
 
 def _study_a_runs():
@@ -106,7 +108,8 @@ def test_study_readme_and_figures(tmp_path):
   text = sweet_study_a.write_report(str(study_dir), sweet_study_a.CONFIGS, 'runs/x')
   assert (study_dir / 'README.md').read_text() == text
   assert '4 cells done.' in text and '**holds here**' in text and 'tweets_mean_sweet_s42' in text
-  assert '| movie_reviews_mean_sweet_s42 | 180 | 600 | Test CPU (2 cores); jax cpu x1 |' in text
+  assert '| movie_reviews_mean_sweet_s42 | 180 | 600 | Test CPU (2 cores); jax cpu x1 | abcdef0123 |' in text
+  assert '| movie_reviews_mean_sweet_s43 | 180 | 600 | Test CPU (2 cores); jax cpu x1 | abcdef0123+ |' in text
   assert (study_dir / 'movie_reviews_mean.png').stat().st_size > 0
   empty = report.write_readme(str(tmp_path / 'empty'), 'T', 'S', [], [], [])
   assert 'No results yet' in empty and '## Claims' not in empty
@@ -193,6 +196,8 @@ def test_run_cells_skips_done_cells_and_steps_and_records_failures(tmp_path):
   record = json.loads((study / 'runs' / 'b.json').read_text())
   assert record['value'] == 1 and record['labels'] == {'seed': 1} and set(record['wall_s']) == {'eval'}
   assert record['commands'] == ['python train.py', 'python eval.py'] and 'cpu' in record['machine']
+  head = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=common.ROOT, capture_output=True, text=True).stdout.strip()
+  assert record['code']['commit'] == head  # the code version each number came from
   # Second sitting: a and b are done (their raw JSON exists) and are not run again; c is retried and now works.
   calls.clear()
   out = common.run_cells(cells, str(study), extract, runner=_fake_runner(calls))
@@ -207,6 +212,16 @@ def test_run_cells_skips_done_cells_and_steps_and_records_failures(tmp_path):
   assert list(out.failed) == ['d'] and not (study / 'runs' / 'd.json').exists()
   with pytest.raises(ValueError, match='Duplicate'):
     common.run_cells(_cells(work, ['a', 'a']), str(study), extract, runner=_fake_runner([]))
+
+
+def test_select_cells_orders_by_pattern_and_refuses_unknown_patterns(tmp_path):
+  cells = _cells(tmp_path, ['mr_sweet_s42', 'mr_ee_s42', 'mr_sweet_s43', 'mr_ee_s43', 'tw_sweet_s42'])
+  names = lambda cs: [c.name for c in cs]
+  assert names(common.select_cells(cells, [])) == names(cells)
+  assert names(common.select_cells(cells, ['*_s43', 'mr_ee_*', 'tw_*'])) == [
+      'mr_sweet_s43', 'mr_ee_s43', 'mr_ee_s42', 'tw_sweet_s42']  # pattern order first, each cell once
+  with pytest.raises(ValueError, match='matches no cell'):
+    common.select_cells(cells, ['mr_*', 'movie_*'])
 
 
 def test_length_from_counts_by_hand():
