@@ -24,7 +24,7 @@ Label ids: ids come from the full train split (before any carving or sampling): 
 (numeric order when every label is an integer, else string order), or the class names a hub/tfds ClassLabel
 declares. An eval label outside that set is an error naming the file and row.
 
-Modules (imports go down the list; this file only re-exports):
+Modules (each imports only those above it; this file only re-exports):
 - errors.py    DataError and its subclasses.
 - dataset.py   TextDataset, Splits.
 - config.py    base_config (every field and its default), text_fields, SOURCES, CALIBRATION_CAP.
