@@ -12,6 +12,7 @@ from typing import Any, Callable
 import numpy as np
 
 import encoder_jax
+from encoder_jax.tokenize import DEFAULT_BUCKETS  # the package's `tokenize` is the function
 from pipeline.train_loop import Method
 from sweet_jax import exits, objectives
 
@@ -73,6 +74,7 @@ def build(config, num_labels: int) -> Built:
   # Constant matrices are position-specific: inputs take PAPA's fixed layout at their length. The encode
   # function checks token types against the model's type vocabulary.
   encode_fn = encoder_jax.make_encode_fn(tokenizer, encoder_config, max_length=config.data.max_seq_length,
-                                         layout_length=None if constants is None else constants.shape[-1])
+                                         layout_length=None if constants is None else constants.shape[-1],
+                                         buckets=tuple(config.data.get('length_buckets', DEFAULT_BUCKETS)))
   method = Method(name, init, loss, predict, param_groups=objectives.param_groups(name, exit_config))
   return Built(method, encoder_config, exit_config, encode_fn, constants)

@@ -57,6 +57,11 @@ def problems(config) -> list[str]:
     value = _get(_get(config, section), field)
     if value is not None and (why := rule(value)):
       out.append(f'{section}.{field} {why}')
+  buckets = _get(_get(config, 'data'), 'length_buckets')
+  if buckets is not None and not (isinstance(buckets, (tuple, list)) and buckets
+                                  and all(_whole(1, '')(b) is None for b in buckets)):
+    out.append(f'data.length_buckets must be a non-empty tuple of whole numbers >= 1 (padded lengths), '
+               f'got {buckets!r}')
   length = _get(_get(config, 'data'), 'max_seq_length')
   if length is not None:
     need = _min_seq_length(config)

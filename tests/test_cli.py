@@ -95,6 +95,19 @@ def test_sweet_with_constant_first_segment(task):
   assert np.any(np.asarray(layer0['value']['kernel']))
 
 
+def test_length_buckets_set_how_far_batches_pad(task):
+  config = sweet_demo.get_config()
+  config.model.checkpoint = str(task / 'ckpt')
+  config.model.exit_layers = (1, 2)
+  texts = ['good plot', 'a dull film']  # 5 tokens at most with [CLS] and [SEP]
+  # Default buckets 32, 64, ...: the first is capped at the tiny model's 20 positions.
+  assert methods.build(config, 2).encode_fn(texts, None)['input_ids'].shape == (2, 20)
+  config.data.length_buckets = (6, 12, 64)
+  assert methods.build(config, 2).encode_fn(texts, None)['input_ids'].shape == (2, 6)
+  assert methods.build(config, 2).encode_fn(texts + ['a rather long and dull review'], None)[
+      'input_ids'].shape == (3, 12)
+
+
 def test_registry_rejects_unknown_method_and_missing_constants(task):
   config = sweet_demo.get_config()
   config.method = 'nope'

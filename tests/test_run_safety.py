@@ -182,7 +182,8 @@ def test_no_restorable_checkpoint_is_one_clear_error(tiny_run, tmp_path):
 @pytest.mark.parametrize('field, value', [
     ('data.max_seq_length', 0), ('data.max_seq_length', -5), ('data.max_seq_length', 2),
     ('train.num_epochs', 0), ('train.learning_rate', -1.0), ('train.learning_rate', 0.0),
-    ('train.batch_size', 0), ('eval.batch_size', 0)])
+    ('train.batch_size', 0), ('eval.batch_size', 0), ('data.length_buckets', ()),
+    ('data.length_buckets', (16, 0))])
 def test_impossible_settings_are_refused_before_any_work(tmp_path, field, value):
   config = tiny_config(tmp_path, train_path=str(tmp_path / 'absent.csv'))  # loading data would fail differently
   section, name = field.split('.')

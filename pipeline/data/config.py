@@ -5,6 +5,7 @@ from __future__ import annotations
 import ml_collections
 
 from encoder_jax import fetch as fetch_assets
+from encoder_jax.tokenize import DEFAULT_BUCKETS
 from pipeline.config_fields import get as _get
 from pipeline.data.errors import BadConfigError
 
@@ -40,6 +41,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.cache_dir = ''  # where fetched corpora are kept; '' = $XDG_CACHE_HOME/sweet_papa_jax or ~/.cache/sweet_papa_jax
   c.data_dir = ''  # tfds: data_dir of prepared datasets; hub: datasets' cache_dir; '' = the library's default
   c.max_seq_length = 128  # tokens per example, for the caller's tokenization (truncation and padding)
+  # Each batch pads to the smallest of these lengths that holds its longest example (at most max_seq_length):
+  # every length is one more compiled program, and finer ones pad less (what they save on a data set:
+  # experiments/README.md).
+  c.length_buckets = DEFAULT_BUCKETS
   # An empty (or all-whitespace) text cell is an error naming its file and row, as it usually means a broken
   # export; True keeps such rows (the model then sees only [CLS] [SEP]).
   c.allow_empty_text = False
