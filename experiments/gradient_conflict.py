@@ -83,6 +83,16 @@ def plot(run: dict[str, Any], path: str) -> None:
   plt.close(fig)
 
 
+def most_negative(report_: dict[str, Any]) -> tuple[float, str, int, int] | None:
+  """The most negative cosine between two exits' gradients on any shared layer group: (cosine, group, exit
+  layer a, exit layer b), or None when no group has a pair. A mean over pairs can hide a conflict between
+  two camps of exits (early against late), which this shows."""
+  layers = report_['exit_layers']
+  pairs = [(c, g, layers[i], layers[j]) for g in report_['groups'] for i, row in enumerate(report_['cosine'][g])
+           for j, c in enumerate(row) if j > i and c is not None]
+  return min(pairs) if pairs else None
+
+
 def table(runs: Sequence[dict[str, Any]]) -> str:
   rows = []
   for r in runs:
@@ -90,6 +100,10 @@ def table(runs: Sequence[dict[str, Any]]) -> str:
       vals = [r[s]['mean_cosine'][g] for s in STAGES]
       rows.append([r['labels']['model'], g, *('-' if v is None else f'{v:+.3f}' for v in vals)])
   return markdown_table(['model', 'layer group', 'mean cosine, pretrained', 'mean cosine, trained'], rows)
+
+
+def _pair(found: tuple[float, str, int, int] | None) -> str:
+  return 'none' if found is None else f'{found[0]:+.3f} (exits after layers {found[2]} and {found[3]}, {found[1]})'
 
 
 def sentences(runs: Sequence[dict[str, Any]]) -> list[str]:
@@ -100,8 +114,9 @@ def sentences(runs: Sequence[dict[str, Any]]) -> list[str]:
     out.append(f'- {r["labels"]["model"]}: exits\' gradients on the shared layers have mean cosine '
                f'{shared_mean(r["pretrained"]):+.3f} at the pretrained start and {shared_mean(r["trained"]):+.3f} '
                f'after Early-Exit training; layer groups with a negative mean (conflict): {neg["pretrained"]} and '
-               f'{neg["trained"]} of {len(r["trained"]["groups"])} (single measurement over '
-               f'{r["trained"]["batches"]} batches: no spread, so no verdict).')
+               f'{neg["trained"]} of {len(r["trained"]["groups"])}; most negative pair: '
+               + '; '.join(f'{s} {_pair(most_negative(r[s]))}' for s in STAGES)
+               + f' (single measurement over {r["trained"]["batches"]} batches: no spread, so no verdict).')
   return out
 
 

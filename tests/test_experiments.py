@@ -159,6 +159,12 @@ def test_gradient_conflict_summary_by_hand():
   text = gradient_conflict.sentences([run])[0]
   assert 'mean cosine +0.400 at the pretrained start and -0.050 after' in text
   assert 'negative mean (conflict): 0 and 1 of 3' in text
+  assert ('most negative pair: pretrained +0.300 (exits after layers 1 and 2, layers_0); trained -0.200 (exits '
+          'after layers 1 and 2, embeddings)') in text
+  four = {'groups': ['embeddings', 'layers_0'], 'exit_layers': [1, 2, 4, 6], 'cosine': {
+      'embeddings': np.array([[1, .9, -.6, -.5], [.9, 1, -.7, -.4], [-.6, -.7, 1, .95], [-.5, -.4, .95, 1]]).tolist(),
+      'layers_0': [[None] * 4, [None, 1, -.8, .1], [None, -.8, 1, .2], [None, .1, .2, 1]]}}
+  assert gradient_conflict.most_negative(four) == (-.8, 'layers_0', 2, 4)  # skips the Nones of exit 1
   assert '| minilm | layers_1 | - | - |' in gradient_conflict.table([run])
 
 
