@@ -97,14 +97,16 @@ def accelerator() -> str:
   return f'{len(names)} x {names[0]}' if names else ''
 
 
-def code_version() -> dict[str, Any]:
-  """The git commit the cell ran on, and whether tracked files differed from it ('unknown' outside git), so
-  that a number can be traced to the code that produced it."""
+def code_version(root: str = ROOT) -> dict[str, Any]:
+  """The git commit the cell ran on, and whether tracked files outside docs/results differed from it
+  ('unknown' outside git), so that a number can be traced to the code that produced it. docs/results is left
+  out: the studies themselves rewrite the committed reports there while they run."""
   try:
-    commit = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=ROOT, capture_output=True, text=True,
+    commit = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=root, capture_output=True, text=True,
                             timeout=30, check=True).stdout.strip()
-    dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=ROOT,
-                           capture_output=True, text=True, timeout=30, check=True).stdout.strip() != ''
+    dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no', '--', '.',
+                            f':!{os.path.relpath(RESULTS_ROOT, ROOT)}'], cwd=root, capture_output=True,
+                           text=True, timeout=30, check=True).stdout.strip() != ''
   except (OSError, subprocess.SubprocessError):
     return {'commit': 'unknown', 'dirty': None}
   return {'commit': commit, 'dirty': dirty}

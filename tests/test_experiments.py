@@ -220,6 +220,23 @@ def test_run_cells_skips_done_cells_and_steps_and_records_failures(tmp_path):
     common.run_cells(_cells(work, ['a', 'a']), str(study), extract, runner=_fake_runner([]))
 
 
+def test_code_version_ignores_the_studies_own_outputs(tmp_path):
+  git = lambda *a: subprocess.run(['git', '-c', 'user.name=t', '-c', 'user.email=t@t', *a], cwd=tmp_path,
+                                  check=True, capture_output=True, text=True).stdout.strip()
+  git('init', '-q')
+  (tmp_path / 'docs' / 'results').mkdir(parents=True)
+  (tmp_path / 'docs' / 'results' / 'README.md').write_text('report\n')
+  (tmp_path / 'train.py').write_text('code\n')
+  git('add', '-A')
+  git('commit', '-qm', 'c')
+  (tmp_path / 'docs' / 'results' / 'README.md').write_text('rewritten by a running study\n')
+  (tmp_path / 'new_untracked.py').write_text('x\n')
+  assert common.code_version(str(tmp_path)) == {'commit': git('rev-parse', 'HEAD'), 'dirty': False}
+  (tmp_path / 'train.py').write_text('edited code\n')
+  assert common.code_version(str(tmp_path))['dirty'] is True
+  assert common.code_version('/')['commit'] == 'unknown'
+
+
 def test_select_cells_orders_by_pattern_and_refuses_unknown_patterns(tmp_path):
   cells = _cells(tmp_path, ['mr_sweet_s42', 'mr_ee_s42', 'mr_sweet_s43', 'mr_ee_s43', 'tw_sweet_s42'])
   names = lambda cs: [c.name for c in cs]
