@@ -91,7 +91,7 @@ def test_study_a_claims_by_hand():
   assert len(out) == 4
   # Averaged over exits: sweet 0.765, 0.78; early_exit 0.73, 0.7375 -> differences 0.035, 0.0425 -> +3.9.
   avg = out.pop(2)
-  assert "sweet's exits are more accurate than Early-Exit's on average" in avg and 'paper: +1.1' in avg
+  assert "SWEET's exits are more accurate than Early-Exit's on average" in avg and 'paper: +1.1' in avg
   avg_binom = math.hypot(math.sqrt(0.7725 * 0.2275 / 1000), math.sqrt(0.73375 * 0.26625 / 1000))
   assert f'+3.9 ± {100 * math.hypot(0.00375, avg_binom):.1f} standard error' in avg
   # First exit: sweet - early_exit per seed 0.10, 0.11 -> 0.105; se = hypot(sem 0.005, binomial of 0.71 and 0.605).
