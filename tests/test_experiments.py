@@ -103,6 +103,12 @@ def test_study_a_claims_by_hand():
   assert 'estimate +0.0' in out[1] and 'inconclusive within spread' in out[1]
   # Within half the layers: 0.78 - 0.60, 0.76 - 0.61 -> +16.5 points.
   assert 'within 0.5 of the layers' in out[2] and '+16.5' in out[2] and '**holds here**' in out[2]
+  # Early-Exit against Multi-Model within half the layers: 0.60 - 0.65, 0.61 - 0.62 -> -3.0 points.
+  by['multi_model'] = [_run('multi_model', s, [0.7] * 4, [(0.5, a, 0.3), (1.0, 0.8, 1.5)])
+                       for s, a in ((42, 0.65), (43, 0.62))]
+  ee_mm = sweet_study_a.budget_claims('movie_reviews', by, (0.5,))[-1]
+  assert ee_mm.startswith('- movie_reviews: Early-Exit is more accurate than Multi-Model within 0.5 of the layers')
+  assert 'estimate -3.0' in ee_mm
 
 
 def test_study_readme_and_figures(tmp_path):
