@@ -153,11 +153,15 @@ def raw_path(study_dir: str, cell: Cell) -> str:
 
 
 def run_cells(cells: Sequence[Cell], study_dir: str, extract: Extract, *, runner: Runner = run_subprocess,
-              dry_run: bool = False) -> Outcome:
+              dry_run: bool = False, redo: Sequence[str] = ()) -> Outcome:
   """Runs every cell whose raw JSON is not in study_dir/runs, step by step (a step whose done-file exists is
   skipped), then writes the raw JSON: extract(cell) plus the cell's labels, commands, wall time per step
   and machine. A failed step is recorded in study_dir/failures.json and the study goes on; a later sitting
-  retries it. dry_run prints the commands of the cells still to do and runs nothing."""
+  retries it. dry_run prints the commands of the cells still to do and runs nothing.
+
+  redo: step names to run again in cells already done (e.g. 'eval', to re-time a speedup measured while
+  another job held the cores); their done-files are removed first, and the new raw JSON keeps the earlier
+  wall times of the steps not rerun."""
   names = [c.name for c in cells]
   if len(set(names)) != len(names):
     raise ValueError(f'Duplicate cell names: {sorted({n for n in names if names.count(n) > 1})}.')
@@ -165,7 +169,8 @@ def run_cells(cells: Sequence[Cell], study_dir: str, extract: Extract, *, runner
   failures_path = os.path.join(study_dir, 'failures.json')
   failures = read_json(failures_path) if os.path.exists(failures_path) else {}
   for i, cell in enumerate(cells):
-    if os.path.exists(raw_path(study_dir, cell)):
+    done_before = os.path.exists(raw_path(study_dir, cell))
+    if done_before and not redo:
       out.skipped.append(cell.name)
       continue
     print(f'[{time.strftime("%H:%M:%S")}] cell {i + 1}/{len(cells)}: {cell.name}', flush=True)
@@ -173,7 +178,8 @@ def run_cells(cells: Sequence[Cell], study_dir: str, extract: Extract, *, runner
       for step in cell.steps:
         print('  ' + step.command())
       continue
-    wall, error = {}, None
+    wall = _redo(cell, study_dir, redo) if done_before else {}
+    error = None
     for step in cell.steps:
       if os.path.exists(os.path.join(cell.workdir, step.done_file)):
         continue
@@ -218,6 +224,20 @@ def select_cells(cells: Sequence[Cell], patterns: Sequence[str]) -> list[Cell]:
   return out
 
 
+def _redo(cell: Cell, study_dir: str, redo: Sequence[str]) -> dict[str, float]:
+  """Prepares a done cell for running the `redo` steps again: removes their done-files and returns the
+  recorded wall times of its other steps (kept in the new raw JSON)."""
+  unknown = set(redo) - {s.name for s in cell.steps}
+  if unknown:
+    raise ValueError(f'--redo: cell {cell.name} has no step {sorted(unknown)}; its steps: '
+                     f'{[s.name for s in cell.steps]}.')
+  for step in cell.steps:
+    done = os.path.join(cell.workdir, step.done_file)
+    if step.name in redo and os.path.exists(done):
+      os.remove(done)
+  return {k: v for k, v in read_json(raw_path(study_dir, cell)).get('wall_s', {}).items() if k not in redo}
+
+
 def study_main(f, study_dir: str, make_cells: Callable[[], Sequence[Cell]], extract: Extract,
                write_report: Callable[[], str]) -> None:
   """What every runner's main does with the common flags (f = absl's FLAGS): run the missing cells (only
@@ -225,7 +245,7 @@ def study_main(f, study_dir: str, make_cells: Callable[[], Sequence[Cell]], extr
   every run on disk); --report_only only writes the report."""
   if not f.report_only:
     cells = select_cells(make_cells(), f.cells)
-    print(run_cells(cells, study_dir, extract, dry_run=f.dry_run).summary(), flush=True)
+    print(run_cells(cells, study_dir, extract, dry_run=f.dry_run, redo=f.redo).summary(), flush=True)
     if f.dry_run:
       return
   print(write_report())
@@ -246,6 +266,8 @@ def define_flags(study: str, *, work_root: bool = True) -> None:
   from absl import flags
   flags.DEFINE_bool('report_only', False, 'Only aggregate the runs on disk: tables, figures, README.')
   flags.DEFINE_bool('dry_run', False, 'Print the commands of the cells still to do; run nothing.')
+  flags.DEFINE_list('redo', [], 'Steps to run again in cells already done (e.g. "eval" with --cells, to '
+                    're-time speedups measured while another job held the cores).')
   flags.DEFINE_list('cells', [], 'Only the cells whose names match these fnmatch patterns, run in the order '
                     'of the patterns (e.g. "*_s42,*_s43"); default: the whole grid in its order.')
   if work_root:

@@ -227,6 +227,15 @@ def test_run_cells_skips_done_cells_and_steps_and_records_failures(tmp_path):
   bad = _cells(work, ['d'])
   out = common.run_cells(bad, str(study), extract, runner=lambda s, w, l: (0, ''))
   assert list(out.failed) == ['d'] and not (study / 'runs' / 'd.json').exists()
+  # --redo=eval on a done cell: only its eval runs again; the new record keeps train's earlier wall time.
+  calls.clear()
+  common.write_json(str(study / 'runs' / 'a.json'), dict(json.loads((study / 'runs' / 'a.json').read_text()),
+                                                       wall_s={'train': 123.0, 'eval': 9.0}))
+  out = common.run_cells(cells[:1], str(study), extract, runner=_fake_runner(calls), redo=['eval'])
+  assert calls == [('a', 'eval')] and out.ran == ['a']
+  assert json.loads((study / 'runs' / 'a.json').read_text())['wall_s'] == {'train': 123.0, 'eval': 0.0}
+  with pytest.raises(ValueError, match='no step'):
+    common.run_cells(cells[:1], str(study), extract, runner=_fake_runner(calls), redo=['evaluate'])
   with pytest.raises(ValueError, match='Duplicate'):
     common.run_cells(_cells(work, ['a', 'a']), str(study), extract, runner=_fake_runner([]))
 
