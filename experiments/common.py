@@ -325,13 +325,14 @@ def lengths_line(cache_path: str) -> str:
 def choose_seq_length(cache_path: str, checkpoint: str, data_fields: Mapping[str, Any], *, quantile: float = 99.0
                       ) -> int:
   """length_from_counts over the training split's token counts (the checkpoint's tokenizer, special tokens
-  included), capped at the model's position table; cached in cache_path under checkpoint/source, so that
-  every sitting of a study uses the same length (and the reader sees it)."""
+  included), rounded up to the data config's length_buckets (the lengths batches pad to), capped at the
+  model's position table; cached in cache_path under checkpoint/source, so that every sitting of a study uses
+  the same length (and the reader sees it)."""
   cache = read_json(cache_path) if os.path.exists(cache_path) else {}
   key = f'{checkpoint}/{data_fields.get("source")}'
   if key in cache:
     return int(cache[key]['max_seq_length'])
-  from encoder_jax.tokenize import DEFAULT_BUCKETS, load_tokenizer  # the package's `tokenize` is the function
+  from encoder_jax.tokenize import load_tokenizer  # the package's `tokenize` is the function
   from encoder_jax.config import EncoderConfig
   from encoder_jax.hf_import import resolve
   from pipeline import data
@@ -343,7 +344,7 @@ def choose_seq_length(cache_path: str, checkpoint: str, data_fields: Mapping[str
   enc = tok(list(texts[0]), list(texts[1]) if len(texts) == 2 else None, truncation=False)
   counts = [len(ids) for ids in enc['input_ids']]
   cap = EncoderConfig.from_json_file(resolve(checkpoint) / 'config.json').max_length
-  length = length_from_counts(counts, quantile=quantile, buckets=DEFAULT_BUCKETS, cap=cap)
+  length = length_from_counts(counts, quantile=quantile, buckets=tuple(cfg.length_buckets), cap=cap)
   cache[key] = {'max_seq_length': length, 'quantile': quantile, 'examples': len(counts),
                 'percentiles': {str(p): float(np.percentile(counts, p)) for p in (50, 90, 99, 100)}}
   write_json(cache_path, cache)
