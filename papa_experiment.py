@@ -274,13 +274,15 @@ def _results(s: _Setup, est: averages.AttentionSums, per_k: list[dict], eval_tok
 def _markdown(res: dict) -> str:
   lines = [f'PAPA probe, {res["model"]} (frozen), {res["data"]["source"]} {res["data"]["subset"]}'.rstrip()
            + f': {res["data"]["num_train"]} train / {res["data"]["num_eval"]} eval examples, length '
-           f'{res["length"]}, averages over {res["estimate_examples"]} examples.', '',
-           '| constant heads | of all | eval accuracy | relative drop |', '|---|---|---|---|']
+           f'{res["length"]}, averages over {res["estimate_examples"]} examples.', '']
+  rows = []
   for r in res['results']:
     name = f'{r["num_constant_heads"]} ({r["label"]})' if r['label'] != str(r['k']) else str(r['k'])
     drop = 'n/a' if r['relative_drop'] is None else f'{100 * r["relative_drop"]:.1f}%'
     drop = '(baseline)' if r['k'] == 0 else drop
-    lines.append(f'| {name} | {100 * r["fraction_constant"]:.0f}% | {r["accuracy"]:.4f} | {drop} |')
+    rows.append([name, f'{100 * r["fraction_constant"]:.0f}%', f'{r["accuracy"]:.4f}', drop])
+  lines.append(reporting.markdown_table(['constant heads', 'of all', 'eval accuracy', 'relative drop'],
+                                        rows).rstrip('\n'))
   cov = res['slot_coverage']
   examples = cov['eval_examples_with_tokens_in_unoccupied_slots']
   lines += ['', f'{cov["num_unoccupied_slots"]} of {res["length"]} layout slots were occupied by no estimate example; '

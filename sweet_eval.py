@@ -282,11 +282,9 @@ def budget_table(curves_: Sequence[tuple[str, dict[str, Any]]]) -> str:
   cols = [('layer_fraction', b, False, f'layers <= {b:g}') for b in LAYER_BUDGETS] + [
       ('measured_speedup', f, True, f'speedup >= {f:g}x') for f in SPEEDUP_FLOORS]
   fmt = lambda a: '-' if a is None else f'{a:.3f}'
-  lines = ['| run | ' + ' | '.join(c[3] for c in cols) + ' |', '|---' * (len(cols) + 1) + '|']
-  for label, curve in curves_:
-    row = [fmt(best_accuracy(curve['points'], key, bound, at_least=ge)) for key, bound, ge, _ in cols]
-    lines.append(f'| {label} | ' + ' | '.join(row) + ' |')
-  return '\n'.join(lines) + '\n'
+  rows = [[label, *(fmt(best_accuracy(curve['points'], key, bound, at_least=ge)) for key, bound, ge, _ in cols)]
+          for label, curve in curves_]
+  return reporting.markdown_table(['run', *(c[3] for c in cols)], rows)
 
 
 def compare(workdirs: Sequence[str], out_path: str) -> None:

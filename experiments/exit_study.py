@@ -17,7 +17,8 @@ import numpy as np
 
 import sweet_eval
 from experiments import common
-from experiments.stats import Spread, markdown_table
+from experiments.stats import Spread
+from pipeline.reporting import markdown_table
 
 POINT_FIELDS = ('threshold', 'accuracy', 'layer_fraction', 'flops_fraction', 'measured_speedup')
 CURVE_FIELDS = ('device', 'engine', 'batch_size', 'timing_examples', 'timing_repeats', 'rule')

@@ -27,7 +27,7 @@ from absl import app, flags
 import numpy as np
 
 from experiments import common, report, sweet_study_a, sweet_study_b
-from experiments.stats import markdown_table
+from pipeline.reporting import markdown_table
 
 STUDY = 'gradient_conflict'
 STAGES = ('pretrained', 'trained')

@@ -33,7 +33,8 @@ from absl import app, flags
 import numpy as np
 
 from experiments import common, exit_study, report
-from experiments.stats import Spread, claim_sentence, difference, markdown_table
+from experiments.stats import Spread, claim_sentence, difference
+from pipeline.reporting import markdown_table
 
 STUDY = 'papa_study'
 MODELS = {'minilm': 'minilm', 'mpnet': 'mpnet-base'}  # name -> checkpoint

@@ -8,7 +8,7 @@ import os
 from typing import Any, Sequence
 
 from experiments import common
-from experiments.stats import markdown_table
+from pipeline.reporting import markdown_table
 
 
 def timing_table(runs: Sequence[dict[str, Any]]) -> str:

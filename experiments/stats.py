@@ -85,9 +85,3 @@ def claim_sentence(claim: str, estimate: float, se: float, *, threshold: float =
   shown = round(estimate * scale, 1) + 0.0  # + 0.0 turns a rounded -0.0 into 0.0
   return (f'- {claim}: **{here}** (estimate {shown:+.1f}{unit} ± {se * scale:.1f}{unit} standard '
           f'error, threshold {threshold * scale:+.1f}{unit}; {runs}{extra}).')
-
-
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-  lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
-  lines += ['| ' + ' | '.join(str(c) for c in row) + ' |' for row in rows]
-  return '\n'.join(lines) + '\n'

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import numpy as np
@@ -41,6 +41,13 @@ def write_json(path: str, obj: Any) -> None:
   with open(tmp, 'w') as f:
     json.dump(to_jsonable(obj), f, indent=2)
   os.replace(tmp, path)
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+  """A markdown table: a header row, its separator, one line per row (cells formatted with str)."""
+  lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+  lines += ['| ' + ' | '.join(str(c) for c in row) + ' |' for row in rows]
+  return '\n'.join(lines) + '\n'
 
 
 class MetricWriter:
