@@ -41,6 +41,7 @@ Which examples each figure of a point describes:
 from __future__ import annotations
 
 import csv
+import dataclasses
 import functools
 import json
 import logging
@@ -98,6 +99,30 @@ def all_exit_logits(forward, params, batches) -> tuple[np.ndarray, np.ndarray, n
   return np.concatenate(logits, 1), np.concatenate(labels), np.concatenate(lengths)
 
 
+@dataclasses.dataclass(frozen=True)
+class EvalSettings:
+  """config.eval's fields, with their defaults (module docstring), checked once."""
+  batch_size: int = 64
+  rule: str = 'confidence'
+  thresholds: tuple[float, ...] | None = None  # None: curves.default_thresholds
+  timing_examples: int = 1024
+  timing_repeats: int = 3
+  engine: str = 'stream'
+
+  @classmethod
+  def of(cls, config) -> 'EvalSettings':
+    section = _get(config, 'eval')
+    settings = cls(batch_size=int(_get(section, 'batch_size', 64)), rule=str(_get(section, 'rule', 'confidence')),
+                   thresholds=tuple(_get(section, 'thresholds', ()) or ()) or None,
+                   timing_examples=int(_get(section, 'timing_examples', 1024)),
+                   timing_repeats=max(1, int(_get(section, 'timing_repeats', 3))),
+                   engine=str(_get(section, 'engine', 'stream')))
+    curves.check_rule(settings.rule)
+    if settings.engine not in adaptive.MODES:
+      raise ValueError(f'config.eval.engine must be one of {adaptive.MODES}, got {settings.engine!r}.')
+    return settings
+
+
 def evaluate(config, workdir: str, *, method: str, encoder_config, exit_config: exits.ExitConfig, params,
              splits: data.Splits, encode_fn: Callable, constants=None) -> dict[str, Any]:
   """Scores a trained exit model on splits.eval and writes WORKDIR/eval/ (see the module docstring).
@@ -111,72 +136,73 @@ def evaluate(config, workdir: str, *, method: str, encoder_config, exit_config: 
   Returns:
     {'per_exit_accuracy': [E], 'temperatures': [E], 'points': [...]} (what the files hold).
   """
-  section = _get(config, 'eval')
-  batch_size = int(_get(section, 'batch_size', 64))
-  rule = str(_get(section, 'rule', 'confidence'))
-  curves.check_rule(rule)
-  thresholds = list(_get(section, 'thresholds', ()) or []) or None
-  timing_examples = int(_get(section, 'timing_examples', 1024))
-  repeats = max(1, int(_get(section, 'timing_repeats', 3)))
-  mode = str(_get(section, 'engine', 'stream'))
-  if mode not in adaptive.MODES:
-    raise ValueError(f'config.eval.engine must be one of {adaptive.MODES}, got {mode!r}.')
-  out_dir = os.path.join(workdir, 'eval')
+  es = EvalSettings.of(config)
   # Every process evaluates on its own devices (the adaptive engine times one device; only process 0 writes),
   # so params restored as global arrays over all hosts come to this host first. Then onto the device once:
   # numpy leaves would be copied in at every call (and distort the timing).
   params, constants = jax.device_put(sharding.host_local((params, constants)))
   forward = forward_fn(method, encoder_config, exit_config, constants)
+  temps, temp_info = fit_temperatures(forward, params, splits.calibration, encode_fn, es.batch_size,
+                                      exit_config.num_exits)
 
-  # Temperatures: on the held-out calibration split only.
-  if splits.calibration is not None and len(splits.calibration):
-    cal_logits, cal_labels, _ = all_exit_logits(forward, params, tokenized_batches(splits.calibration, encode_fn,
-                                                                                    batch_size))
-    temps = calibration.fit_temperatures(cal_logits, cal_labels)
-    temp_info = {'temperatures': temps.tolist(), 'calibrated': True, 'calibration_examples': len(cal_labels),
-                 'nll_at_1': calibration.nll(cal_logits, cal_labels, np.ones(len(temps))).tolist(),
-                 'nll_fitted': calibration.nll(cal_logits, cal_labels, temps).tolist()}
-  else:
-    temps = np.ones(exit_config.num_exits, np.float32)
-    logging.warning('*** No calibration split (data.calibration_size = 0): temperatures are NOT fit and stay 1. '
-                    'They must not be fit on the eval split that is scored; set data.calibration_size > 0 to '
-                    'hold out part of the training data for them. ***')
-    temp_info = {'temperatures': temps.tolist(), 'calibrated': False, 'calibration_examples': 0}
-
-  eval_batches = tokenized_batches(splits.eval, encode_fn, batch_size)
+  eval_batches = tokenized_batches(splits.eval, encode_fn, es.batch_size)
   logits, labels, lengths = all_exit_logits(forward, params, eval_batches)
   per_exit = (logits.argmax(-1) == labels[None]).mean(-1)
   points = curves.sweep(logits, labels, temperatures=temps, encoder_config=encoder_config, exit_config=exit_config,
-                        method=method, seq_lengths=lengths, thresholds=thresholds, rule=rule)
+                        method=method, seq_lengths=lengths,
+                        thresholds=list(es.thresholds) if es.thresholds else None, rule=es.rule)
 
   # Wall-clock: the first timing_examples eval examples, already tokenized, at the eval batch size.
-  n_time = len(labels) if timing_examples <= 0 else min(timing_examples, len(labels))
+  n_time = len(labels) if es.timing_examples <= 0 else min(es.timing_examples, len(labels))
   if n_time == len(labels):
     timed, timed_logits, timed_lengths = eval_batches, logits, lengths
   else:
-    timed = tokenized_batches(splits.eval.subset(np.arange(n_time)), encode_fn, batch_size)
+    timed = tokenized_batches(splits.eval.subset(np.arange(n_time)), encode_fn, es.batch_size)
     timed_logits, _, timed_lengths = all_exit_logits(forward, params, timed)
   engine = adaptive.AdaptiveEngine(encoder_config, exit_config, params, method=method, temperatures=temps,
-                                   rule=rule, batch_size=batch_size, constants=constants)
+                                   rule=es.rule, batch_size=es.batch_size, constants=constants)
   compile_s = engine.warmup({b['input_ids'].shape[1] for b in timed})
-  rows = [{**pt.summary(), **measure(engine, pt.threshold, timed, timed_logits, timed_lengths, mode=mode,
-                                     repeats=repeats, temperatures=temps, rule=rule)} for pt in points]
+  rows = [{**pt.summary(), **measure(engine, pt.threshold, timed, timed_logits, timed_lengths, mode=es.engine,
+                                     repeats=es.timing_repeats, temperatures=temps, rule=es.rule)} for pt in points]
 
-  result = {'per_exit_accuracy': per_exit.tolist(), 'temperatures': temps.tolist(), 'points': rows}
   if jax.process_index() == 0:
-    os.makedirs(out_dir, exist_ok=True)
-    reporting.write_json(os.path.join(out_dir, 'per_exit_accuracy.json'),
-          {'method': method, 'exit_layers': list(exit_config.exit_layers), 'accuracy': per_exit.tolist(),
-           'examples': len(labels)})
-    reporting.write_json(os.path.join(out_dir, 'temperatures.json'), temp_info)
-    curve = {'batch_size': batch_size, 'method': method, 'rule': rule, 'engine': mode,
+    curve = {'batch_size': es.batch_size, 'method': method, 'rule': es.rule, 'engine': es.engine,
              'exit_layers': list(exit_config.exit_layers), 'eval_examples': len(labels),
-             'timing_examples': n_time, 'timing_repeats': repeats, 'compile_s': compile_s,
+             'timing_examples': n_time, 'timing_repeats': es.timing_repeats, 'compile_s': compile_s,
              'device': f'{jax.default_backend()} x{jax.device_count()}', 'points': rows}
-    reporting.write_json(os.path.join(out_dir, 'curve.json'), curve)
-    _write_csv(os.path.join(out_dir, 'curve.csv'), rows)
-    plot_curves([(f'{method} ({mode}, batch {batch_size})', curve)], os.path.join(out_dir, 'curve.png'))
-  return result
+    _write_outputs(os.path.join(workdir, 'eval'), per_exit, temp_info, curve)
+  return {'per_exit_accuracy': per_exit.tolist(), 'temperatures': temps.tolist(), 'points': rows}
+
+
+def fit_temperatures(forward, params, calibration_split, encode_fn, batch_size: int, num_exits: int
+                     ) -> tuple[np.ndarray, dict[str, Any]]:
+  """One temperature per exit, fit on the held-out calibration split only: -> ([E] float, what
+  temperatures.json holds). Without a calibration split they stay 1, with a warning (never fit on eval)."""
+  if calibration_split is None or not len(calibration_split):
+    logging.warning('*** No calibration split (data.calibration_size = 0): temperatures are NOT fit and stay 1. '
+                    'They must not be fit on the eval split that is scored; set data.calibration_size > 0 to '
+                    'hold out part of the training data for them. ***')
+    temps = np.ones(num_exits, np.float32)
+    return temps, {'temperatures': temps.tolist(), 'calibrated': False, 'calibration_examples': 0}
+  cal_logits, cal_labels, _ = all_exit_logits(forward, params,
+                                              tokenized_batches(calibration_split, encode_fn, batch_size))
+  temps = calibration.fit_temperatures(cal_logits, cal_labels)
+  return temps, {'temperatures': temps.tolist(), 'calibrated': True, 'calibration_examples': len(cal_labels),
+                 'nll_at_1': calibration.nll(cal_logits, cal_labels, np.ones(len(temps))).tolist(),
+                 'nll_fitted': calibration.nll(cal_logits, cal_labels, temps).tolist()}
+
+
+def _write_outputs(out_dir: str, per_exit: np.ndarray, temp_info: dict[str, Any], curve: dict[str, Any]) -> None:
+  """WORKDIR/eval/: per_exit_accuracy.json, temperatures.json, curve.json, curve.csv and curve.png."""
+  os.makedirs(out_dir, exist_ok=True)
+  reporting.write_json(os.path.join(out_dir, 'per_exit_accuracy.json'),
+                       {'method': curve['method'], 'exit_layers': curve['exit_layers'], 'accuracy': per_exit.tolist(),
+                        'examples': curve['eval_examples']})
+  reporting.write_json(os.path.join(out_dir, 'temperatures.json'), temp_info)
+  reporting.write_json(os.path.join(out_dir, 'curve.json'), curve)
+  _write_csv(os.path.join(out_dir, 'curve.csv'), curve['points'])
+  label = f"{curve['method']} ({curve['engine']}, batch {curve['batch_size']})"
+  plot_curves([(label, curve)], os.path.join(out_dir, 'curve.png'))
 
 
 def measure(engine: adaptive.AdaptiveEngine, threshold: float, batches, logits, lengths, *, mode: str,

@@ -146,25 +146,7 @@ class Layer(nn.Module):
     dropout = None
     if not deterministic and cfg.attention_dropout > 0:
       dropout = lambda p: nn.Dropout(cfg.attention_dropout)(p, deterministic=False)
-    contexts, probs, vstart, qstart = [], [], 0, 0
-    for kind, kernel_fn in attention.KERNELS.items():
-      heads = groups[kind]
-      if not heads:
-        continue
-      qs = slice(qstart, qstart + len(heads))
-      has_qk = kind != 'constant'
-      ctx, pr = kernel_fn(
-          q[:, :, qs] if has_qk else None, k[:, :, qs] if has_qk else None,
-          v[:, :, vstart:vstart + len(heads)], mask,
-          constant=None if kind == 'softmax' else _rows(constants, self.index, heads, 'constants'),
-          gate=_rows(gates, self.index, heads, 'gates') if kind == 'mixed' else None,
-          dropout=dropout, return_probs=return_attention,
-          bias=score_bias[..., qs, :, :] if has_qk and score_bias is not None else None)
-      contexts.append(ctx)
-      probs.append(pr)
-      vstart += len(heads)
-      qstart += len(heads) if has_qk else 0
-    context = jnp.concatenate(contexts, axis=2) if len(contexts) > 1 else contexts[0]
+    context, probs = self._attend(groups, q, k, v, mask, score_bias, constants, gates, dropout, return_attention)
 
     context = context.reshape(*x.shape[:2], n * d)
     attn = _dense(context, _take(wo, order, 0).reshape(n * d, h).astype(dtype), bo.astype(dtype))
@@ -184,6 +166,30 @@ class Layer(nn.Module):
     grouped = jnp.concatenate(probs, axis=1) if len(probs) > 1 else probs[0]
     return x, grouped[:, [order.index(i) for i in range(n)]]  # back to head order
 
+
+  def _attend(self, groups, q, k, v, mask, score_bias, constants, gates, dropout, return_attention):
+    """Each kind's kernel on its group of heads: -> (context [batch, seq, heads, d] in grouped head order,
+    [probs per group, or None]). q, k: [batch, seq, query/key heads, d]; v: [batch, seq, heads, d], both in
+    grouped order (constant heads have no query or key)."""
+    contexts, probs, vstart, qstart = [], [], 0, 0
+    for kind, kernel_fn in attention.KERNELS.items():
+      heads = groups[kind]
+      if not heads:
+        continue
+      qs = slice(qstart, qstart + len(heads))
+      has_qk = kind != 'constant'
+      ctx, pr = kernel_fn(
+          q[:, :, qs] if has_qk else None, k[:, :, qs] if has_qk else None,
+          v[:, :, vstart:vstart + len(heads)], mask,
+          constant=None if kind == 'softmax' else _rows(constants, self.index, heads, 'constants'),
+          gate=_rows(gates, self.index, heads, 'gates') if kind == 'mixed' else None,
+          dropout=dropout, return_probs=return_attention,
+          bias=score_bias[..., qs, :, :] if has_qk and score_bias is not None else None)
+      contexts.append(ctx)
+      probs.append(pr)
+      vstart += len(heads)
+      qstart += len(heads) if has_qk else 0
+    return (jnp.concatenate(contexts, axis=2) if len(contexts) > 1 else contexts[0]), probs
 
   def _score_terms(self, q, k, position, qk_heads, query, key, deterministic):
     """What the architecture adds to the scores of the query/key heads: -> (q for the kernel, score term

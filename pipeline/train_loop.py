@@ -157,6 +157,38 @@ def _stop_on_signals():
       signal.signal(s, h)
 
 
+@dataclasses.dataclass
+class _Throughput:
+  """Training examples per second, timed from the end of this process's first step (the one that compiles)."""
+  batch_size: int
+  t0: float = dataclasses.field(default_factory=time.time)
+  seen: int = 0
+  timing: bool = False
+
+  def step_done(self) -> None:
+    if self.timing:
+      self.seen += self.batch_size
+    else:
+      self.t0, self.timing = time.time(), True
+
+  @property
+  def rate(self) -> float:
+    return self.seen / max(time.time() - self.t0, 1e-9)
+
+
+@dataclasses.dataclass
+class _Run:
+  """A training run's fixed pieces: its length, its checkpointer, and what every checkpoint records."""
+  ckpt: checkpoints.Checkpointer
+  meta: dict[str, Any]  # steps_per_epoch, batch_size, seed, num_train_examples, fingerprint
+  total_steps: int
+
+  def save(self, state, step: int, force: bool = False) -> None:
+    spe = self.meta['steps_per_epoch']
+    self.ckpt.save(step, state, dict(self.meta, step=step, epoch=step // spe, batch_in_epoch=step % spe),
+                   force=force)
+
+
 def train_and_evaluate(config, workdir: str, method: Method, splits: data.Splits, encode_fn,
                        extra_results: dict[str, Any] | None = None,
                        run_fingerprint: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -173,7 +205,6 @@ def train_and_evaluate(config, workdir: str, method: Method, splits: data.Splits
   """
   tc = config.train
   mesh, min_shard = _mesh(config)
-  pc, pi = jax.process_count(), jax.process_index()
   steps_per_epoch = data.num_batches(len(splits.train), tc.batch_size, drop_remainder=True)
   if steps_per_epoch == 0:
     raise ValueError(f'The training split has {len(splits.train)} examples, fewer than one batch of {tc.batch_size}.')
@@ -184,80 +215,35 @@ def train_and_evaluate(config, workdir: str, method: Method, splits: data.Splits
   params = method.init(init_rng)
   state = {'params': params, 'opt_state': tx.init(params), 'step': jnp.zeros((), jnp.int32)}
   shardings = sharding.param_shardings(mesh, state, min_shard)
-  ckpt = checkpoints.Checkpointer(workdir, max_to_keep=tc.get('max_to_keep', 2))
   meta = {'steps_per_epoch': steps_per_epoch, 'batch_size': tc.batch_size, 'seed': tc.seed,
           'num_train_examples': len(splits.train), 'fingerprint': fingerprint.normalized(run_fingerprint or {})}
-  if ckpt.latest_step() is not None:
-    restored = ckpt.restore_newest(checkpoints.abstract(state, shardings), _same_run_check(meta, workdir),
-                                   delete_damaged=True)
-    state = restored.state
-    done = _finished_results(workdir, meta['fingerprint'], total_steps) if restored.step >= total_steps else None
-    if done is not None:
-      ckpt.close()
-      _say(f'{workdir} already holds this finished run ({restored.step} steps, same data and model): '
-           'results.json and metrics.jsonl are left as they are.')
-      return done
-    _say(f'Resuming from step {restored.step} of {total_steps}: {max(total_steps - restored.step, 0)} steps left.')
-  else:
-    # Own copies: the step donates the state, and init may return arrays the caller still holds.
-    # (jit outputs never alias non-donated inputs; device_put may, even with may_alias=False.)
-    state = jax.jit(lambda s: s, out_shardings=shardings)(state)
-  start = int(state['step'])
+  run = _Run(checkpoints.Checkpointer(workdir, max_to_keep=tc.get('max_to_keep', 2)), meta, total_steps)
+  pc, pi = jax.process_count(), jax.process_index()
 
-  train_step = jax.jit(make_train_step(method, tx), donate_argnums=(0,),
-                       out_shardings=(shardings, sharding.replicated(mesh)),
-                       compiler_options=encoder_jax.compiler_options())  # CPU: see encoder_jax/tuning.py
+  def batches_from(step):
+    epoch, offset = divmod(step, steps_per_epoch)
+    return data.iterate_batches(splits.train, encode_fn, tc.batch_size, seed=tc.seed, epoch=epoch,
+                                shuffle=True, start_batch=offset, process_index=pi, process_count=pc,
+                                agree_length=sharding.max_over_processes, drop_remainder=True)
+
   writer = reporting.MetricWriter(workdir)
-  log_every = max(1, tc.get('log_every', 50))
-  ckpt_every = tc.get('checkpoint_every', 0) or steps_per_epoch
-  bar = reporting.progress(total_steps, initial=start)
-  last_good, interrupted, seen = start, None, 0
-  wall0 = t0 = time.time()
-
-  def save(step, force=False):
-    ckpt.save(step, state, dict(meta, step=step, epoch=step // steps_per_epoch,
-                                batch_in_epoch=step % steps_per_epoch), force=force)
-
-  with _stop_on_signals() as signals:
-    step = start
-    while step < total_steps and not signals:
-      epoch, offset = divmod(step, steps_per_epoch)
-      batches = data.iterate_batches(splits.train, encode_fn, tc.batch_size, seed=tc.seed, epoch=epoch,
-                                     shuffle=True, start_batch=offset, process_index=pi, process_count=pc,
-                                     agree_length=sharding.max_over_processes, drop_remainder=True)
-      for batch in batches:
-        state, metrics = train_step(state, sharding.global_batch(batch, mesh), jax.random.fold_in(train_rng, step))
-        step += 1
-        loss = float(metrics['loss'])
-        if not math.isfinite(loss):
-          bar.close()
-          ckpt.close()
-          raise TrainingDiverged(
-              f'Loss became {loss} at step {step}. The last good checkpoint (step {last_good}) is kept in '
-              f'{ckpt.directory}; lower train.learning_rate or check the data, then rerun to resume.')
-        if step == start + 1:  # the first step compiles: time throughput from the second on
-          t0, seen = time.time(), 0
-        else:
-          seen += tc.batch_size
-        bar.update(1)
-        if step % log_every == 0 or step == total_steps:
-          rate = seen / max(time.time() - t0, 1e-9)
-          bar.set_postfix(loss=f'{loss:.4f}', ex_per_s=f'{rate:.1f}')
-          writer.write(step, 'train', dict(jax.device_get(metrics), examples_per_s=rate, epoch=epoch))
-        if step % ckpt_every == 0 or step == total_steps:
-          save(step)
-          last_good = step
-        if signals or step >= total_steps:
-          break
-    if signals:
-      interrupted = signals[0]
-      if last_good != step:
-        save(step, force=True)
-  bar.close()
-  ckpt.close()
-  train_time, rate = time.time() - wall0, seen / max(time.time() - t0, 1e-9)
-  if interrupted is not None:
-    print(f'Stopped by signal {interrupted} at step {step}/{total_steps}; checkpoint saved in {ckpt.directory}. '
+  try:
+    state, done = _initial_state(run, state, shardings, workdir)
+    if done is not None:
+      return done
+    wall0 = time.time()
+    train_step = jax.jit(make_train_step(method, tx), donate_argnums=(0,),
+                         out_shardings=(shardings, sharding.replicated(mesh)),
+                         compiler_options=encoder_jax.compiler_options())  # CPU: see encoder_jax/tuning.py
+    step_fn = lambda s, batch, step: train_step(s, sharding.global_batch(batch, mesh),
+                                                jax.random.fold_in(train_rng, step))
+    with _stop_on_signals() as signals:
+      state, step, throughput = _train_steps(run, state, step_fn, batches_from, tc, writer, signals)
+  finally:
+    run.ckpt.close()
+  train_time, rate = time.time() - wall0, throughput.rate
+  if signals:
+    print(f'Stopped by signal {signals[0]} at step {step}/{total_steps}; checkpoint saved in {run.ckpt.directory}. '
           'Rerun the same command to resume.')
     return {'interrupted': True, 'step': step}
 
@@ -268,6 +254,69 @@ def train_and_evaluate(config, workdir: str, method: Method, splits: data.Splits
                  examples_per_s=rate, fingerprint=meta['fingerprint'], config=config)
   reporting.write_json(f'{workdir}/results.json', results)
   return results
+
+
+def _initial_state(run: _Run, state, shardings, workdir: str):
+  """-> (the state to train from, None), or (None, results) when workdir already holds this finished run.
+
+  state: a freshly initialised {'params', 'opt_state', 'step'}; the newest checkpoint that restores (and is
+  this run's, _same_run_check) replaces it.
+  """
+  if run.ckpt.latest_step() is None:
+    # Own copies: the step donates the state, and init may return arrays the caller still holds.
+    # (jit outputs never alias non-donated inputs; device_put may, even with may_alias=False.)
+    return jax.jit(lambda s: s, out_shardings=shardings)(state), None
+  restored = run.ckpt.restore_newest(checkpoints.abstract(state, shardings), _same_run_check(run.meta, workdir),
+                                     delete_damaged=True)
+  if restored.step >= run.total_steps:
+    done = _finished_results(workdir, run.meta['fingerprint'], run.total_steps)
+    if done is not None:
+      _say(f'{workdir} already holds this finished run ({restored.step} steps, same data and model): '
+           'results.json and metrics.jsonl are left as they are.')
+      return None, done
+  _say(f'Resuming from step {restored.step} of {run.total_steps}: '
+       f'{max(run.total_steps - restored.step, 0)} steps left.')
+  return restored.state, None
+
+
+def _train_steps(run: _Run, state, step_fn, batches_from, tc, writer, signals):
+  """Trains from state['step'] to run.total_steps, or until `signals` (then saves where it stopped).
+
+  step_fn(state, batch, step) -> (state, metrics); batches_from(step) iterates the batches from that step
+  to the end of its epoch. Logs every tc.log_every steps, checkpoints every tc.checkpoint_every (default: an
+  epoch) and at the end. -> (state, the step reached, _Throughput). Raises TrainingDiverged.
+  """
+  spe = run.meta['steps_per_epoch']
+  log_every, ckpt_every = max(1, tc.get('log_every', 50)), tc.get('checkpoint_every', 0) or spe
+  step = last_good = int(state['step'])
+  throughput = _Throughput(tc.batch_size)
+  bar = reporting.progress(run.total_steps, initial=step)
+  try:
+    while step < run.total_steps and not signals:
+      for batch in batches_from(step):
+        state, metrics = step_fn(state, batch, step)
+        step += 1
+        loss = float(metrics['loss'])
+        if not math.isfinite(loss):
+          raise TrainingDiverged(
+              f'Loss became {loss} at step {step}. The last good checkpoint (step {last_good}) is kept in '
+              f'{run.ckpt.directory}; lower train.learning_rate or check the data, then rerun to resume.')
+        throughput.step_done()
+        bar.update(1)
+        if step % log_every == 0 or step == run.total_steps:
+          bar.set_postfix(loss=f'{loss:.4f}', ex_per_s=f'{throughput.rate:.1f}')
+          writer.write(step, 'train', dict(jax.device_get(metrics), examples_per_s=throughput.rate,
+                                           epoch=(step - 1) // spe))
+        if step % ckpt_every == 0 or step == run.total_steps:
+          run.save(state, step)
+          last_good = step
+        if signals or step >= run.total_steps:
+          break
+  finally:
+    bar.close()
+  if signals and last_good != step:
+    run.save(state, step, force=True)
+  return state, step, throughput
 
 
 def _say(message: str) -> None:

@@ -28,6 +28,13 @@ def tiny_bert(tmp_path_factory):
 
 
 @pytest.fixture(scope='session')
+def models():
+  """The small exit models of tests/adaptive_models.py (test_adaptive, test_sweet_eval): method -> params."""
+  from tests.adaptive_models import make_models
+  return make_models()
+
+
+@pytest.fixture(scope='session')
 def trained(tmp_path_factory):
   """Tiny checkpointed workdirs (tests/trained_workdirs.py) shared by test_predict and test_export:
   name -> (config, workdir), made on first use."""
