@@ -36,6 +36,7 @@ import argparse
 import json
 import os
 import time
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -149,14 +150,20 @@ def all_exit_logits(cfg, ecfg, params, method, batch_list):
   return logits, lengths
 
 
-def main():
-  args = parse_args()
-  print(f'machine: {machine()}', flush=True)
-  config = load_config(args.config) if args.workdir else None
-  # A trained workdir is timed on its own eval split (its config's data seed), never on its training data.
-  splits = data.load_splits(config.data if config else data.base_config())
+class Model(NamedTuple):
+  """What is timed: the exit model, its tokenization and its calibrated temperatures."""
+  cfg: encoder_jax.EncoderConfig
+  ecfg: exits.ExitConfig
+  params: dict  # on the device
+  method: str
+  encode_fn: Callable
+  temps: np.ndarray  # [E], fit on (at most 512 of) the calibration split
+  source: str  # what the model is, for the report
+
+
+def load_model(args, config, splits) -> Model:
+  """The trained --workdir, or the frozen pretrained MiniLM with heads fit here."""
   num_labels = splits.train.num_labels
-  t0 = time.perf_counter()
   if args.workdir:
     cfg, ecfg, params, method, encode_fn = restore(config, args.workdir, num_labels)
     source = f'trained checkpoint of {args.workdir}'
@@ -170,103 +177,120 @@ def main():
   params = jax.device_put(params)  # numpy leaves would be copied in at every call
   cal = splits.calibration.subset(np.arange(min(512, len(splits.calibration))))
   cal_logits, _ = all_exit_logits(cfg, ecfg, params, method, batches(cal, encode_fn, 64))
-  cal_labels = cal.labels
-  temps = calibration.fit_temperatures(cal_logits, cal_labels)
-  print(f'model: {source}; exits {ecfg.exit_layers}; temperatures {np.round(temps, 3).tolist()} '
-        f'({time.perf_counter() - t0:.0f}s)', flush=True)
+  return Model(cfg, ecfg, params, method, encode_fn, calibration.fit_temperatures(cal_logits, cal.labels), source)
 
+
+def time_point(engine, pt, batch_list, real, modes, args):
+  """Times one threshold: -> (median-ratio speedups, best-of-repeats speedups, agree), per mode.
+
+  Each repeat times the full model, then every mode, back to back (a noisy neighbour on the shared machine
+  slows neighbouring runs alike); the speedup is the ratio of the medians over the repeats, which a burst of
+  load in a minority of the runs does not move. Best-of-repeats ratios (timeit's estimator: load only ever
+  slows a run down) go to the JSON as well.
+  """
+  times = {m: [] for m in ('full',) + modes}
+  agree = True
+  for r in range(args.repeats):
+    start = time.perf_counter()
+    engine.run_full(batch_list)
+    times['full'].append(time.perf_counter() - start)
+    for m in modes:
+      if m == 'calm' and r >= args.calm_repeats:
+        continue
+      start = time.perf_counter()
+      res = engine.run(batch_list, pt.threshold, mode=m)
+      times[m].append(time.perf_counter() - start)
+      try:  # every real example answered, with the sweep's exit and prediction
+        sweet_eval.check_engine(res, real, pt.exit_index, pt.predictions, pt.threshold)
+      except RuntimeError as e:
+        print(e, flush=True)
+        agree = False
+  speed = {m: float(np.median(times['full']) / np.median(times[m])) for m in modes}
+  best = {m: float(np.min(times['full']) / np.min(times[m])) for m in modes}
+  return speed, best, agree, times['full']
+
+
+def bench_batch_size(batch_size, args, model: Model, splits, peak, device_kind):
+  """Every threshold at one batch size: prints its rows, -> its entry of the results JSON."""
+  cfg, ecfg, params, method, encode_fn, temps, _ = model
+  n = args.examples_batch1 if batch_size == 1 else args.examples_small if batch_size < 16 else args.examples
+  evaluation = splits.eval.subset(np.arange(min(n, len(splits.eval))))
+  batch_list = batches(evaluation, encode_fn, batch_size)
+  logits, lengths = all_exit_logits(cfg, ecfg, params, method, batch_list)
+  real = np.concatenate([b['example_mask'] > 0 for b in batch_list])  # padding rows of a last partial batch
+  labels = evaluation.labels
+  points = curves.sweep(logits, labels, temperatures=temps, encoder_config=cfg, exit_config=ecfg,
+                        method=method, seq_lengths=lengths)
+  engine = adaptive.AdaptiveEngine(cfg, ecfg, params, method=method, temperatures=temps, batch_size=batch_size)
+  compile_s = engine.warmup({b['input_ids'].shape[1] for b in batch_list})
+  # At batch size 1 there is nothing to compact: the three modes do the same work; time two.
+  modes = ('stream', 'calm') if batch_size == 1 else adaptive.MODES
+  print(f'\nbatch {batch_size}: {len(labels)} examples in {len(batch_list)} batches, seq lengths '
+        f'{sorted({b["input_ids"].shape[1] for b in batch_list})}; warm-up (compilation) {compile_s:.0f}s\n'
+        f'{"batch":>5} {"thresh":>6} {"acc":>6} {"layers":>6} {"flops":>6} {"ideal":>6} | '
+        f'{"stream":>6} {"ratio":>5} | {"compact":>7} {"ratio":>5} | {"calm":>6} {"ratio":>5} | agree', flush=True)
+  out_rows, full_times = [], []
+  for pt in points:
+    speed, best, agree, full_t = time_point(engine, pt, batch_list, real, modes, args)
+    full_times += full_t
+    ideal = 1.0 / pt.flops_fraction
+    if batch_size == 1:  # identical at batch 1: nothing to compact
+      speed['compact'], best['compact'] = speed['stream'], best['stream']
+    cell = lambda m: f'{speed[m]:6.2f} {speed[m] / ideal:5.2f}'
+    print(f'{batch_size:5d} {pt.threshold:6.3f} {pt.accuracy:6.3f} {pt.layer_fraction:6.3f} '
+          f'{pt.flops_fraction:6.3f} {ideal:6.2f} | {cell("stream")} | {cell("compact"):>13} | {cell("calm")} | '
+          f'{"yes" if agree else "NO"}', flush=True)
+    out_rows.append({**pt.summary(), 'ideal_speedup': ideal, **{f'{m}_speedup': s for m, s in speed.items()},
+                     **{f'{m}_best_of_speedup': s for m, s in best.items()}, 'agree': agree})
+  full = float(np.median(full_times))
+  # Model FLOPs of the timed examples through the full model (sweet_jax.curves' count; padding rows of a last
+  # partial batch are not counted); an engine run does flops_fraction of them.
+  full_flops = float(sum(curves.full_model_flops(cfg, ecfg, int(seq)) for seq in lengths))
+  mfu = f'; MFU not reported (peak of {device_kind!r} unknown)'
+  if peak:
+    for row in out_rows:
+      for m in modes:
+        row[f'{m}_mfu'] = full_flops * row['flops_fraction'] * row[f'{m}_speedup'] / full / peak
+    mfu = f'; MFU {full_flops / full / peak:.1%} of {peak / 1e12:.0f} TFLOP/s ({device_kind}), engines: ' + ', '.join(
+        f'{m} {min(r[f"{m}_mfu"] for r in out_rows):.1%}-{max(r[f"{m}_mfu"] for r in out_rows):.1%}' for m in modes)
+  print(f'full model: median {full:.2f}s per pass ({1e3 * full / len(labels):.1f} ms per example, '
+        f'{full_flops / full / 1e9:.1f} GFLOP/s){mfu}', flush=True)
+  return {'examples': len(labels), 'full_model_s': full, 'compile_s': compile_s, 'full_model_flops': full_flops,
+          'full_model_mfu': full_flops / full / peak if peak else None, 'points': out_rows}
+
+
+def print_worst(results, repeats):
+  """The goal line: the worst measured / ideal ratio at batch 64 over thresholds with layer_fraction <= 0.7."""
+  pts = [r for r in results['batch_sizes'].get(64, {}).get('points', []) if r['layer_fraction'] <= 0.7]
+  if not pts:
+    return
+  worst = {m: min(r[f'{m}_speedup'] / r['ideal_speedup'] for r in pts) for m in adaptive.MODES}
+  worst_best = {m: min(r[f'{m}_best_of_speedup'] / r['ideal_speedup'] for r in pts) for m in adaptive.MODES}
+  print(f'\nbest-of-{repeats} estimator: worst measured/ideal stream {worst_best["stream"]:.2f} '
+        f'(compact {worst_best["compact"]:.2f}, calm {worst_best["calm"]:.2f})')
+  print(f'worst measured/ideal at batch 64 over thresholds with layer_fraction <= 0.7 (medians): '
+        f'stream {worst["stream"]:.2f} (compact {worst["compact"]:.2f}, calm {worst["calm"]:.2f})')
+
+
+def main():
+  args = parse_args()
+  print(f'machine: {machine()}', flush=True)
+  config = load_config(args.config) if args.workdir else None
+  # A trained workdir is timed on its own eval split (its config's data seed), never on its training data.
+  splits = data.load_splits(config.data if config else data.base_config())
+  t0 = time.perf_counter()
+  model = load_model(args, config, splits)
+  print(f'model: {model.source}; exits {model.ecfg.exit_layers}; temperatures {np.round(model.temps, 3).tolist()} '
+        f'({time.perf_counter() - t0:.0f}s)', flush=True)
   peak, device_kind = peak_flops(args.dtype)
-  results = {'machine': machine(), 'model': source, 'dtype': args.dtype, 'device_kind': device_kind,
-             'peak_flops': peak, 'temperatures': temps.tolist(), 'batch_sizes': {}}
-  header = (f'{"batch":>5} {"thresh":>6} {"acc":>6} {"layers":>6} {"flops":>6} {"ideal":>6} | '
-            f'{"stream":>6} {"ratio":>5} | {"compact":>7} {"ratio":>5} | {"calm":>6} {"ratio":>5} | agree')
+  results = {'machine': machine(), 'model': model.source, 'dtype': args.dtype, 'device_kind': device_kind,
+             'peak_flops': peak, 'temperatures': model.temps.tolist(), 'batch_sizes': {}}
   for batch_size in [int(b) for b in args.batch_sizes.split(',')]:
-    n = args.examples_batch1 if batch_size == 1 else args.examples_small if batch_size < 16 else args.examples
-    evaluation = splits.eval.subset(np.arange(min(n, len(splits.eval))))
-    batch_list = batches(evaluation, encode_fn, batch_size)
-    logits, lengths = all_exit_logits(cfg, ecfg, params, method, batch_list)
-    real = np.concatenate([b['example_mask'] > 0 for b in batch_list])  # padding rows of a last partial batch
-    labels = evaluation.labels
-    points = curves.sweep(logits, labels, temperatures=temps, encoder_config=cfg, exit_config=ecfg,
-                          method=method, seq_lengths=lengths)
-    engine = adaptive.AdaptiveEngine(cfg, ecfg, params, method=method, temperatures=temps, batch_size=batch_size)
-    compile_s = engine.warmup({b['input_ids'].shape[1] for b in batch_list})
-    # At batch size 1 there is nothing to compact: the three modes do the same work; time two.
-    modes = ('stream', 'calm') if batch_size == 1 else adaptive.MODES
-    print(f'\nbatch {batch_size}: {len(labels)} examples in {len(batch_list)} batches, seq lengths '
-          f'{sorted({b["input_ids"].shape[1] for b in batch_list})}; warm-up (compilation) {compile_s:.0f}s',
-          flush=True)
-    print(header, flush=True)
-    out_rows, full_times = [], []
-    for pt in points:
-      # Each repeat times the full model, then every mode, back to back (a noisy neighbour on the shared machine
-      # slows neighbouring runs alike); the speedup is the ratio of the medians over the repeats at this
-      # threshold, which a burst of load in a minority of the runs does not move. Best-of-repeats ratios
-      # (timeit's estimator: load only ever slows a run down) go to the JSON as well.
-      times = {m: [] for m in ('full',) + modes}
-      agree = True
-      for r in range(args.repeats):
-        start = time.perf_counter()
-        engine.run_full(batch_list)
-        times['full'].append(time.perf_counter() - start)
-        for m in modes:
-          if m == 'calm' and r >= args.calm_repeats:
-            continue
-          start = time.perf_counter()
-          res = engine.run(batch_list, pt.threshold, mode=m)
-          times[m].append(time.perf_counter() - start)
-          try:  # every real example answered, with the sweep's exit and prediction
-            sweet_eval.check_engine(res, real, pt.exit_index, pt.predictions, pt.threshold)
-          except RuntimeError as e:
-            print(e, flush=True)
-            agree = False
-      full_times += times['full']
-      ratios = {m: [float(np.median(times['full']) / np.median(times[m])),
-                    float(np.min(times['full']) / np.min(times[m]))] for m in modes}
-      ideal = 1.0 / pt.flops_fraction
-      speed = {m: r[0] for m, r in ratios.items()}
-      best = {m: r[1] for m, r in ratios.items()}
-      if batch_size == 1:  # identical at batch 1: nothing to compact
-        speed['compact'], best['compact'] = speed['stream'], best['stream']
-      cell = lambda m: f'{speed[m]:6.2f} {speed[m] / ideal:5.2f}'
-      print(f'{batch_size:5d} {pt.threshold:6.3f} {pt.accuracy:6.3f} {pt.layer_fraction:6.3f} '
-            f'{pt.flops_fraction:6.3f} {ideal:6.2f} | {cell("stream")} | {cell("compact"):>13} | {cell("calm")} | '
-            f'{"yes" if agree else "NO"}', flush=True)
-      out_rows.append({**pt.summary(), 'ideal_speedup': ideal,
-                       **{f'{m}_speedup': s for m, s in speed.items()},
-                       **{f'{m}_best_of_speedup': s for m, s in best.items()}, 'agree': agree})
-    full = float(np.median(full_times))
-    # Model FLOPs of the timed examples through the full model (sweet_jax.curves' count; padding rows of a last
-    # partial batch are not counted); an engine run does flops_fraction of them.
-    full_flops = float(sum(curves.full_model_flops(cfg, ecfg, int(seq)) for seq in lengths))
-    mfu = ''
-    if peak:
-      for row in out_rows:
-        for m in modes:
-          row[f'{m}_mfu'] = full_flops * row['flops_fraction'] * row[f'{m}_speedup'] / full / peak
-      mfu = f'; MFU {full_flops / full / peak:.1%} of {peak / 1e12:.0f} TFLOP/s ({device_kind}), engines: ' + ', '.join(
-          f'{m} {min(r[f"{m}_mfu"] for r in out_rows):.1%}-{max(r[f"{m}_mfu"] for r in out_rows):.1%}' for m in modes)
-    print(f'full model: median {full:.2f}s per pass ({1e3 * full / len(labels):.1f} ms per example, '
-          f'{full_flops / full / 1e9:.1f} GFLOP/s){mfu or f"; MFU not reported (peak of {device_kind!r} unknown)"}',
-          flush=True)
-    results['batch_sizes'][batch_size] = {'examples': len(labels), 'full_model_s': full, 'compile_s': compile_s,
-                                          'full_model_flops': full_flops,
-                                          'full_model_mfu': full_flops / full / peak if peak else None,
-                                          'points': out_rows}
+    results['batch_sizes'][batch_size] = bench_batch_size(batch_size, args, model, splits, peak, device_kind)
   if args.out:
     with open(args.out, 'w') as f:
       json.dump(results, f, indent=1)
-  worst, worst_best = {}, {}
-  pts = [r for r in results['batch_sizes'].get(64, {}).get('points', []) if r['layer_fraction'] <= 0.7]
-  for m in adaptive.MODES:
-    if pts:
-      worst[m] = min(r[f'{m}_speedup'] / r['ideal_speedup'] for r in pts)
-      worst_best[m] = min(r[f'{m}_best_of_speedup'] / r['ideal_speedup'] for r in pts)
-  if worst:
-    print(f'\nbest-of-{args.repeats} estimator: worst measured/ideal stream {worst_best["stream"]:.2f} '
-          f'(compact {worst_best["compact"]:.2f}, calm {worst_best["calm"]:.2f})')
-    print(f'worst measured/ideal at batch 64 over thresholds with layer_fraction <= 0.7 (medians): '
-          f'stream {worst["stream"]:.2f} (compact {worst["compact"]:.2f}, calm {worst["calm"]:.2f})')
+  print_worst(results, args.repeats)
 
 
 if __name__ == '__main__':
