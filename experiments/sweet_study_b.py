@@ -18,9 +18,8 @@ Evaluation settings as study A: 7 confidence thresholds 0.51 ... 1 (exit_study.e
 config.eval.timing_repeats=1 on 512 timed examples.
 Sequence length: the 99th percentile of the training split's token counts under MPNet's tokenizer, rounded up
 to the next padding bucket (common.choose_seq_length; cached in docs/results/sweet_study_b/seq_lengths.json).
-Expected time per cell on 2 quiet CPU cores: ~40 min of training per SWEET or Early-Exit run (MiniLM's
-measured 5.5 min scaled by the ~7x FLOPs per token of 12 layers of width 768), ~3x that for Multi-Model, eval
-~10 min; not measured yet. Another job on the same cores doubles these.
+Time per cell on 2 CPU cores, measured (2026-12-01, niced unit tests sharing the cores): SWEET and
+Early-Exit train in 31-32 min and evaluate in 6.5-7 min; Multi-Model (23 layers) about twice the training.
 Claims: SWEET's last exit against Early-Exit's on MPNet; and, when study A's movie-review runs are on disk,
 whether that gap is smaller than on MiniLM (docs/results/sweet_study_a/runs).
 """
