@@ -15,8 +15,9 @@ config.papa.ks = k constant heads for the fractions 0, 1/8, 1/4, 1/2, 3/4, 1 of 
 first). Everything else is papa_demo's: 3,000 training and 1,000 eval examples, 15 probe epochs, a 120-step
 ranking run. Layout length (config.papa.length): the 99th percentile of the training split's token counts
 under the model's tokenizer, rounded up to the next padding bucket (common.choose_seq_length).
-Expected time per cell on 2 CPU cores: MiniLM ~16 min (demo: 11 min for 3 probes), MPNet ~70 min (4-5x the
-encoder cost); the whole grid ~9 h.
+Time per cell on 2 CPU cores, measured for MiniLM (2026-12-01): 4.6-5.4 min on quiet cores, 7-8 min with the
+test suite sharing them (the probes train on cached features, so the encoder passes dominate). MPNet-base
+~40 min, scaled by its ~8x FLOPs per token, not measured. The whole grid ~4.5 h.
 Claims (thresholds stated in each sentence): every head constant costs a small relative drop (< 10%; the
 paper averages ~8% over tasks for BERT-base); half the heads constant cost little or none (< 2%); the better
 model (higher k = 0 accuracy) loses more with every head constant.
