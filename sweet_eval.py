@@ -111,12 +111,12 @@ class EvalSettings:
 
   @classmethod
   def of(cls, config) -> 'EvalSettings':
-    section = _get(config, 'eval')
-    settings = cls(batch_size=int(_get(section, 'batch_size', 64)), rule=str(_get(section, 'rule', 'confidence')),
-                   thresholds=tuple(_get(section, 'thresholds', ()) or ()) or None,
-                   timing_examples=int(_get(section, 'timing_examples', 1024)),
-                   timing_repeats=max(1, int(_get(section, 'timing_repeats', 3))),
-                   engine=str(_get(section, 'engine', 'stream')))
+    section, defaults = _get(config, 'eval'), cls()
+    field = lambda name: _get(section, name, getattr(defaults, name))  # absent: the default above
+    settings = cls(batch_size=int(field('batch_size')), rule=str(field('rule')),
+                   thresholds=tuple(field('thresholds') or ()) or None,
+                   timing_examples=int(field('timing_examples')),
+                   timing_repeats=max(1, int(field('timing_repeats'))), engine=str(field('engine')))
     curves.check_rule(settings.rule)
     if settings.engine not in adaptive.MODES:
       raise ValueError(f'config.eval.engine must be one of {adaptive.MODES}, got {settings.engine!r}.')
@@ -149,8 +149,7 @@ def evaluate(config, workdir: str, *, method: str, encoder_config, exit_config: 
   logits, labels, lengths = all_exit_logits(forward, params, eval_batches)
   per_exit = (logits.argmax(-1) == labels[None]).mean(-1)
   points = curves.sweep(logits, labels, temperatures=temps, encoder_config=encoder_config, exit_config=exit_config,
-                        method=method, seq_lengths=lengths,
-                        thresholds=list(es.thresholds) if es.thresholds else None, rule=es.rule)
+                        method=method, seq_lengths=lengths, thresholds=es.thresholds, rule=es.rule)
 
   # Wall-clock: the first timing_examples eval examples, already tokenized, at the eval batch size.
   n_time = len(labels) if es.timing_examples <= 0 else min(es.timing_examples, len(labels))
