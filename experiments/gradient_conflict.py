@@ -13,8 +13,8 @@ sweet_study_b (MPNet-base, exits 1/4/6/12), each rerun through train.py with
 retrained when the study cell finished), then sweet_jax.analysis measures, over 8 training batches
 (config.analysis.num_batches), the cosine between every pair of exits' loss gradients on every shared layer,
 for the pretrained parameters and the trained ones: WORKDIR/analysis/{pretrained,trained}/gradient_conflict.json.
-Expected time on 2 CPU cores: the training cell's (5.5 min MiniLM, measured; ~40 min MPNet) when not yet trained, plus
-~1 min (MiniLM) / ~5 min (MPNet) of analysis.
+Time on 2 CPU cores, measured: the training cell's (5.5 min MiniLM, 32 min MPNet) when not yet trained, plus
+48 s (MiniLM) / 6 min (MPNet) of analysis.
 Outputs: docs/results/gradient_conflict/{README.md, <model>.png, runs/<model>.json} (the per-layer cosines).
 """
 
