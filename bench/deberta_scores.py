@@ -1,17 +1,23 @@
-"""DeBERTa's relative score term alone, two formulations in one run: forward, and forward plus gradient.
+"""DeBERTa's relative score term in three formulations, alone and inside the encoder, in one run.
 
-  PYTHONPATH=. python bench/deberta_scores.py            # 15 repetitions, medians and minima in ms
+  PYTHONPATH=. python bench/deberta_scores.py                 # the term alone, 15 repetitions
+  PYTHONPATH=. python bench/deberta_scores.py --in_model 9    # also the whole encoder, 9 repetitions
 
-current: encoder_jax.relative.disentangled_scores: scores per distance ([batch, heads, seq, 2 seq - 1] per
-         term) moved into place by the Transformer-XL relative shift.
+per_head: encoder_jax.relative.disentangled_scores, the library's: scores per distance, one head at a time
+          (lax.map), moved into place by the Transformer-XL relative shift.
+batched:  the same arithmetic for all heads in one einsum (the library's form until 2026-12-02).
 gathered: the projected table's rows gathered per (query, key) pair into [seq, seq, heads, d] (independent of
-         the batch), then contracted against q and k directly; its gradient is a scatter-add of that size.
-Shape: batch 32, seq 128, 12 heads of 32, DeBERTa-v3's 256 log buckets (bench/encoder_speed.py's deberta-v3).
-Both must agree (printed: the largest differences of values and of gradients); the two alternate in every
-repetition, so both see the same background load. The result that decided encoder_jax/relative.py is in
-bench/RESULTS.md.
+          the batch), then contracted against q and k directly; its gradient is a scatter-add of that size.
+Alone: forward, and forward plus gradient, of the term of one layer. In the model (--in_model): the jitted
+forward and train step of bench/encoder_speed.py's deberta-v3 encoder (6 x 384, 12 heads) with each
+formulation patched in, and BERT of the same shape as the reference. The formulations differ most in the
+model, where XLA fuses the term's shift into the softmax that consumes it.
+Shape: batch 32, seq 128, 12 heads of 32, DeBERTa-v3's 256 log buckets. All must agree (printed: the largest
+differences of values and of gradients); they alternate in every repetition, so all see the same background
+load. The results that decided encoder_jax/relative.py are in bench/RESULTS.md.
 """
 
+import argparse
 import sys
 import time
 
@@ -28,43 +34,99 @@ CFG = EncoderConfig(model_type='deberta-v2', vocab_size=100, hidden_size=384, nu
 BATCH, SEQ = 32, 128
 
 
-def gathered(q, k, pos_query, pos_key):
-  """The same score term as relative.disentangled_scores, from rows gathered per (query i, key j)."""
+def batched(config, q, k, pos_query, pos_key):
+  """relative.disentangled_scores for all heads in one einsum per term."""
   seq, d = q.shape[1], q.shape[-1]
-  c2p_rows, p2c_rows = relative.deberta_rows(CFG, seq)
+  c2p_rows, p2c_rows = relative.deberta_rows(config, seq)
+  c2p = jnp.einsum('bind,mnd->bnim', q, pos_key[c2p_rows], preferred_element_type=jnp.float32)
+  p2c = jnp.einsum('bjnd,mnd->bnjm', k, pos_query[p2c_rows], preferred_element_type=jnp.float32)
+  s = relative._by_distance(c2p) + jnp.swapaxes(relative._by_distance(p2c), -1, -2)
+  return s / np.sqrt(d * (1 + len(config.pos_att_type)))
+
+
+def gathered(config, q, k, pos_query, pos_key):
+  """relative.disentangled_scores from rows gathered per (query i, key j)."""
+  seq, d = q.shape[1], q.shape[-1]
+  c2p_rows, p2c_rows = relative.deberta_rows(config, seq)
   i = np.arange(seq)
   c2p = c2p_rows[i[:, None] - i[None, :] + seq - 1]  # [i, j]: row of distance i - j
   p2c = p2c_rows[i[None, :] - i[:, None] + seq - 1]  # [i, j]: row of distance j - i
   s = jnp.einsum('bind,ijnd->bnij', q, pos_key[c2p], preferred_element_type=jnp.float32)
   s = s + jnp.einsum('bjnd,ijnd->bnij', k, pos_query[p2c], preferred_element_type=jnp.float32)
-  return s / np.sqrt(d * (1 + len(CFG.pos_att_type)))
+  return s / np.sqrt(d * (1 + len(config.pos_att_type)))
 
 
-def main(reps: int) -> None:
+FORMS = {'per_head': relative.disentangled_scores, 'batched': batched, 'gathered': gathered}
+
+
+def time_alternating(runs: dict, reps: int) -> dict:
+  """name -> list of seconds; every repetition calls each run once, in turn."""
+  times = {name: [] for name in runs}
+  for _ in range(reps):
+    for name, fn in runs.items():
+      start = time.perf_counter()
+      fn()
+      times[name].append(time.perf_counter() - start)
+  return times
+
+
+def print_times(times: dict) -> None:
+  for name, t in times.items():
+    print(f'{name:30s} median {1e3 * np.median(t):7.1f} ms   min {1e3 * np.min(t):7.1f} ms')
+
+
+def alone(reps: int) -> None:
   n, d = CFG.num_heads, CFG.head_dim
   keys = jax.random.split(jax.random.key(0), 4)
   args = (jax.random.normal(keys[0], (BATCH, SEQ, n, d)), jax.random.normal(keys[1], (BATCH, SEQ, n, d)),
           jax.random.normal(keys[2], (2 * CFG.attention_span, n, d)),
           jax.random.normal(keys[3], (2 * CFG.attention_span, n, d)))
-  fns = {'current': lambda *a: relative.disentangled_scores(CFG, *a), 'gathered': gathered}
-  runs = {}
-  for name, f in fns.items():
-    runs[f'{name} forward'] = jax.jit(f)
-    runs[f'{name} forward+grad'] = jax.jit(jax.grad(lambda *a, f=f: (f(*a) ** 2).sum(), argnums=(0, 1, 2, 3)))
-  value = {name: fn(*args) for name, fn in runs.items()}
-  print('values differ by at most', float(jnp.abs(value['current forward'] - value['gathered forward']).max()))
-  print('gradients differ by at most (relative)', max(
-      float(jnp.abs(a - b).max() / jnp.abs(a).max())
-      for a, b in zip(value['current forward+grad'], value['gathered forward+grad'])))
-  times = {name: [] for name in runs}
-  for _ in range(reps):
-    for name, fn in runs.items():
-      start = time.perf_counter()
-      jax.block_until_ready(fn(*args))
-      times[name].append(time.perf_counter() - start)
-  for name, t in times.items():
-    print(f'{name:24s} median {1e3 * np.median(t):7.1f} ms   min {1e3 * np.min(t):7.1f} ms')
+  fns = {}
+  for name, f in FORMS.items():
+    fns[f'{name} forward'] = jax.jit(lambda *a, f=f: f(CFG, *a))
+    fns[f'{name} forward+grad'] = jax.jit(jax.grad(lambda *a, f=f: (f(CFG, *a) ** 2).sum(), argnums=(0, 1, 2, 3)))
+  value = {name: fn(*args) for name, fn in fns.items()}
+  for name in FORMS:
+    print(f'{name}: values differ from per_head by at most',
+          float(jnp.abs(value[f'{name} forward'] - value['per_head forward']).max()),
+          '; gradients (relative)', max(float(jnp.abs(a - b).max() / jnp.abs(a).max())
+                                       for a, b in zip(value['per_head forward+grad'], value[f'{name} forward+grad'])))
+  print_times(time_alternating({n: lambda fn=fn: jax.block_until_ready(fn(*args)) for n, fn in fns.items()}, reps))
+
+
+def in_model(reps: int) -> None:
+  """The encoder's forward and train step with each formulation patched into encoder_jax.relative."""
+  sys.path.insert(0, 'bench')
+  import encoder_speed as es  # pylint: disable=import-outside-toplevel
+  sys.argv = sys.argv[:1]
+  args = es.parse_args()
+  library = relative.disentangled_scores
+  sides = {'bert': (es.JaxSide(args, 'bert'), library)}
+  for name, form in FORMS.items():
+    if name != 'gathered':  # its scatter-add gradient made training slower than either (bench/RESULTS.md)
+      sides[f'deberta-v3 {name}'] = (es.JaxSide(args, 'deberta-v3'), form)
+  batch = jax.device_put(es.make_batch(args, SEQ))
+  for task in ('forward', 'train'):
+    runs = {}
+    for name, (side, form) in sides.items():
+      def run(side=side, form=form):
+        relative.disentangled_scores = form  # read when the function is traced, i.e. at its first call
+        getattr(side, f'run_{task}')(batch)
+      run()  # compiles
+      runs[f'{name} {task}'] = run
+    print_times(time_alternating(runs, reps))
+  relative.disentangled_scores = library
+
+
+def main() -> None:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument('reps', nargs='?', type=int, default=15, help='repetitions of the term alone')
+  p.add_argument('--in_model', type=int, default=0, help='repetitions in the encoder (0: skip)')
+  a = p.parse_args()
+  alone(a.reps)
+  if a.in_model:
+    in_model(a.in_model)
 
 
 if __name__ == '__main__':
-  main(int(sys.argv[1]) if len(sys.argv) > 1 else 15)
+  main()
