@@ -29,7 +29,12 @@ class MPNetRelativeBias(nn.Module):
     """-> float32 [heads, seq, seq], the score term of every head."""
     table = self.param('embedding', _init, (self.config.relative_attention_num_buckets, self.config.num_heads))
     buckets = mpnet_bucket_matrix(seq)  # static: depends only on the length
-    return jnp.take(table, jnp.asarray(buckets), axis=0).transpose(2, 0, 1).astype(jnp.float32)
+    # A one-hot matmul, not a gather: XLA gathers rows into [seq, seq, heads] and fused the transpose to
+    # [heads, seq, seq] into every layer's softmax, which then read the bias at a stride of `heads` floats.
+    # A dot's result is materialised in the layout asked for; its gradient is a matmul, not a scatter-add.
+    one_hot = jnp.asarray(buckets.reshape(-1))[None, :] == jnp.arange(table.shape[0])[:, None]
+    bias = jnp.einsum('kn,kx->nx', table, one_hot.astype(table.dtype), preferred_element_type=jnp.float32)
+    return bias.reshape(-1, seq, seq)
 
 
 class DebertaRelativeEmbeddings(nn.Module):
