@@ -27,6 +27,9 @@ for dtype in bfloat16 float32; do  # BERT-base shape, against torch in the same 
   step "encoder_bert_base_$dtype" bench/encoder_speed.py --only "$sides" --dtype "$dtype" --layers 12 \
     --hidden 768 --batch 32 --seq 128,512 --reps 20 --warmup 3
 done
+# Each architecture's ratio against BERT's (the goal of issue 12), and DeBERTa's score-term formulations
+step encoder_archs bench/encoder_speed.py --only "$sides" --arch bert,mpnet,deberta-v3 --seq 128 --reps 20 --warmup 3
+step deberta_scores bench/deberta_scores.py 30 --in_model 20
 step papa_speed bench/papa_speed.py --reps 50 --batch 64
 for dtype in bfloat16 float32; do
   step "adaptive_$dtype" bench/adaptive_speed.py --dtype "$dtype" --batch-sizes 64,256 --examples 2048 \
