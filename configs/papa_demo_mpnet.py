@@ -2,10 +2,12 @@
 
 Command:   python train.py --config configs/papa_demo_mpnet.py --workdir runs/papa_demo_mpnet
 Hardware:  as configs/sweet_demo_mpnet.py (weights fetched once into ~/.cache/sweet_papa_jax).
-Time:      not measured end to end; the encoder passes dominate (configs/papa_demo.py: ~20 ms per
-           sentence for MiniLM on 2 cores), and a base-size forward is ~8x MiniLM's, so expect ~1.5 h on
-           2 CPU cores; minutes on one GPU.
-Result:    not run here. The PAPA paper reports that stronger encoders lose more when their attention is
+Time:      ~19 min on 2 CPU cores, from the stages of the same configuration measured in the PAPA study
+           (cell mpnet_tweets_s42, 2026-12-02, quiet cores): averages 1.7 min, ranking run 4.7 min, then per k
+           (three here) 2.7 min of encoder pass and 1.2-1.4 min of probe training. On one GPU: not measured
+           (no GPU was lent to these sessions).
+Result:    the PAPA study (experiments/papa_study.py) runs this configuration with 6 values of k; see
+           README's Results. The PAPA paper reports that stronger encoders lose more when their attention is
            made constant (BERT, RoBERTa, DeBERTa; base and large).
 """
 
