@@ -98,8 +98,7 @@ def in_model(reps: int) -> None:
   """The encoder's forward and train step with each formulation patched into encoder_jax.relative."""
   sys.path.insert(0, 'bench')
   import encoder_speed as es  # pylint: disable=import-outside-toplevel
-  sys.argv = sys.argv[:1]
-  args = es.parse_args()
+  args = es.parse_args([])  # its defaults: batch 32, float32, library XLA options
   library = relative.disentangled_scores
   sides = {'bert': (es.JaxSide(args, 'bert'), library)}
   for name, form in FORMS.items():

@@ -54,7 +54,7 @@ ARCHS = {
 }
 
 
-def parse_args():
+def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument('--arch', default='bert', help=f'comma-separated architectures from {sorted(ARCHS)}')
   p.add_argument('--dtype', choices=('float32', 'bfloat16'), default='float32', help='compute dtype')
@@ -72,7 +72,7 @@ def parse_args():
   p.add_argument('--only', choices=('both', 'jax', 'torch'), default='both')
   p.add_argument('--xla_options', choices=('library', 'none'), default='library',
                  help="library: jit with encoder_jax.compiler_options(); none: XLA's defaults")
-  args = p.parse_args()
+  args = p.parse_args(argv)
   args.intermediate = args.intermediate or 4 * args.hidden
   args.seqs = [int(s) for s in args.seq.split(',')]
   args.threads = args.threads or len(os.sched_getaffinity(0))
