@@ -102,7 +102,7 @@ def in_model(reps: int) -> None:
   library = relative.disentangled_scores
   sides = {'bert': (es.JaxSide(args, 'bert'), library)}
   for name, form in FORMS.items():
-    if name != 'gathered':  # its scatter-add gradient made training slower than either (bench/RESULTS.md)
+    if name != 'gathered':  # the slowest forward alone (bench/RESULTS.md); left out to keep the run short
       sides[f'deberta-v3 {name}'] = (es.JaxSide(args, 'deberta-v3'), form)
   batch = jax.device_put(es.make_batch(args, SEQ))
   for task in ('forward', 'train'):
