@@ -315,22 +315,31 @@ def length_from_counts(token_counts: Sequence[int], *, quantile: float, buckets:
 
 
 def lengths_line(cache_path: str) -> str:
-  """The chosen lengths for a README: 'minilm/tweets: 64 (99th percentile 62 tokens of 6000 examples)'."""
+  """The chosen lengths for a README: 'minilm/tweets: 64 (99th percentile 62 tokens of 6000 examples)', and
+  for a length the study capped, '..., capped at 128: 100% of examples truncated'."""
   cache = read_json(cache_path) if os.path.exists(cache_path) else {}
-  return '; '.join(f'{k}: {v["max_seq_length"]} ({v["quantile"]:g}th percentile '
-                   f'{v["percentiles"].get(str(int(v["quantile"])), float("nan")):.0f} tokens of {v["examples"]} '
-                   'examples)' for k, v in sorted(cache.items())) or 'not chosen yet'
+
+  def one(key, v):
+    percentile = v['percentiles'].get(str(int(v['quantile'])), float('nan'))
+    line = (f'{key}: {v["max_seq_length"]} ({v["quantile"]:g}th percentile {percentile:.0f} tokens of '
+            f'{v["examples"]} examples')
+    if v.get('max_length'):
+      line += f', capped at {v["max_length"]}: {100 * v["truncated"]:.0f}% of examples truncated'
+    return line + ')'
+  return '; '.join(one(k, v) for k, v in sorted(cache.items())) or 'not chosen yet'
 
 
-def choose_seq_length(cache_path: str, checkpoint: str, data_fields: Mapping[str, Any], *, quantile: float = 99.0
-                      ) -> int:
+def choose_seq_length(cache_path: str, checkpoint: str, data_fields: Mapping[str, Any], *, quantile: float = 99.0,
+                      max_length: int = 0) -> int:
   """length_from_counts over the training split's token counts (the checkpoint's tokenizer, special tokens
   included), rounded up to the data config's length_buckets (the lengths batches pad to), capped at the
-  model's position table; cached in cache_path under checkpoint/source, so that every sitting of a study uses
-  the same length (and the reader sees it)."""
+  model's position table and, when max_length > 0, at max_length (a study's time budget on long texts: the
+  cache then records the share of examples truncated); cached in cache_path under checkpoint/source, so that
+  every sitting of a study uses the same length (and the reader sees it). A cached entry chosen under another
+  max_length is chosen again."""
   cache = read_json(cache_path) if os.path.exists(cache_path) else {}
   key = f'{checkpoint}/{data_fields.get("source")}'
-  if key in cache:
+  if key in cache and cache[key].get('max_length', 0) == max_length:
     return int(cache[key]['max_seq_length'])
   from encoder_jax.tokenize import load_tokenizer  # the package's `tokenize` is the function
   from encoder_jax.config import EncoderConfig
@@ -344,8 +353,11 @@ def choose_seq_length(cache_path: str, checkpoint: str, data_fields: Mapping[str
   enc = tok(list(texts[0]), list(texts[1]) if len(texts) == 2 else None, truncation=False)
   counts = [len(ids) for ids in enc['input_ids']]
   cap = EncoderConfig.from_json_file(resolve(checkpoint) / 'config.json').max_length
+  cap = min(cap, max_length) if max_length > 0 else cap
   length = length_from_counts(counts, quantile=quantile, buckets=tuple(cfg.length_buckets), cap=cap)
   cache[key] = {'max_seq_length': length, 'quantile': quantile, 'examples': len(counts),
                 'percentiles': {str(p): float(np.percentile(counts, p)) for p in (50, 90, 99, 100)}}
+  if max_length > 0:
+    cache[key] |= {'max_length': max_length, 'truncated': float(np.mean(np.asarray(counts) > length))}
   write_json(cache_path, cache)
   return length

