@@ -165,7 +165,10 @@ def papa_layout(tokenizer, texts_a: Sequence[str], texts_b: Sequence[str] | None
   ids = np.full((n, length), tokenizer.pad_token_id, np.int32)
   mask = np.zeros((n, length), np.int32)
   types = np.zeros((n, length), np.int32)
-  tok = lambda texts: tokenizer(list(texts), add_special_tokens=False)['input_ids']
+  # Each text keeps at most L/2 word pieces, so truncating at L changes nothing; it spares tokenizing long
+  # documents whole (and transformers' warning that a text exceeds the model's positions).
+  tok = lambda texts: tokenizer(list(texts), add_special_tokens=False, truncation=True,
+                                max_length=length)['input_ids']
   a_tokens = tok(texts_a)
   b_tokens = tok(texts_b) if pairs else None
   for i in range(n):

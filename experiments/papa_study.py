@@ -9,18 +9,21 @@ papa_experiment also skips the stages it finished: averages, ranking, each probe
   python -m experiments.papa_study --cells='minilm_bbc_news_*'   # some cells (shell patterns, in order)
   python -m experiments.papa_study --dry_run | --report_only
 
-Grid (18 cells): models minilm ('minilm') and mpnet ('mpnet-base'); tasks movie_reviews, tweets, bbc_news; seeds
-train.seed 42, 43, 44 (probe initialisation, dropout, batch order, the averages' and ranking run's subsets;
+Grid (18 cells): models minilm ('minilm') and mpnet ('mpnet-base'); tasks movie_reviews, tweets, bbc_news;
+seeds train.seed 42, 43, 44 (probe initialisation, dropout, batch order, the averages' and ranking run's subsets;
 data.seed stays 42: one eval set). Each cell is one `python train.py --config configs/papa_demo.py` run with
 config.papa.ks = k constant heads for the fractions 0, 1/8, 1/4, 1/2, 3/4, 1 of all heads (MiniLM
 0, 9, 18, 36, 54, 72; MPNet 0, 18, 36, 72, 108, 144), chosen by the cell's own ranking run (lowest lambda
 first). Everything else is papa_demo's: 3,000 training and 1,000 eval examples (BBC News has 1,780 and 445:
 its 2,225 articles, 20% carved out for eval), 15 probe epochs, a 120-step ranking run. Layout length
 (config.papa.length): the 99th percentile of the training split's token counts under the model's tokenizer,
-rounded up to the next padding bucket (common.choose_seq_length), at most TASK_MAX_LENGTH. BBC News articles
-run to 418 tokens at the median and 1,161 at the 99th percentile; they get 128, and as PAPA's layout gives a
-single text the first half of the slots, each is read to its first 63 word pieces (the title and ~50 words;
-every article is longer). 512 would make every encoder pass over 4x longer.
+rounded up to the next padding bucket (common.choose_seq_length), at most TASK_MAX_LENGTH. PAPA's layout
+gives a single text the first half of the slots (L/2 - 1 word pieces after [CLS]), which this rule, made for
+whole-length inputs, does not count: at L = 64 it cuts 27% of the movie-review sentences and 49% of the
+tweets (8.7% and 15.9% of their word pieces, under either tokenizer), as the reference's L = 64 would.
+BBC News articles run to 418 tokens at the median and 1,161 at the 99th percentile; they get L = 128, so
+each is read to its first 63 word pieces (the title and ~50 words; every article is longer). L = 512 would
+make every encoder pass over 4x longer.
 Time per cell on 2 CPU cores, measured for MiniLM (2026-12-01): 4.6-5.4 min on quiet cores, 7-8 min with the
 test suite sharing them (the probes train on cached features, so the encoder passes dominate). MPNet-base,
 measured (2026-12-02, cell mpnet_tweets_s42, quiet cores): averages 1.7 min, ranking run 4.7 min, then per k
