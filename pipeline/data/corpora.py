@@ -162,7 +162,7 @@ def parse_bbc_news(wheel_path) -> _Table:
 
   Columns: id ('business/001'), text (the title and body, runs of whitespace made one space: line breaks
   only separate the title and paragraphs), label (the topic folder: business, entertainment, politics,
-  sports, tech). Rows are 0-based indices in that order; an error names the member.
+  sports, tech). Rows are 0-based indices in that order.
   """
   wheel_path = pathlib.Path(wheel_path)
   if not wheel_path.is_file():
