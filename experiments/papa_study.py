@@ -28,7 +28,7 @@ Time per cell on 2 CPU cores, measured for MiniLM (2026-12-01): 4.6-5.4 min on q
 test suite sharing them (the probes train on cached features, so the encoder passes dominate). MPNet-base,
 measured (2026-12-02, cell mpnet_tweets_s42, quiet cores): averages 1.7 min, ranking run 4.7 min, then per k
 2.7 min of encoder pass and 1.2-1.4 min of probe training: ~30 min a cell. BBC News cells (length 128):
-MiniLM 9.7 min (quiet, seed 43), MPNet-base ~45 min. The whole grid ~6.5 h.
+MiniLM 9.7 min (quiet, seed 43), MPNet-base 53 min (seed 42). The whole grid ~7 h.
 Claims (thresholds stated in each sentence): every head constant costs a small relative drop (< 10%; the
 paper averages ~8% over tasks for BERT-base); half the heads constant cost little or none (< 2%); the better
 model (higher k = 0 accuracy) loses more with every head constant.
