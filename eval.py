@@ -18,9 +18,9 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-import methods
-import papa_experiment
-import sweet_eval
+from drivers import methods
+from drivers import papa_experiment
+from drivers import sweet_eval
 from pipeline import data, fingerprint, reporting, sharding, train_loop, validation
 
 

@@ -4,7 +4,7 @@
 
 Then transformers.AutoModel.from_pretrained('exported/sweet_demo') loads the fine-tuned encoder in torch, and
 encoder_jax.load_pretrained('exported/sweet_demo') loads it back here; the exit heads are in
-exit_heads.safetensors, described by exit_heads.json (see exporter.py). Multi-Model: one directory per member.
+exit_heads.safetensors, described by exit_heads.json (see drivers/exporter.py). Multi-Model: one directory per member.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-import exporter
-import predictor
+from drivers import exporter
+from drivers import predictor
 from pipeline import reporting
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/sweet_demo.py', 'Experiment config file.')

@@ -21,7 +21,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-import predictor
+from drivers import predictor
 from encoder_jax import CheckpointError
 from pipeline import data, reporting
 

@@ -17,8 +17,8 @@ from absl import app, flags, logging
 import jax
 from ml_collections import config_flags
 
-import methods
-import papa_experiment
+from drivers import methods
+from drivers import papa_experiment
 from pipeline import data, fingerprint, reporting, sharding, train_loop, validation
 from sweet_jax import analysis
 

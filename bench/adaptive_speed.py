@@ -44,7 +44,7 @@ import numpy as np
 import optax
 
 import encoder_jax
-import sweet_eval
+from drivers import sweet_eval
 from pipeline import data
 from sweet_jax import adaptive, calibration, curves, exits
 
@@ -137,7 +137,7 @@ def load_config(path):
 
 def restore(config, workdir, num_labels):
   """(encoder config, exit config, params, method, encode_fn) of a trained workdir."""
-  import methods
+  from drivers import methods
   from pipeline import train_loop
   built = methods.build(config, num_labels)
   params = train_loop.restore_params(config, workdir, built.method)

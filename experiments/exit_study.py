@@ -15,7 +15,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-import sweet_eval
+from drivers import sweet_eval
 from experiments import common
 from experiments.stats import Spread
 from pipeline.reporting import markdown_table

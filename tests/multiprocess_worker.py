@@ -24,7 +24,7 @@ assert jax.process_count() == count and jax.device_count() == 2 * count
 
 import numpy as np  # noqa: E402
 
-import sweet_eval  # noqa: E402
+from drivers import sweet_eval  # noqa: E402
 from pipeline import data, train_loop  # noqa: E402
 from tests import test_train_loop as t  # noqa: E402
 

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-import methods
+from drivers import methods
 from configs import sweet_demo, sweet_papa_demo
 from papa_jax import averages
 from tests.test_papa_experiment import write_split

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import encoder_jax
-import methods
+from drivers import methods
 from configs import sweet_demo
 from sweet_jax import exits, objectives
 

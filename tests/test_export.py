@@ -11,8 +11,8 @@ import pytest
 from safetensors.numpy import load_file
 
 import encoder_jax
-import exporter
-import methods
+from drivers import exporter
+from drivers import methods
 from encoder_jax import hf_export
 from pipeline import train_loop
 

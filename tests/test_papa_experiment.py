@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import encoder_jax
-import papa_experiment
+from drivers import papa_experiment
 from papa_jax import probe
 from tests.test_papa import _rank_by_hand
 from configs import papa_demo

@@ -13,9 +13,9 @@ import sys
 import numpy as np
 import pytest
 
-import methods
-import predictor
-import sweet_eval
+from drivers import methods
+from drivers import predictor
+from drivers import sweet_eval
 from pipeline import data, train_loop
 from sweet_jax import adaptive, curves
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import eval as eval_cli
-import papa_experiment
+from drivers import papa_experiment
 import train as train_cli
 from configs import papa_demo, sweet_demo
 from pipeline import checkpoints, data, train_loop

@@ -21,7 +21,7 @@ def encode(texts_a, texts_b=None):
 def test_sweet_eval_writes_curve_files(models, tmp_path, caplog, monkeypatch):
   import json
   import ml_collections
-  import sweet_eval
+  from drivers import sweet_eval
   from pipeline import data
 
   rng = np.random.default_rng(5)
@@ -87,7 +87,7 @@ def test_sweet_eval_writes_curve_files(models, tmp_path, caplog, monkeypatch):
 
 def test_sweet_eval_fails_on_an_unanswered_or_wrong_example(models, tmp_path, monkeypatch):
   import ml_collections
-  import sweet_eval
+  from drivers import sweet_eval
   from pipeline import data
 
   rng = np.random.default_rng(6)
@@ -122,7 +122,7 @@ def test_sweet_eval_fails_on_an_unanswered_or_wrong_example(models, tmp_path, mo
 
 
 def test_budget_table_takes_the_best_point_within_each_budget():
-  import sweet_eval
+  from drivers import sweet_eval
   points = [{'accuracy': 0.70, 'layer_fraction': 0.2, 'measured_speedup': 4.5},
             {'accuracy': 0.80, 'layer_fraction': 0.5, 'measured_speedup': 1.8},
             {'accuracy': 0.79, 'layer_fraction': 1.0, 'measured_speedup': 1.0}]

@@ -12,7 +12,7 @@ import optax
 import pytest
 
 import encoder_jax
-import methods
+from drivers import methods
 from configs import early_exit_mnli, multi_model_mnli, sweet_demo, sweet_mnli
 from pipeline import checkpoints, data, sharding, train_loop
 from sweet_jax import exits, objectives

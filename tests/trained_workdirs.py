@@ -9,8 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import methods
-import sweet_eval
+from drivers import methods
+from drivers import sweet_eval
 from configs import sweet_demo, sweet_papa_demo
 from papa_jax import averages
 from pipeline import checkpoints, data, reporting, train_loop

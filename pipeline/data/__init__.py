@@ -51,7 +51,7 @@ from pipeline.data.errors import (BadConfigError, BadLabelError, BadTextError, D
                                   UnknownLabelError, UnknownSourceError)
 from pipeline.data.splits import load_splits, main
 from pipeline.data.tables import FILE_EXTENSIONS, read_file
-# Private helpers that other modules and tests reach through pipeline.data (predictor.py reads files with
+# Private helpers that other modules and tests reach through pipeline.data (drivers/predictor.py reads files with
 # _decode and tells absent jsonl fields by _MISSING; test_data checks _count's cap).
 from pipeline.data.splits import _count  # noqa: F401
 from pipeline.data.tables import _MISSING, _decode  # noqa: F401

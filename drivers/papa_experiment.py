@@ -2,7 +2,7 @@
 
   python train.py --config configs/papa_demo.py --workdir runs/papa_demo    # calls run(config, workdir)
   python eval.py  --config configs/papa_demo.py --workdir runs/papa_demo    # calls rescore(config, workdir)
-  PYTHONPATH=. python papa_experiment.py --config configs/papa_demo.py --workdir runs/papa_demo [--rescore]
+  python -m drivers.papa_experiment --config configs/papa_demo.py --workdir runs/papa_demo [--rescore]
 
 Stages, all under WORKDIR/papa/; each is skipped when its output exists and records this run's fingerprint
 (pipeline.fingerprint: data files, fields, seeds, split sizes, model) and recipe, so rerunning resumes; a stage
@@ -35,7 +35,7 @@ import jax
 import numpy as np
 
 from papa_jax import averages, probe, ranking
-from papa_setup import (_cache_dtype, _cache_path, _evaluator, _log, _probe_config, _remove_disk_caches, _setup,
+from drivers.papa_setup import (_cache_dtype, _cache_path, _evaluator, _log, _probe_config, _remove_disk_caches, _setup,
                         _Setup, _Tokens, _tokens, cache_mode)
 from pipeline import fingerprint, reporting
 from pipeline.config_fields import get as _get

@@ -27,8 +27,8 @@ import jax
 import numpy as np
 
 import encoder_jax
-import methods
-import sweet_eval
+from drivers import methods
+from drivers import sweet_eval
 from pipeline import data, reporting, sharding, train_loop
 from pipeline.config_fields import get as _get
 from sweet_jax import adaptive, curves

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 import encoder_jax
-import predictor
+from drivers import predictor
 from encoder_jax import hf_export
 from sweet_jax import exits
 
