@@ -12,7 +12,7 @@ from typing import Any, Callable
 import numpy as np
 
 import encoder_jax
-from encoder_jax.tokenize import DEFAULT_BUCKETS  # the package's `tokenize` is the function
+from encoder_jax.tokenization import DEFAULT_BUCKETS
 from pipeline.train_loop import Method
 from sweet_jax import exits, objectives
 

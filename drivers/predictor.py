@@ -322,7 +322,7 @@ def _checked(origin: str, columns, fields, where, lines) -> Inputs:
     raise data.EmptySplitError(f'{origin}: no examples to predict.')
   for field, column in zip(fields, columns):
     for i, value in enumerate(column):
-      if value is data._MISSING:  # pylint: disable=protected-access  (a jsonl row without the field)
+      if value is data.MISSING:  # a jsonl row without the field
         raise data.MissingColumnError(f'{origin}: {where[i]} has no field {field!r}.')
       if not isinstance(value, str) or not value.strip():
         raise data.BadTextError(f'{origin}: {where[i]}: {field!r} is {value!r}, not a non-empty text.')
@@ -341,7 +341,7 @@ def read_inputs(path: str, fields: Sequence[str], stdin=None) -> Inputs:
       if not os.path.isfile(path):
         raise data.DataFileNotFoundError(f'{path}: no such input file.')
       raw = pathlib.Path(path).read_bytes()
-      return _text_lines(path, data._decode(raw, path, ('utf-8-sig',)), fields)  # pylint: disable=protected-access
+      return _text_lines(path, data.decode_text(raw, path, ('utf-8-sig',)), fields)
     table = data.read_file(path)
   except PermissionError as e:
     raise data.DataError(f'{path}: cannot be read ({e.strerror}).') from None

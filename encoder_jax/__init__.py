@@ -3,7 +3,7 @@
 from encoder_jax.config import EncoderConfig, HEAD_KINDS, SUPPORTED_MODEL_TYPES
 from encoder_jax.hf_import import CheckpointError, load_pretrained, PACKAGED
 from encoder_jax.model import SHARED, Encoder, embed, encode, init_params, run_layers
-from encoder_jax.tokenize import load_tokenizer, make_encode_fn, papa_layout, tokenize
+from encoder_jax.tokenization import load_tokenizer, make_encode_fn, papa_layout, tokenize
 from encoder_jax.tuning import compiler_options
 
 __all__ = [

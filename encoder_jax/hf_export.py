@@ -55,7 +55,7 @@ def to_hf_tensors(params: dict[str, Any], config: EncoderConfig, like: dict[str,
   out, used = {}, set()
   for raw, tensor in like.items():
     name = next((raw[len(p):] for p in hf_import.PREFIXES if raw.startswith(p)), raw)
-    path, transform = hf_import._target(name, config.model_type)  # pylint: disable=protected-access
+    path, transform = hf_import.map_name(name, config.model_type)
     value = None if path is None else _leaf(params, path)
     if value is None:
       continue

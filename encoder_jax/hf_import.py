@@ -144,7 +144,9 @@ def expected_shapes(config: EncoderConfig) -> dict[str, tuple[int, ...]]:
   return shapes
 
 
-def _target(name: str, model_type: str):
+def map_name(name: str, model_type: str):
+  """A Hugging Face tensor name -> (our params path 'a/b/c', transform or None), or (None, None) when no row
+  of the family's name table matches. hf_export inverts the table with it."""
   for pattern, template, transform in name_table(model_type):
     if re.fullmatch(pattern, name):
       return re.sub(pattern, template, name), transform
@@ -204,7 +206,7 @@ def convert(tensors: dict[str, np.ndarray], config: EncoderConfig) -> dict[str, 
     raw = origin.get(key, key)  # the name in the file
     if IGNORED.match(name):
       continue
-    path, transform = _target(name, config.model_type)
+    path, transform = map_name(name, config.model_type)
     if path is None:
       problems.append(f'unexpected tensor {raw!r} {tuple(array.shape)}')
       continue

@@ -310,7 +310,7 @@ def length_from_counts(token_counts: Sequence[int], *, quantile: float, buckets:
   if not 0 < quantile <= 100:
     raise ValueError(f'quantile must lie in (0, 100], got {quantile}.')
   q = int(np.ceil(np.percentile(np.asarray(token_counts), quantile)))
-  from encoder_jax.tokenize import bucket_length
+  from encoder_jax.tokenization import bucket_length
   return bucket_length(q, cap, buckets)
 
 
@@ -341,7 +341,7 @@ def choose_seq_length(cache_path: str, checkpoint: str, data_fields: Mapping[str
   key = f'{checkpoint}/{data_fields.get("source")}'
   if key in cache and cache[key].get('max_length', 0) == max_length:
     return int(cache[key]['max_seq_length'])
-  from encoder_jax.tokenize import load_tokenizer  # the package's `tokenize` is the function
+  from encoder_jax.tokenization import load_tokenizer
   from encoder_jax.config import EncoderConfig
   from encoder_jax.hf_import import resolve
   from pipeline import data

@@ -35,13 +35,15 @@ class Method:
   init(rng) -> params (trainable only); loss(params, batch, rng) -> (loss, metrics dict of scalars);
   predict(params, batch) -> logits [num_exits, batch, num_labels];
   param_groups(params) -> a tree of the params' structure whose leaves are hashable group labels: each group
-  is clipped by its own global norm (None: the whole tree is one group).
+  is clipped by its own global norm (None: the whole tree is one group). It has no default: SWEET's
+  separation holds only with its per-segment groups (sweet_jax.objectives.param_groups), so a method built
+  by hand must say which clipping it wants.
   """
   name: str
   init: Callable[[jax.Array], Params]
   loss: Callable[[Params, Batch, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
   predict: Callable[[Params, Batch], jax.Array]
-  param_groups: Callable[[Params], Any] | None = None
+  param_groups: Callable[[Params], Any] | None
 
 
 class TrainingDiverged(FloatingPointError):
@@ -70,13 +72,14 @@ def clip_by_group_norm(max_norm: float, param_groups: Callable[[Params], Any]) -
   return optax.GradientTransformation(optax.init_empty_state, update)
 
 
-def make_optimizer(train_config, total_steps: int, param_groups: Callable[[Params], Any] | None = None
+def make_optimizer(train_config, total_steps: int, *, param_groups: Callable[[Params], Any] | None
                    ) -> optax.GradientTransformation:
   """AdamW with gradient clipping; warmup then linear decay to 0 ('linear') or constant after warmup.
 
   Weight decay skips biases and layer-norm scales (leaves with fewer than 2 dimensions), as BERT does.
-  Clipping is by global norm over the whole tree, or over each group of `param_groups` (Method.param_groups)
-  on its own. Adam's epsilon is train_config.adam_eps (required: it changes every update of small gradients).
+  Clipping is by global norm over the whole tree (param_groups=None), or over each group of `param_groups`
+  on its own. param_groups is required: pass the method's (Method.param_groups), since a global clip
+  lets one exit's loss rescale every segment's update and undoes SWEET's separation. Adam's epsilon is train_config.adam_eps (required: it changes every update of small gradients).
   """
   lr = train_config.learning_rate
   warmup = int(round(train_config.warmup_fraction * total_steps))
@@ -209,7 +212,7 @@ def train_and_evaluate(config, workdir: str, method: Method, splits: data.Splits
   if steps_per_epoch == 0:
     raise ValueError(f'The training split has {len(splits.train)} examples, fewer than one batch of {tc.batch_size}.')
   total_steps = tc.num_epochs * steps_per_epoch
-  tx = make_optimizer(tc, total_steps, method.param_groups)
+  tx = make_optimizer(tc, total_steps, param_groups=method.param_groups)
 
   init_rng, train_rng = jax.random.split(jax.random.key(tc.seed))
   params = method.init(init_rng)
@@ -360,7 +363,7 @@ def restore(config, workdir: str, method: Method,
   replicated on this mesh; check_meta(meta) may refuse it (see Checkpointer.restore_newest)."""
   mesh, min_shard = _mesh(config)
   # The optimizer state's structure depends on neither the step count nor the clip groups.
-  tx = make_optimizer(config.train, 1, method.param_groups)
+  tx = make_optimizer(config.train, 1, param_groups=method.param_groups)
 
   def init_state(rng):
     params = method.init(rng)

@@ -38,8 +38,8 @@ def test_bf16_train_step_keeps_float32_params_and_matches_loss():
     cfg = CFG.replace(dtype=dtype)
     pretrained = encoder_jax.init_params(CFG, jax.random.key(0))
     init, loss, predict = objectives.make_fns('sweet', cfg, exits.ExitConfig((1, 3), 2), pretrained)
-    method = train_loop.Method('sweet', init, loss, predict)
-    tx = train_loop.make_optimizer(t.config(warmup_fraction=0.0).train, 10)
+    method = train_loop.Method('sweet', init, loss, predict, objectives.param_groups('sweet', exits.ExitConfig((1, 3), 2)))
+    tx = train_loop.make_optimizer(t.config(warmup_fraction=0.0).train, 10, param_groups=method.param_groups)
     params = method.init(jax.random.key(1))
     state = {'params': params, 'opt_state': tx.init(params), 'step': jnp.zeros((), jnp.int32)}
     states[dtype], metrics = jax.jit(train_loop.make_train_step(method, tx))(state, _batch(), jax.random.key(2))

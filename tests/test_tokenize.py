@@ -1,14 +1,12 @@
 """Tokenization with the packaged MiniLM tokenizer: buckets, pairs, truncation and PAPA's fixed layout."""
 
-import importlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import encoder_jax
-
-tok_lib = importlib.import_module('encoder_jax.tokenize')  # the package exports a function of the same name
+from encoder_jax import tokenization as tok_lib
 
 CLS, SEP, PAD = 101, 102, 0
 LONG = ' '.join(['word'] * 50)  # 50 tokens of 'word'

@@ -1,4 +1,4 @@
-"""Pair layouts of each family's tokenizer through encoder_jax.tokenize, on small tokenizers built here in
+"""Pair layouts of each family's tokenizer through encoder_jax.tokenization, on small tokenizers built here in
 the families' formats (no real RoBERTa or DeBERTa tokenizer is available offline):
   BERT (packaged MiniLM; tests/test_tokenize.py)   [CLS] A [SEP] B [SEP]       types 0 .. 0 1 .. 1
   RoBERTa / MPNet (byte-level BPE)                 <s> A </s></s> B </s>       one token type

@@ -72,7 +72,7 @@ def splits():
 def test_sharded_train_step_equals_single_device():
   assert jax.device_count() == 8
   method = tiny_method()
-  tx = train_loop.make_optimizer(config(warmup_fraction=0.0).train, 10)
+  tx = train_loop.make_optimizer(config(warmup_fraction=0.0).train, 10, param_groups=method.param_groups)
   params = method.init(jax.random.key(1))
   state = {'params': params, 'opt_state': tx.init(params), 'step': jnp.zeros((), jnp.int32)}
   batch = next(data.iterate_batches(dataset(), encode, 16, seed=0, epoch=0, shuffle=True))
@@ -108,8 +108,8 @@ def test_parameter_sharded_train_step_equals_replicated():
                                   max_position_embeddings=16)
   pretrained = encoder_jax.init_params(cfg, jax.random.key(0))
   init, loss, predict = objectives.make_fns('early_exit', cfg, exits.ExitConfig((1, 2), 2), pretrained)
-  method = train_loop.Method('early_exit', init, loss, predict)
-  tx = train_loop.make_optimizer(config(warmup_fraction=0.0).train, 10)
+  method = train_loop.Method('early_exit', init, loss, predict, None)
+  tx = train_loop.make_optimizer(config(warmup_fraction=0.0).train, 10, param_groups=method.param_groups)
   params = method.init(jax.random.key(1))
   state = {'params': params, 'opt_state': tx.init(params), 'step': jnp.zeros((), jnp.int32)}
   batch = next(data.iterate_batches(dataset(), encode, 8, seed=0, epoch=0, shuffle=True))
@@ -166,7 +166,7 @@ def test_nan_loss_stops_with_error_and_keeps_last_good_checkpoint(tmp_path):
     loss = jnp.where(jnp.any(batch['input_ids'] == SENTINEL), jnp.nan, loss)
     return loss, dict(metrics, loss=loss)
 
-  method = train_loop.Method('poisoned', base.init, poisoned_loss, base.predict)
+  method = train_loop.Method('poisoned', base.init, poisoned_loss, base.predict, base.param_groups)
   calls = []
 
   def encode_poison_fifth(texts_a, texts_b=None):
@@ -186,7 +186,7 @@ def test_nan_loss_stops_with_error_and_keeps_last_good_checkpoint(tmp_path):
 def test_bad_configs_give_clear_errors(tmp_path):
   method = tiny_method()
   with pytest.raises(ValueError, match="schedule must be 'linear' or 'constant'"):
-    train_loop.make_optimizer(config(schedule='cosine').train, 10)
+    train_loop.make_optimizer(config(schedule='cosine').train, 10, param_groups=None)
   with pytest.raises(ValueError, match='fewer than one batch'):
     train_loop.train_and_evaluate(config(batch_size=64), str(tmp_path / 'a'), method, splits(), encode)
   train_loop.train_and_evaluate(config(num_epochs=1), str(tmp_path / 'b'), method, splits(), encode)
@@ -199,7 +199,8 @@ def test_bad_configs_give_clear_errors(tmp_path):
 
 
 def test_optimizer_schedule_warms_up_and_decays():
-  tx = train_loop.make_optimizer(config(warmup_fraction=0.2, weight_decay=0.0, grad_clip=0.0).train, 10)
+  tx = train_loop.make_optimizer(config(warmup_fraction=0.2, weight_decay=0.0, grad_clip=0.0).train, 10,
+                                 param_groups=None)
   params = {'w': jnp.ones((2, 2))}
   state = tx.init(params)
   steps = []
@@ -233,13 +234,13 @@ def test_adam_eps_is_the_config_field():
   g = {'w': jnp.full((2, 2), 1e-6)}
   for eps in (1e-6, 1e-8):
     tx = train_loop.make_optimizer(config(warmup_fraction=0.0, weight_decay=0.0, grad_clip=0.0, adam_eps=eps,
-                                          schedule='constant').train, 10)
+                                          schedule='constant').train, 10, param_groups=None)
     updates, _ = tx.update(g, tx.init(g), g)
     np.testing.assert_allclose(updates['w'], -1e-3 * 1e-6 / (1e-6 + eps) * np.ones((2, 2)), rtol=1e-5)
   c = config()
   del c.train['adam_eps']
   with pytest.raises(ValueError, match='train.adam_eps'):
-    train_loop.make_optimizer(c.train, 10)
+    train_loop.make_optimizer(c.train, 10, param_groups=None)
   for paper in (sweet_mnli, early_exit_mnli, multi_model_mnli):
     assert paper.get_config().train.adam_eps == 1e-8  # Hugging Face Trainer's default, as the reference
   assert sweet_demo.get_config().train.adam_eps == 1e-6  # what the demo results were measured with
@@ -285,7 +286,7 @@ def test_huge_loss_at_one_exit_leaves_the_other_groups_updates_bitwise(tiny_bert
   scaled by 100: for SWEET every other segment with its head, and for Multi-Model every other member, takes
   bitwise the same step as without the scaling. Early-Exit (one global clip, shared layers) does not."""
   built, c = built_method(tiny_bert, name)
-  tx = train_loop.make_optimizer(c.train, 10, built.method.param_groups)
+  tx = train_loop.make_optimizer(c.train, 10, param_groups=built.method.param_groups)
   step = jax.jit(train_loop.make_train_step(built.method, tx))
   batch = built.encode_fn(['a good film', 'dull plot', 'fun', 'bad bad film', 'the plot is fun'], None)
   batch = jax.tree.map(jnp.asarray, dict(batch, labels=np.array([0, 1, 2, 1, 0], np.int32),
@@ -310,3 +311,14 @@ def test_huge_loss_at_one_exit_leaves_the_other_groups_updates_bitwise(tiny_bert
       assert moved[0], f'exit {i} scaled: the shared first segment should move'
     else:
       assert moved[i] and not any(moved[j] for j in moved if j != i), (i, moved)
+
+
+def test_the_optimizer_cannot_be_built_without_choosing_the_clip_groups(tiny_bert):
+  """A researcher composing the functional API must say which clipping they want: neither the optimizer nor a
+  Method has a silent global-clip default (a global clip lets one exit's loss rescale every SWEET segment)."""
+  built, c = built_method(tiny_bert, 'sweet')
+  with pytest.raises(TypeError, match='param_groups'):
+    train_loop.make_optimizer(c.train, 10)  # pylint: disable=missing-kwoa
+  with pytest.raises(TypeError, match='param_groups'):
+    train_loop.Method('sweet', built.method.init, built.method.loss, built.method.predict)  # pylint: disable=no-value-for-parameter
+  assert built.method.param_groups is not None  # the registry hands SWEET its per-segment groups

@@ -70,7 +70,7 @@ def make_workdir(root, name: str, method: str, *, constant: bool = False, evalua
     params['models'] = tuple({**m, 'head': _sharpen(m['head'], scale)} for m in params['models'])
   else:
     params['heads'] = tuple(_sharpen(h, scale) for h in params['heads'])
-  tx = train_loop.make_optimizer(config.train, 1)
+  tx = train_loop.make_optimizer(config.train, 1, param_groups=built.method.param_groups)
   ckpt = checkpoints.Checkpointer(workdir)
   ckpt.save(1, {'params': params, 'opt_state': tx.init(params), 'step': jnp.ones((), jnp.int32)}, {'step': 1})
   ckpt.close()

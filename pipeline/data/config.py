@@ -5,7 +5,7 @@ from __future__ import annotations
 import ml_collections
 
 from encoder_jax import fetch as fetch_assets
-from encoder_jax.tokenize import DEFAULT_BUCKETS
+from encoder_jax.tokenization import DEFAULT_BUCKETS
 from pipeline.config_fields import get as _get
 from pipeline.data.errors import BadConfigError
 

@@ -13,7 +13,7 @@ from typing import Callable
 
 from encoder_jax import fetch as fetch_assets
 from pipeline.data.errors import DataError, DataFileNotFoundError, DownloadError
-from pipeline.data.tables import _decode, _read_delimited, _Table
+from pipeline.data.tables import decode_text, _read_delimited, _Table
 
 MOVIE_REVIEWS_REQUIREMENT = 'vaderSentiment==3.3.2'
 MOVIE_REVIEWS_SDIST = 'vaderSentiment-3.3.2.tar.gz'
@@ -100,7 +100,7 @@ def parse_movie_reviews(path) -> _Table:
   if not path.is_file():
     raise DataFileNotFoundError(f'{path}: no such file.')
   # The 3.3.2 copy is UTF-8 (clichés); latin-1 is the fallback that decodes any byte, for other copies.
-  text = _decode(path.read_bytes(), path, ('utf-8', 'latin-1'))
+  text = decode_text(path.read_bytes(), path, ('utf-8', 'latin-1'))
   columns = {'id': [], 'rating': [], 'text': [], 'label': []}
   lines = []
   for n, line in enumerate(text.split('\n'), 1):
@@ -146,7 +146,7 @@ def parse_tweets(path) -> _Table:
   if not path.is_file():
     raise DataFileNotFoundError(f'{path}: no such file.')
   # Most of the file is not valid UTF-8 (mojibake from its sources); latin-1 keeps every byte.
-  table = _read_delimited(path, _decode(path.read_bytes(), path, ('utf-8', 'latin-1')), ',')
+  table = _read_delimited(path, decode_text(path.read_bytes(), path, ('utf-8', 'latin-1')), ',')
   if 'sentiment' in table.columns:
     table.columns['label'] = table.columns['sentiment']
   return table
@@ -175,7 +175,7 @@ def parse_bbc_news(wheel_path) -> _Table:
         if not name.startswith(BBC_NEWS_DIR) or not rel.endswith('.txt') or rel.count('/') != 1:
           continue
         # One article of 2,225 is not valid UTF-8 (a latin-1 pound sign); latin-1 keeps every byte.
-        text = _decode(zf.read(name), f'{wheel_path}:{name}', ('utf-8', 'latin-1'))
+        text = decode_text(zf.read(name), f'{wheel_path}:{name}', ('utf-8', 'latin-1'))
         columns['id'].append(rel[:-len('.txt')])
         columns['text'].append(' '.join(text.split()))
         columns['label'].append(rel.split('/')[0])

@@ -17,7 +17,7 @@ from pipeline.data.dataset import Splits, TextDataset
 from pipeline.data.errors import (BadConfigError, BadLabelError, BadTextError, DataError, EmptySplitError,
                                   MissingColumnError, SingleClassError, UnknownLabelError, UnknownSourceError)
 from pipeline.data.sources import _LOADERS
-from pipeline.data.tables import _MISSING, _Table
+from pipeline.data.tables import MISSING, _Table
 
 
 def _count(size, total: int, what: str, cap: int | None = None) -> int:
@@ -59,7 +59,7 @@ def _label_key(value, table: _Table, i: int, field: str) -> str:
     return str(int(value))
   elif isinstance(value, (float, np.floating)) and math.isfinite(value) and float(value).is_integer():
     return str(int(value))
-  elif value is _MISSING:
+  elif value is MISSING:
     raise MissingColumnError(f'{table.origin}: {table.where(i)} has no field {field!r}.')
   else:
     problem = repr(value)
@@ -93,7 +93,7 @@ def _to_dataset(table: _Table, text_fields, label_field, mapping: dict[str, int]
     column = table.columns[field]
     for i, value in enumerate(column):
       if not isinstance(value, str):
-        if value is _MISSING:
+        if value is MISSING:
           raise MissingColumnError(f'{table.origin}: {table.where(i)} has no field {field!r}.')
         kind = 'NaN' if isinstance(value, float) and math.isnan(value) else type(value).__name__
         raise BadTextError(f'{table.origin}: {table.where(i)}: {field!r} is {value!r} ({kind}), not text.')

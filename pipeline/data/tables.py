@@ -14,7 +14,7 @@ from pipeline.data.errors import BadConfigError, DataError, DataFileNotFoundErro
 
 FILE_EXTENSIONS = ('.csv', '.tsv', '.jsonl', '.json', '.parquet')
 
-_MISSING = object()  # a jsonl row without the field
+MISSING = object()  # public: the value of a field that a jsonl row lacks (readers tell it from None)
 
 
 @dataclasses.dataclass
@@ -31,8 +31,11 @@ class _Table:
     return f'line {self.lines[i]}' if self.lines is not None else f'row {i} (0-based)'
 
 
-def _decode(data: bytes, path, encodings: Sequence[str]) -> str:
-  """Text in the first encoding that decodes it; an error naming the line where the last one failed."""
+def decode_text(data: bytes, path, encodings: Sequence[str]) -> str:
+  """Text in the first encoding that decodes it; an error naming the line where the last one failed.
+
+  Public: drivers/predictor.py reads its input files with it, so they decode as the training data did.
+  """
   for enc in encodings:
     try:
       return data.decode(enc)
@@ -93,7 +96,7 @@ def _read_jsonl(path, text: str) -> _Table:
       where = f'line {lines[i]}' if lines else f'record {i} (0-based)'
       raise DataError(f'{path}: {where} is a JSON {type(r).__name__}, not an object of fields.')
     names.update(dict.fromkeys(r))
-  columns = {name: [r.get(name, _MISSING) for r in records] for name in names}
+  columns = {name: [r.get(name, MISSING) for r in records] for name in names}
   return _Table(str(path), columns, len(records), lines)
 
 
@@ -129,7 +132,7 @@ def read_file(path, label_field: str = 'label') -> _Table:
   if ext == '.parquet':
     return _read_parquet(path, label_field)
   # utf-8-sig: spreadsheets often write a byte-order mark that would otherwise stick to the first column name.
-  text = _decode(path.read_bytes(), path, ('utf-8-sig',))
+  text = decode_text(path.read_bytes(), path, ('utf-8-sig',))
   if ext == '.csv':
     return _read_delimited(path, text, ',')
   if ext == '.tsv':

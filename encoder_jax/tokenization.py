@@ -19,9 +19,27 @@ import numpy as np
 DEFAULT_BUCKETS = (32, 64, 128, 256, 512)
 
 
+def _auto_tokenizer():
+  """transformers.AutoTokenizer, imported without transformers' "PyTorch was not found" advisory: this library
+  uses only its tokenizers and configs, which need no torch, so the first line a user reads is not an alarm.
+  Only the import is quieted (the advisory is printed while `transformers` initialises); later advisories and
+  every warning still reach the console."""
+  key = 'TRANSFORMERS_NO_ADVISORY_WARNINGS'
+  saved = os.environ.get(key)
+  os.environ[key] = '1'
+  try:
+    from transformers import AutoTokenizer  # pylint: disable=import-outside-toplevel
+  finally:
+    if saved is None:
+      del os.environ[key]
+    else:
+      os.environ[key] = saved
+  return AutoTokenizer
+
+
 def load_tokenizer(path_or_id: str | os.PathLike):
   """The fast tokenizer stored beside a checkpoint (same names as load_pretrained accepts)."""
-  from transformers import AutoTokenizer
+  AutoTokenizer = _auto_tokenizer()  # pylint: disable=invalid-name
   from encoder_jax.hf_import import resolve
   directory = resolve(path_or_id)
   tokenizer = AutoTokenizer.from_pretrained(str(directory))
