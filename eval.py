@@ -7,8 +7,10 @@ For config.method == 'papa' it re-scores the saved probes.
 
 The config must describe the data the workdir was trained on (its recorded fingerprint): another data seed,
 other split sizes or other training files could put training examples into the calibration or eval split, and
-are refused naming the fields; only the eval file and data.max_eval_samples may change. A damaged newest
-checkpoint falls back to the newest one that restores, with a warning.
+are refused naming the fields, as is any other model, constants or train.* setting than the run's; only the
+eval file, data.max_eval_samples and train.dtype may change. Only the parameters are restored; a damaged
+newest checkpoint falls back to the newest one that restores, with a warning. Every output in WORKDIR/eval/
+records the checkpoint step it scored, that checkpoint's run identity and the code that scored it.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ def _define_flags():
   config_flags.DEFINE_config_file('config', 'configs/sweet_demo.py', 'Experiment config file.')
   flags.DEFINE_enum('distributed', 'auto', ['auto', 'yes', 'no'],
                     "Multi-process job: 'yes' on every host of a TPU pod slice.")
-  flags.DEFINE_string('workdir', None, 'The training workdir (default: runs/<config file name>).')
+  flags.DEFINE_string('workdir', None, 'The training workdir (default: as train.py derives it from the command).')
   flags.DEFINE_list('compare', [], 'Evaluated workdirs whose curves to overlay (no evaluation runs).')
   flags.DEFINE_string('out', 'runs/compare.png', 'Where --compare writes its plot.')
 
@@ -43,7 +45,8 @@ def main(argv):
     sweet_eval.compare(flags.FLAGS.compare, flags.FLAGS.out)
     print(f'wrote {flags.FLAGS.out}')
     return
-  run(flags.FLAGS.config, flags.FLAGS.workdir or reporting.default_workdir(flags.FLAGS['config'].config_filename))
+  config = flags.FLAGS.config
+  run(config, flags.FLAGS.workdir or fingerprint.default_workdir(flags.FLAGS['config'].config_filename, config))
 
 
 def run(config, workdir: str) -> dict:
@@ -51,8 +54,10 @@ def run(config, workdir: str) -> dict:
   validation.validate(config)
   if config.method == 'papa':
     return papa_experiment.rescore(config, workdir)
+  methods.check_model_fields(config)
   splits = data.load_splits(config.data)
-  now = fingerprint.of_run(config, splits)
+  built = methods.build(config, num_labels=len(splits.train.label_names))
+  now = fingerprint.of_run(config, splits, built.constants_record)
 
   def check(meta):
     if 'fingerprint' not in meta:
@@ -60,11 +65,11 @@ def run(config, workdir: str) -> dict:
                       'the data, seed and sizes it was trained with.', workdir)
     fingerprint.check_for_eval(meta.get('fingerprint'), now, workdir)
 
-  built = methods.build(config, num_labels=len(splits.train.label_names))
-  restored = train_loop.restore(config, workdir, built.method, check)
+  restored = train_loop.restore(config, workdir, built.method, check)  # the parameters alone
   result = sweet_eval.evaluate(config, workdir, method=config.method, encoder_config=built.encoder_config,
                                exit_config=built.exit_config, params=restored.state, splits=splits,
-                               encode_fn=built.encode_fn, constants=built.constants)
+                               encode_fn=built.encode_fn, constants=built.constants,
+                               record=train_loop.scored_record(restored))
   if reporting.is_writer():
     print(summary(workdir, restored.step, result))
   return result

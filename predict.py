@@ -9,7 +9,9 @@ object per input row, in input order: row (0-based), line (1-based, where the fi
 confidence, exit (0-based), layer (the exit sits after it), and with --all_exits every exit's probabilities
 [exits][labels]; '-' or nothing writes to standard output. The threshold: --threshold, or --max_accuracy_drop
 (points of accuracy), which picks the fastest threshold of WORKDIR/eval/curve.json within that much of the
-full model. A summary (examples, examples/s, share of layers run, exit counts, truncated texts) goes to stderr.
+full model. A summary (examples, examples/s, share of layers run, exit counts, truncated texts, the checkpoint
+step and run identity used) goes to stderr; with an --output file, OUTPUT.run.json records the threshold, the
+checkpoint step, the run identity and the code that predicted (pipeline.train_loop.scored_record).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from ml_collections import config_flags
 
 from drivers import predictor
 from encoder_jax import CheckpointError
-from pipeline import data, reporting
+from pipeline import data, fingerprint, reporting
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/sweet_demo.py', 'Experiment config file.')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'The trained workdir (default: runs/<config file name>).')
@@ -46,7 +48,7 @@ def main(argv):
   if (_THRESHOLD.value is None) == (_DROP.value is None):
     raise app.UsageError('Give exactly one of --threshold and --max_accuracy_drop.')
   config = _CONFIG.value
-  workdir = _WORKDIR.value or reporting.default_workdir(flags.FLAGS['config'].config_filename)
+  workdir = _WORKDIR.value or fingerprint.default_workdir(flags.FLAGS['config'].config_filename, config)
   try:
     inputs = predictor.read_inputs(_INPUT.value, predictor.text_fields(config))
     model = predictor.Predictor(config, workdir, threshold=_THRESHOLD.value, max_accuracy_drop=_DROP.value,
@@ -60,12 +62,16 @@ def main(argv):
     for i, row in enumerate(out):
       line = {'line': inputs.lines[i]} if inputs.lines[i] is not None else {}
       f.write(json.dumps({'row': i, **line, **row}) + '\n')
+  record = model.record or {}
+  if _OUTPUT.value != '-':  # beside the predictions: which parameters made them (rows stay one per input)
+    reporting.write_json(_OUTPUT.value + '.run.json', {'threshold': model.threshold, 'rule': model.rule, **record})
   s = model.summary(out)
   counts = ', '.join(f'{c} at exit {i} (layer {l})' for i, (c, l) in enumerate(zip(s['exit_counts'],
                                                                                     s['exit_layers'])))
   print(f'{s["examples"]} examples in {s["seconds"]:.2f} s ({s["examples_per_s"]:.1f} examples/s, compilation '
         f'included); {s["layer_fraction"]:.1%} of the layers run ({s["flops_fraction"]:.1%} of the FLOPs) at '
-        f'threshold {s["threshold"]:g}; {counts}; {s["truncated"]} text(s) truncated to the model\'s length.',
+        f'threshold {s["threshold"]:g}; {counts}; {s["truncated"]} text(s) truncated to the model\'s length; '
+        f'checkpoint step {record.get("checkpoint_step")}, run identity {record.get("run_identity_digest")}.',
         file=sys.stderr)
 
 

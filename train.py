@@ -2,8 +2,10 @@
 
 The config file's get_config() picks the method (config.method) and everything else; any field can be
 overridden on the command line, e.g. --config.train.learning_rate=3e-5. A rerun of the same command
-resumes from the newest checkpoint in --workdir that restores; a workdir made from other data or another
-model is refused (its fingerprint differs), and a finished one is left as it is. Impossible settings are
+resumes from the newest checkpoint in --workdir that restores; a workdir made by another run (other data,
+model, constants or train.* settings: pipeline.fingerprint) is refused naming the differing fields, and a
+finished one is left as it is. Without --workdir, a command whose overrides change the run works in
+runs/<config>-<hash of those overrides>, never in the plain command's runs/<config>. Impossible settings are
 refused before any work. With no flags it runs the offline demo.
 """
 
@@ -28,7 +30,8 @@ def _define_flags():
   config_flags.DEFINE_config_file('config', 'configs/sweet_demo.py', 'Experiment config file.')
   flags.DEFINE_enum('distributed', 'auto', ['auto', 'yes', 'no'],
                     "Multi-process job: 'yes' on every host of a TPU pod slice.")
-  flags.DEFINE_string('workdir', None, 'Output directory (default: runs/<config file name>).')
+  flags.DEFINE_string('workdir', None, 'Output directory (default: runs/<config file name>, with -<hash> of '
+                      'the overridden fields when --config.* overrides change the run).')
 
 
 def gradient_conflict(config, workdir, built, splits):
@@ -55,6 +58,7 @@ def run(config, workdir: str) -> dict:
   validation.validate(config)  # before any data or model is loaded
   if config.method == 'papa':
     return papa_experiment.run(config, workdir)
+  methods.check_model_fields(config)  # reads only the model's config.json and tokenizer
   splits = data.load_splits(config.data)
   built = methods.build(config, num_labels=len(splits.train.label_names))
   results = train_loop.train_and_evaluate(
@@ -62,7 +66,7 @@ def run(config, workdir: str) -> dict:
       extra_results={'exit_layers': list(built.exit_config.exit_layers),
                      'label_names': list(splits.train.label_names),
                      'num_train_examples': len(splits.train)},
-      run_fingerprint=fingerprint.of_run(config, splits))
+      run_fingerprint=fingerprint.of_run(config, splits, built.constants_record))
   if results.get('interrupted'):
     return results
   print('per-exit accuracy on the eval split:', ' '.join(f'{a:.4f}' for a in results['per_exit_accuracy']))
@@ -76,8 +80,9 @@ def main(argv):
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO; --verbosity=0 brings it back
   sharding.initialize_distributed(flags.FLAGS.distributed)  # before any computation
-  workdir = flags.FLAGS.workdir or reporting.default_workdir(flags.FLAGS['config'].config_filename)
-  results = run(flags.FLAGS.config, workdir)
+  config = flags.FLAGS.config
+  workdir = flags.FLAGS.workdir or fingerprint.default_workdir(flags.FLAGS['config'].config_filename, config)
+  results = run(config, workdir)
   if results.get('interrupted'):
     sys.exit(130)
 

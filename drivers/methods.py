@@ -7,12 +7,15 @@ pipeline only ever sees the Method. PAPA runs its own staged experiment (papa_ex
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any, Callable
 
 import numpy as np
 
 import encoder_jax
+import encoder_jax.hf_import
 from encoder_jax.tokenization import DEFAULT_BUCKETS
+from pipeline import data, fingerprint, validation
 from pipeline.train_loop import Method
 from sweet_jax import exits, objectives
 
@@ -28,6 +31,8 @@ class Built:
   exit_config: exits.ExitConfig
   encode_fn: Callable[..., dict[str, np.ndarray]]
   constants: Any = None
+  # The constants' record for the run identity (pipeline.fingerprint.of_model); None without constants.
+  constants_record: dict[str, Any] | None = None
 
 
 def constant_heads_of(spec, encoder_config, exit_config) -> list[tuple[int, int]] | str:
@@ -44,13 +49,40 @@ def constant_heads_of(spec, encoder_config, exit_config) -> list[tuple[int, int]
   return [tuple(int(x) for x in pair) for pair in spec]
 
 
-def _load_constants(path: str):
-  """PAPA averages [layers, heads, L, L] from an npz written by papa_jax.averages (no pickle)."""
+def _load_constants(path: str, encoder_config, checkpoint: str) -> tuple[np.ndarray, dict[str, Any]]:
+  """PAPA averages [layers, heads, L, L] from an npz written by papa_jax.averages (no pickle), checked against
+  the encoder they will run in, and their record for the run identity: the file's content (sha256, bytes;
+  the path for information), the model they were estimated for, and their shape."""
   if not path:
     raise ValueError('model.constant_heads is set, so model.constants_path must name a PAPA averages .npz '
                      '(python train.py --config configs/papa_demo.py writes one to WORKDIR/papa/averages.npz).')
   from papa_jax import averages
-  return averages.load_constants(path)
+  est = averages.load(path)
+  averages.check_fits(est, encoder_config, checkpoint, where=f'model.constants_path {path}')
+  record = {**fingerprint.file_identity(path), 'model': est.model, 'encoder': est.encoder,
+            'shape': list(est.sums.shape)}
+  return est.averages, record
+
+
+def check_model_fields(config) -> None:
+  """Refuses, before any data is loaded, data.max_seq_length above the model's position table or below what
+  its tokenizer's special tokens need (pairs: RoBERTa and MPNet put 4 around two texts, BERT 3), naming the
+  field (pipeline.validation.ConfigError). Reads only config.json and the tokenizer."""
+  if config.method not in EXIT_METHODS:
+    return
+  checkpoint, length = config.model.checkpoint, config.data.max_seq_length
+  with open(encoder_jax.hf_import.resolve(checkpoint) / 'config.json') as f:
+    encoder_config = encoder_jax.EncoderConfig.from_hf(json.load(f))
+  if length > encoder_config.max_length:
+    raise validation.ConfigError(f'data.max_seq_length {length} exceeds the position table of {checkpoint} '
+                                 f'({encoder_config.max_length} tokens); set it to at most that.')
+  pair = len(data.text_fields(config.data)) == 2
+  need = encoder_jax.load_tokenizer(checkpoint).num_special_tokens_to_add(pair=pair) + (2 if pair else 1)
+  if length < need:
+    raise validation.ConfigError(
+        f'data.max_seq_length must be a whole number >= {need} (the {checkpoint} tokenizer adds '
+        f'{need - (2 if pair else 1)} special tokens around {"a pair" if pair else "a text"}, plus one token of '
+        f'each text), got {length}.')
 
 
 def build(config, num_labels: int) -> Built:
@@ -62,11 +94,11 @@ def build(config, num_labels: int) -> Built:
   encoder_config, pretrained = encoder_jax.load_pretrained(m.checkpoint, dtype=config.train.get('dtype', 'float32'))
   exit_config = exits.ExitConfig(tuple(m.exit_layers), num_labels, m.pooling, m.classifier_dropout)
   exit_config.check(encoder_config)
-  constants = None
+  constants = constants_record = None
   heads = constant_heads_of(m.get('constant_heads', ''), encoder_config, exit_config)
   if heads:
+    constants, constants_record = _load_constants(m.get('constants_path', ''), encoder_config, m.checkpoint)
     encoder_config = encoder_config.with_heads('constant', heads)
-    constants = _load_constants(m.get('constants_path', ''))
   init, loss, predict = objectives.make_fns(
       name, encoder_config, exit_config, pretrained, weighting=config.train.exit_weighting,
       geometric_ratio=config.train.get('geometric_ratio', 2.0), constants=constants)
@@ -77,4 +109,4 @@ def build(config, num_labels: int) -> Built:
                                          layout_length=None if constants is None else constants.shape[-1],
                                          buckets=tuple(config.data.get('length_buckets', DEFAULT_BUCKETS)))
   method = Method(name, init, loss, predict, param_groups=objectives.param_groups(name, exit_config))
-  return Built(method, encoder_config, exit_config, encode_fn, constants)
+  return Built(method, encoder_config, exit_config, encode_fn, constants, constants_record)

@@ -9,7 +9,9 @@ Stages, all under WORKDIR/papa/; each is skipped when its output exists and reco
 made from other data, seeds or model is recomputed, and the log says which fields differ:
   1. averages.npz   masked average attention of the pretrained encoder over the train split (or a seeded
                     random estimate_max_examples of it; raising that later extends the saved sums);
-                    averages.json records the fingerprint and order seed the sums were made with.
+                    averages.json records the fingerprint and order seed the sums were made with. The file
+                    records the encoder it was estimated for; a file about to be extended or recomputed is
+                    first renamed to averages-<sha256[:12]>.npz, never changed in place.
   2. ranking.json   the lambda-gated run: lambdas per head and the global ranking (ascending lambda).
   3. probe_k{k}.npz / .json   for each k in config.papa.ks: the probe head trained on the frozen encoder with
                     the first k ranked heads constant, and its eval accuracy per epoch.
@@ -70,10 +72,25 @@ def estimate(s: _Setup) -> averages.AttentionSums:
   est = averages.accumulate(s.enc_config, s.enc_params, s.batches(subset, bs), est,
                             model=str(s.config.model.checkpoint), length=s.length)
   if reporting.is_writer():
+    _keep_aside(path)
     averages.save(path, est)
     record.write_text(json.dumps(made_from, indent=1) + '\n')  # after the sums: a crash between means recompute
   _log(f'averages: {est.num_examples} examples in {time.perf_counter() - t0:.1f} s -> {path}')
   return est
+
+
+def _keep_aside(path) -> None:
+  """An averages file about to be replaced (extended or recomputed) is renamed to averages-<sha256[:12]>.npz,
+  never rewritten: a SWEET model trained with it (model.constants_path) keeps its constants, and its run
+  identity (which holds their sha256) names the kept file's digest."""
+  if not path.exists():
+    return
+  kept = path.with_name(f'{path.stem}-{fingerprint.file_identity(str(path))["sha256"][:12]}{path.suffix}')
+  if kept.exists():
+    path.unlink()  # the same bytes are already kept under that name
+  else:
+    path.rename(kept)
+  _log(f'averages: the previous {path.name} is kept as {kept} (a model trained with it still finds it)')
 
 
 # ------------------------------------------------------------------------------------------ 2. ranking
@@ -265,6 +282,7 @@ def _results(s: _Setup, est: averages.AttentionSums, per_k: list[dict], eval_tok
                'eval_split': d.get('eval_split', ''), 'num_train': len(s.splits.train),
                'num_eval': len(s.splits.eval), 'label_names': list(s.splits.train.label_names)},
       'num_heads': s.total_heads, 'estimate_examples': est.num_examples, 'fingerprint': s.fingerprint,
+      'code': fingerprint.code_provenance(),
       'slot_coverage': averages.slot_coverage(est, eval_tokens.masks),
       'baseline_accuracy': base, 'results': rows, 'rescored': rescored,
       'speed': json.loads(speed_path.read_text()) if speed_path.exists() else None,

@@ -29,7 +29,7 @@ import numpy as np
 import encoder_jax
 from drivers import methods
 from drivers import sweet_eval
-from pipeline import data, reporting, sharding, train_loop
+from pipeline import data, fingerprint, reporting, sharding, train_loop
 from pipeline.config_fields import get as _get
 from sweet_jax import adaptive, curves
 
@@ -57,6 +57,7 @@ class Trained:
   params: Any
   label_names: tuple[str, ...]
   method: str
+  record: dict[str, Any] | None = None  # train_loop.scored_record: the checkpoint step, run identity, code
 
 
 def load_trained(config, workdir: str) -> Trained:
@@ -74,8 +75,10 @@ def load_trained(config, workdir: str) -> Trained:
   if not names:  # an interrupted or older run: the labels are those of the training data
     names = data.load_splits(config.data).train.label_names
   built = methods.build(config, num_labels=len(names))
-  params = sharding.host_local(train_loop.restore_params(config, workdir, built.method))
-  return Trained(built, params, tuple(str(n) for n in names), config.method)
+  restored = train_loop.restore(config, workdir, built.method,
+                                fingerprint.model_check(config, built.constants_record, workdir))
+  params = sharding.host_local(restored.state)
+  return Trained(built, params, tuple(str(n) for n in names), config.method, train_loop.scored_record(restored))
 
 
 def choose_threshold(curve: dict[str, Any], full_accuracy: float, max_drop: float) -> tuple[float, str]:
@@ -159,6 +162,7 @@ class Predictor:
     trained = load_trained(config, workdir)
     built = trained.built
     self.config, self.built, self.label_names, self.method = config, built, trained.label_names, trained.method
+    self.record = trained.record  # what every prediction output records about the parameters it used
     self.exit_layers = built.exit_config.exit_layers
     self.fields = text_fields(config)
     eval_dir = os.path.join(workdir, 'eval')

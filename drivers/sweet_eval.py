@@ -124,7 +124,8 @@ class EvalSettings:
 
 
 def evaluate(config, workdir: str, *, method: str, encoder_config, exit_config: exits.ExitConfig, params,
-             splits: data.Splits, encode_fn: Callable, constants=None) -> dict[str, Any]:
+             splits: data.Splits, encode_fn: Callable, constants=None,
+             record: dict[str, Any] | None = None) -> dict[str, Any]:
   """Scores a trained exit model on splits.eval and writes WORKDIR/eval/ (see the module docstring).
 
   Args:
@@ -133,8 +134,10 @@ def evaluate(config, workdir: str, *, method: str, encoder_config, exit_config: 
     splits: pipeline.data.Splits; temperatures are fit on splits.calibration, accuracy on splits.eval.
     encode_fn: (texts_a, texts_b | None) -> dict of int32 [rows, seq] input_ids, attention_mask, token_type_ids.
     constants: PAPA constant attention matrices, when the encoder has constant heads.
+    record: what the parameters were (pipeline.train_loop.scored_record: checkpoint step, run identity,
+      code); written into every JSON output and the result.
   Returns:
-    {'per_exit_accuracy': [E], 'temperatures': [E], 'points': [...]} (what the files hold).
+    {'per_exit_accuracy': [E], 'temperatures': [E], 'points': [...], **record} (what the files hold).
   """
   es = EvalSettings.of(config)
   # Every process evaluates on its own devices (the adaptive engine times one device; only process 0 writes),
@@ -169,8 +172,8 @@ def evaluate(config, workdir: str, *, method: str, encoder_config, exit_config: 
              'exit_layers': list(exit_config.exit_layers), 'eval_examples': len(labels),
              'timing_examples': n_time, 'timing_repeats': es.timing_repeats, 'compile_s': compile_s,
              'device': f'{jax.default_backend()} x{jax.device_count()}', 'points': rows}
-    _write_outputs(os.path.join(workdir, 'eval'), per_exit, temp_info, curve)
-  return {'per_exit_accuracy': per_exit.tolist(), 'temperatures': temps.tolist(), 'points': rows}
+    _write_outputs(os.path.join(workdir, 'eval'), per_exit, temp_info, curve, record or {})
+  return {'per_exit_accuracy': per_exit.tolist(), 'temperatures': temps.tolist(), 'points': rows, **(record or {})}
 
 
 def fit_temperatures(forward, params, calibration_split, encode_fn, batch_size: int, num_exits: int
@@ -191,14 +194,16 @@ def fit_temperatures(forward, params, calibration_split, encode_fn, batch_size: 
                  'nll_fitted': calibration.nll(cal_logits, cal_labels, temps).tolist()}
 
 
-def _write_outputs(out_dir: str, per_exit: np.ndarray, temp_info: dict[str, Any], curve: dict[str, Any]) -> None:
-  """WORKDIR/eval/: per_exit_accuracy.json, temperatures.json, curve.json, curve.csv and curve.png."""
+def _write_outputs(out_dir: str, per_exit: np.ndarray, temp_info: dict[str, Any], curve: dict[str, Any],
+                   record: dict[str, Any]) -> None:
+  """WORKDIR/eval/: per_exit_accuracy.json, temperatures.json, curve.json (each with `record`), curve.csv and
+  curve.png."""
   os.makedirs(out_dir, exist_ok=True)
   reporting.write_json(os.path.join(out_dir, 'per_exit_accuracy.json'),
                        {'method': curve['method'], 'exit_layers': curve['exit_layers'], 'accuracy': per_exit.tolist(),
-                        'examples': curve['eval_examples']})
-  reporting.write_json(os.path.join(out_dir, 'temperatures.json'), temp_info)
-  reporting.write_json(os.path.join(out_dir, 'curve.json'), curve)
+                        'examples': curve['eval_examples'], **record})
+  reporting.write_json(os.path.join(out_dir, 'temperatures.json'), {**temp_info, **record})
+  reporting.write_json(os.path.join(out_dir, 'curve.json'), {**curve, **record})
   _write_csv(os.path.join(out_dir, 'curve.csv'), curve['points'])
   label = f"{curve['method']} ({curve['engine']}, batch {curve['batch_size']})"
   plot_curves([(label, curve)], os.path.join(out_dir, 'curve.png'))

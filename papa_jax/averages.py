@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
 from typing import Any, Iterable, Mapping
 
@@ -38,17 +39,20 @@ class AttentionSums:
     num_examples: examples seen so far.
     model: name of the checkpoint the attention came from (metadata).
     length: L, the fixed layout's length.
+    encoder: model_identity of the encoder the attention came from ({} when not recorded: older files).
   """
   sums: np.ndarray
   counts: np.ndarray
   num_examples: int = 0
   model: str = ''
   length: int = 0
+  encoder: dict = dataclasses.field(default_factory=dict)
 
   @classmethod
-  def zeros(cls, num_layers: int, num_heads: int, length: int, model: str = '') -> 'AttentionSums':
+  def zeros(cls, num_layers: int, num_heads: int, length: int, model: str = '',
+            encoder: dict | None = None) -> 'AttentionSums':
     return cls(np.zeros((num_layers, num_heads, length, length), np.float64),
-               np.zeros((length, length), np.float64), 0, model, length)
+               np.zeros((length, length), np.float64), 0, model, length, dict(encoder or {}))
 
   @property
   def averages(self) -> np.ndarray:
@@ -121,7 +125,8 @@ def accumulate(config: encoder_jax.EncoderConfig, params, batches: Iterable[Mapp
   for batch in batches:
     ids = np.asarray(batch['input_ids'])
     if estimate is None:
-      estimate = AttentionSums.zeros(config.num_layers, config.num_heads, length or ids.shape[1], model)
+      estimate = AttentionSums.zeros(config.num_layers, config.num_heads, length or ids.shape[1], model,
+                                     model_identity(config))
     if ids.shape[1] != estimate.length:
       raise ValueError(f'Batch length {ids.shape[1]} differs from the estimate\'s length {estimate.length}; '
                        'lay every input out at one fixed length (encoder_jax.papa_layout).')
@@ -161,7 +166,8 @@ def save(path: str | os.PathLike, estimate: AttentionSums) -> None:
   tmp = path + '.tmp.npz'
   np.savez(tmp, sums=estimate.sums, counts=estimate.counts, averages=estimate.averages,
            num_examples=np.int64(estimate.num_examples), model=np.str_(estimate.model),
-           length=np.int64(estimate.length), format_version=np.int64(FORMAT_VERSION))
+           length=np.int64(estimate.length), encoder=np.str_(json.dumps(estimate.encoder, sort_keys=True)),
+           format_version=np.int64(FORMAT_VERSION))
   os.replace(tmp, path)  # atomic: a crash never leaves a half-written estimate that resume would trust
 
 
@@ -176,5 +182,40 @@ def load(path: str | os.PathLike) -> AttentionSums:
     version = int(f['format_version'])
     if version != FORMAT_VERSION:
       raise ValueError(f'{path}: attention-average format {version}, this code reads {FORMAT_VERSION}.')
+    encoder = json.loads(str(f['encoder'])) if 'encoder' in f.files else {}
     return AttentionSums(sums=f['sums'].astype(np.float64), counts=f['counts'].astype(np.float64),
-                         num_examples=int(f['num_examples']), model=str(f['model']), length=int(f['length']))
+                         num_examples=int(f['num_examples']), model=str(f['model']), length=int(f['length']),
+                         encoder=encoder)
+
+
+def model_identity(config: encoder_jax.EncoderConfig) -> dict[str, Any]:
+  """What attention averages depend on in an encoder's config: its architecture and sizes (not its kernels,
+  dtype or dropout)."""
+  fields = ('model_type', 'vocab_size', 'hidden_size', 'num_layers', 'num_heads', 'intermediate_size',
+            'max_position_embeddings', 'type_vocab_size')
+  return {f: getattr(config, f) for f in fields}
+
+
+def _model_name(name: str) -> str:
+  """A checkpoint name as comparable text: a local directory by its absolute path."""
+  return os.path.abspath(os.path.expanduser(name)) if name and os.path.isdir(os.path.expanduser(name)) else name
+
+
+def check_fits(estimate: AttentionSums, config: encoder_jax.EncoderConfig, checkpoint: str = '', *,
+               where: str = 'the averages') -> None:
+  """Raises ValueError unless `estimate` was made for this encoder: sums [config.num_layers,
+  config.num_heads, L, L] (a head index must never fall outside them: indexing would clamp it to the last
+  head), and, where the file recorded them, the same architecture and sizes and the same checkpoint name."""
+  shape = tuple(estimate.sums.shape)
+  want = (config.num_layers, config.num_heads)
+  problems = []
+  if shape[:2] != want:
+    problems.append(f'shape {list(shape)}, but the encoder has {want[0]} layers x {want[1]} heads')
+  mine = model_identity(config)
+  problems += [f'{k} {estimate.encoder[k]!r} (the encoder: {mine[k]!r})' for k in mine
+               if k in estimate.encoder and estimate.encoder[k] != mine[k]]
+  if estimate.model and checkpoint and _model_name(estimate.model) != _model_name(str(checkpoint)):
+    problems.append(f'estimated for model {estimate.model!r}, used with {checkpoint!r}')
+  if problems:
+    raise ValueError(f'{where} were not estimated for this encoder: {"; ".join(problems)}. Estimate them with '
+                     'this model (python train.py --config configs/papa_demo.py --config.model.checkpoint=...).')

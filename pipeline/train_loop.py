@@ -198,10 +198,12 @@ def train_and_evaluate(config, workdir: str, method: Method, splits: data.Splits
   """Trains `method` on splits.train, checkpointing into workdir and resuming from it, then scores
   splits.eval. Writes workdir/metrics.jsonl and workdir/results.json; returns the results dict.
 
-  run_fingerprint (pipeline.fingerprint.of_run) is recorded in every checkpoint and in results.json. A
-  workdir whose checkpoint was made with another fingerprint, seed or batch size is refused (FingerprintMismatch
-  listing the fields); a finished one with the same returns its results.json untouched. A damaged newest
-  checkpoint falls back to the newest one that restores.
+  run_fingerprint (pipeline.fingerprint.of_run; its 'train' part is always this config's) is recorded in
+  every checkpoint and in results.json, with the code's provenance. A workdir whose checkpoint was made by
+  another run (any differing identity field: data, model, constants, any train.* field that changes the
+  parameters) is refused (FingerprintMismatch listing the fields); a finished one with the same identity
+  returns its results.json untouched. A damaged newest checkpoint falls back to the newest one that restores
+  (the damaged step is moved aside, not deleted); any other restore error propagates.
 
   Raises TrainingDiverged on a non-finite loss (the last good checkpoint stays). On SIGINT/SIGTERM it
   saves, and returns results with 'interrupted': True.
@@ -218,8 +220,11 @@ def train_and_evaluate(config, workdir: str, method: Method, splits: data.Splits
   params = method.init(init_rng)
   state = {'params': params, 'opt_state': tx.init(params), 'step': jnp.zeros((), jnp.int32)}
   shardings = sharding.param_shardings(mesh, state, min_shard)
+  # Every train.* field that changes the parameters is in the identity, whoever called.
   meta = {'steps_per_epoch': steps_per_epoch, 'batch_size': tc.batch_size, 'seed': tc.seed,
-          'num_train_examples': len(splits.train), 'fingerprint': fingerprint.normalized(run_fingerprint or {})}
+          'num_train_examples': len(splits.train),
+          'fingerprint': fingerprint.normalized({**(run_fingerprint or {}), 'train': fingerprint.of_train(config)}),
+          'code': fingerprint.code_provenance()}
   run = _Run(checkpoints.Checkpointer(workdir, max_to_keep=tc.get('max_to_keep', 2)), meta, total_steps)
   pc, pi = jax.process_count(), jax.process_index()
 
@@ -254,7 +259,7 @@ def train_and_evaluate(config, workdir: str, method: Method, splits: data.Splits
   writer.write(total_steps, 'eval', {f'exit_{i}/accuracy': a for i, a in enumerate(results['per_exit_accuracy'])})
   results.update(extra_results or {})
   results.update(method=method.name, seed=tc.seed, steps=total_steps, train_time_s=train_time,
-                 examples_per_s=rate, fingerprint=meta['fingerprint'], config=config)
+                 examples_per_s=rate, fingerprint=meta['fingerprint'], code=meta['code'], config=config)
   reporting.write_json(f'{workdir}/results.json', results)
   return results
 
@@ -270,11 +275,15 @@ def _initial_state(run: _Run, state, shardings, workdir: str):
     # (jit outputs never alias non-donated inputs; device_put may, even with may_alias=False.)
     return jax.jit(lambda s: s, out_shardings=shardings)(state), None
   restored = run.ckpt.restore_newest(checkpoints.abstract(state, shardings), _same_run_check(run.meta, workdir),
-                                     delete_damaged=True)
-  if restored.step >= run.total_steps:
+                                     move_damaged=True)
+  if restored.step > run.total_steps:  # a longer run (recorded before train.* was in the identity)
+    raise fingerprint.FingerprintMismatch(
+        f'{workdir} holds step {restored.step} of a longer run than this command\'s {run.total_steps} steps; '
+        'give this command a new --workdir.')
+  if restored.step == run.total_steps:
     done = _finished_results(workdir, run.meta['fingerprint'], run.total_steps)
     if done is not None:
-      _say(f'{workdir} already holds this finished run ({restored.step} steps, same data and model): '
+      _say(f'{workdir} already holds this finished run ({restored.step} steps, same run identity): '
            'results.json and metrics.jsonl are left as they are.')
       return None, done
   _say(f'Resuming from step {restored.step} of {run.total_steps}: '
@@ -332,9 +341,9 @@ def _same_run_check(meta: dict[str, Any], workdir: str) -> Callable[[dict[str, A
   this one's. A checkpoint from before fingerprints were recorded is checked on the rest, with a warning."""
 
   def check(saved: dict[str, Any]) -> None:
-    keys = [k for k in meta if k != 'fingerprint']
-    now = {'train': {k: meta[k] for k in keys}}
-    then = {'train': {k: saved.get(k) for k in keys}}
+    keys = [k for k in meta if k not in ('fingerprint', 'code')]  # the code is shown, never compared
+    now = {'checkpoint': {k: meta[k] for k in keys}}
+    then = {'checkpoint': {k: saved.get(k) for k in keys}}
     if 'fingerprint' in saved:
       now.update(meta['fingerprint'])
       then.update(saved['fingerprint'])
@@ -347,38 +356,39 @@ def _same_run_check(meta: dict[str, Any], workdir: str) -> Callable[[dict[str, A
 
 
 def _finished_results(workdir: str, run_fingerprint: dict[str, Any], total_steps: int) -> dict[str, Any] | None:
-  """workdir/results.json when it holds this run's final results (same fingerprint and step count)."""
+  """workdir/results.json when it holds this run's final results (same identity and step count)."""
   path = os.path.join(workdir, 'results.json')
   if not os.path.exists(path):
     return None
   with open(path) as f:
     saved = json.load(f)
-  same = saved.get('fingerprint') == run_fingerprint and saved.get('steps') == total_steps
+  # Compared fields only: the same data in another folder is the same run (paths are information).
+  same = ('fingerprint' in saved and not fingerprint.differences(saved['fingerprint'], run_fingerprint)
+          and saved.get('steps') == total_steps)
   return saved if same else None
 
 
 def restore(config, workdir: str, method: Method,
             check_meta: Callable[[dict[str, Any]], None] | None = None) -> checkpoints.Restored:
-  """The newest checkpoint in workdir that restores (for eval): Restored with state = the trained params,
-  replicated on this mesh; check_meta(meta) may refuse it (see Checkpointer.restore_newest)."""
+  """The newest checkpoint in workdir whose parameters restore (for eval, predict, export): Restored with
+  state = the trained params alone, replicated on this mesh (the optimizer state is not read, so damage in
+  it costs nothing here); check_meta(meta) may refuse it (see Checkpointer.restore_newest)."""
   mesh, min_shard = _mesh(config)
-  # The optimizer state's structure depends on neither the step count nor the clip groups.
-  tx = make_optimizer(config.train, 1, param_groups=method.param_groups)
-
-  def init_state(rng):
-    params = method.init(rng)
-    return {'params': params, 'opt_state': tx.init(params), 'step': jnp.zeros((), jnp.int32)}
-
-  template = jax.eval_shape(init_state, jax.random.key(0))
+  template = jax.eval_shape(method.init, jax.random.key(0))
   ckpt = checkpoints.Checkpointer(workdir, read_only=True)
   try:
-    restored = ckpt.restore_newest(checkpoints.abstract(template, sharding.param_shardings(mesh, template, min_shard)),
-                                   check_meta)
+    return ckpt.restore_newest(checkpoints.abstract(template, sharding.param_shardings(mesh, template, min_shard)),
+                               check_meta, params_only=True)
   finally:
     ckpt.close()
-  return dataclasses.replace(restored, state=restored.state['params'])
 
 
 def restore_params(config, workdir: str, method: Method) -> Params:
   """The trained params of the newest checkpoint in workdir that restores (for eval), replicated on this mesh."""
   return restore(config, workdir, method).state
+
+
+def scored_record(restored: checkpoints.Restored) -> dict[str, Any]:
+  """{'checkpoint_step', 'run_identity', 'run_identity_digest', 'code'} of a restored checkpoint: what an
+  eval, predict or export output records about the parameters it used (fingerprint.scored_record)."""
+  return fingerprint.scored_record(restored.step, restored.meta.get('fingerprint'))

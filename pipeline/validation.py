@@ -6,6 +6,7 @@ untrained model and a results.json that looks real, and a negative learning rate
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any
 
@@ -23,11 +24,24 @@ def _whole(minimum: int, why: str):
   return rule
 
 
-def _positive(why: str):
+def _real_in(low: float, high: float, why: str, *, low_open: bool = False, high_open: bool = True):
+  """A finite number in [low, high) (or (low, high) with low_open, [low, high] without high_open). NaN and
+  infinities fail every comparison or the finiteness check: an inf learning rate trains to NaN at once."""
   def rule(value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
-      return f'must be > 0 ({why}), got {value!r}'
+    ok = not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value) and (
+        value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+    if not ok:
+      span = f'{"(" if low_open else "["}{low:g}, {high:g}{")" if high_open else "]"}'
+      return f'must be a finite number in {span} ({why}), got {value!r}'
   return rule
+
+
+def _positive(why: str):
+  return _real_in(0.0, math.inf, why, low_open=True)
+
+
+def _non_negative(why: str):
+  return _real_in(0.0, math.inf, why)
 
 
 _BATCH = 'examples per step'
@@ -35,6 +49,11 @@ _BATCH = 'examples per step'
 RULES = (
     ('train', 'num_epochs', _whole(1, '0 epochs would save the untrained model as a result')),
     ('train', 'learning_rate', _positive('a negative rate trains uphill')),
+    ('train', 'adam_eps', _positive("Adam divides by sqrt(v) + eps: 0 or less divides by zero")),
+    ('train', 'warmup_fraction', _real_in(0.0, 1.0, 'the share of steps spent warming up; 1 never trains at '
+                                          'the full rate')),
+    ('train', 'weight_decay', _non_negative('negative decay grows the weights')),
+    ('train', 'grad_clip', _non_negative('0 turns clipping off; a negative norm has no meaning')),
     ('train', 'batch_size', _whole(1, _BATCH)),
     ('eval', 'batch_size', _whole(1, _BATCH)),
     ('papa', 'num_epochs', _whole(1, 'the probe head must train')),
@@ -67,6 +86,26 @@ def problems(config) -> list[str]:
     need = _min_seq_length(config)
     if why := _whole(need, 'room for [CLS], [SEP] and one token of each text')(length):
       out.append(f'data.max_seq_length {why}')
+  out += _batch_division(config)
+  return out
+
+
+def _batch_division(config) -> list[str]:
+  """Batches are split over the mesh's data axis (devices / mesh.model_axis): each must divide evenly."""
+  import jax
+  if _get(config, 'method', '') == 'papa':
+    return []  # PAPA's stages run on one device's batches, not over the mesh
+  model_axis = _get(_get(config, 'mesh'), 'model_axis', 1)
+  if not isinstance(model_axis, numbers.Integral) or model_axis < 1 or jax.device_count() % model_axis:
+    return [f'mesh.model_axis must divide the {jax.device_count()} devices, got {model_axis!r}']
+  data_axis = jax.device_count() // model_axis
+  out = []
+  for section, field in (('train', 'batch_size'), ('eval', 'batch_size')):
+    value = _get(_get(config, section), field)
+    if isinstance(value, numbers.Integral) and value > 0 and value % data_axis:
+      out.append(f'{section}.{field} {value} must be a multiple of the {data_axis} devices of the data axis '
+                 f'(jax.device_count() {jax.device_count()} / mesh.model_axis {model_axis}): each device takes an '
+                 f'equal share of a batch')
   return out
 
 

@@ -93,6 +93,17 @@ def test_hub_source_on_local_dataset_dir(tmp_path):
   assert s.eval.texts[0] == ('validation_matched p0', 'validation_matched p1', 'validation_matched p2')
   np.testing.assert_array_equal(s.eval.labels, [0, 1, 2])
   assert sorted(s.train.texts[0] + s.calibration.texts[0]) == sorted(f'train p{i}' for i in range(7))
+  # The identity records the revision datasets resolved (its builder hash): other data files, another one.
+  from pipeline import fingerprint
+  revision = s.versions['train']['revision']
+  assert revision and s.versions['eval']['revision'] == revision
+  assert fingerprint.of_data(cfg, s)['train']['revision'] == revision
+  rows = {'premise': ['changed'] * 7, 'hypothesis': ['h'] * 7, 'idx': list(range(7)), 'label': [0, 1, 2] * 2 + [0]}
+  datasets.Dataset.from_dict(rows, features=features).to_parquet(str(root / 'data' / 'train-00000-of-00001.parquet'))
+  changed = data.load_splits(cfg)
+  assert changed.versions['train']['revision'] != revision
+  diffs = fingerprint.differences(fingerprint.of_data(cfg, s), fingerprint.of_data(cfg, changed))
+  assert any(d.startswith('train.revision: saved ') for d in diffs), diffs
   cfg.eval_split = 'test'
   with pytest.raises(data.DataError, match=r"no split 'test'; splits: train, validation_matched"):
     data.load_splits(cfg)
@@ -140,6 +151,7 @@ def test_tfds_array_record_by_name_and_by_directory(tfds_dir):
     assert len(s.eval) == 4
     by_text = dict(zip(s.eval.texts[1], s.eval.labels))
     assert by_text == {f'h{i}': i % 3 for i in range(4)}
+    assert s.versions == {'train': {'version': '1.0.0'}, 'eval': {'version': '1.0.0'}}  # in the run identity
   cfg.eval_split = 'validation'
   with pytest.raises(data.DataError, match=r"no split 'validation'; splits: .*test"):
     data.load_splits(cfg)
@@ -387,3 +399,13 @@ def test_base_config_fields():
     assert field in cfg, field
   assert cfg.max_seq_length == 128 and cfg.source in data.SOURCES
   assert math.isclose(cfg.calibration_size, 0.1)
+
+
+@pytest.mark.parametrize('cell', ['\u200b', ' \u200b\u200d ', '\ufeff', '\u2060\t', '\u00ad'])
+def test_a_text_cell_of_zero_width_characters_is_empty(tmp_path, cell):
+  (tmp_path / 'train.csv').write_text(f'text,label\ngood film,1\n"{cell}",0\ndull plot,0\nfun,1\n', encoding='utf-8')
+  cfg = config(source='files', train_path=str(tmp_path / 'train.csv'), calibration_size=0, eval_size=1)
+  with pytest.raises(data.BadTextError, match=r"train\.csv: line 3: 'text' is empty"):
+    data.load_splits(cfg)
+  (tmp_path / 'train.csv').write_text('text,label\ngood film,1\nx\u200b,0\ndull plot,0\nfun,1\n', encoding='utf-8')
+  assert len(data.load_splits(cfg).train) == 3  # a visible character beside them is text

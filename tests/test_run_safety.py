@@ -51,9 +51,10 @@ def copy_workdir(trained, tmp_path) -> pathlib.Path:
   return work
 
 
-def damage(workdir, step, how='truncate'):
-  """Truncates (to half) or deletes the largest array file of a checkpoint step."""
-  files = [p for p in (pathlib.Path(workdir) / 'checkpoints' / str(step) / 'state').rglob('*') if p.is_file()]
+def damage(workdir, step, how='truncate', item='params'):
+  """Truncates (to half) or deletes the largest array data file of a checkpoint step's item ('params' or 'train':
+  the optimizer state and step)."""
+  files = [p for p in (pathlib.Path(workdir) / 'checkpoints' / str(step) / item).glob('d/*')]
   biggest = max(files, key=lambda p: p.stat().st_size)
   if how == 'truncate':
     biggest.write_bytes(biggest.read_bytes()[:biggest.stat().st_size // 2])
@@ -179,16 +180,26 @@ def test_no_restorable_checkpoint_is_one_clear_error(tiny_run, tmp_path):
 
 # ------------------------------------------------------------------------------------- impossible settings
 
-@pytest.mark.parametrize('field, value', [
-    ('data.max_seq_length', 0), ('data.max_seq_length', -5), ('data.max_seq_length', 2),
-    ('train.num_epochs', 0), ('train.learning_rate', -1.0), ('train.learning_rate', 0.0),
-    ('train.batch_size', 0), ('eval.batch_size', 0), ('data.length_buckets', ()),
-    ('data.length_buckets', (16, 0))])
-def test_impossible_settings_are_refused_before_any_work(tmp_path, field, value):
+_MUST = 'must be'
+
+
+@pytest.mark.parametrize('field, value, says', [
+    ('data.max_seq_length', 0, _MUST), ('data.max_seq_length', -5, _MUST), ('data.max_seq_length', 2, _MUST),
+    ('train.num_epochs', 0, _MUST), ('train.learning_rate', -1.0, _MUST), ('train.learning_rate', 0.0, _MUST),
+    ('train.batch_size', 0, _MUST), ('eval.batch_size', 0, _MUST), ('data.length_buckets', (), _MUST),
+    ('data.length_buckets', (16, 0), _MUST),
+    # issue 22's holes: not finite, a zero or negative epsilon, warmup outside [0, 1), negative decay or clip,
+    # batches the 8 (simulated) devices cannot share evenly
+    ('train.learning_rate', float('inf'), 'must be a finite'), ('train.learning_rate', float('nan'), 'finite'),
+    ('train.adam_eps', 0.0, r'\(0, inf\)'), ('train.adam_eps', -1e-8, r'\(0, inf\)'),
+    ('train.warmup_fraction', 1.0, r'\[0, 1\)'), ('train.warmup_fraction', -0.1, r'\[0, 1\)'),
+    ('train.weight_decay', -0.01, r'\[0, inf\)'), ('train.grad_clip', -1.0, r'\[0, inf\)'),
+    ('train.batch_size', 12, 'multiple of the 8 devices'), ('eval.batch_size', 20, 'multiple of the 8 devices')])
+def test_impossible_settings_are_refused_before_any_work(tmp_path, field, value, says):
   config = tiny_config(tmp_path, train_path=str(tmp_path / 'absent.csv'))  # loading data would fail differently
   section, name = field.split('.')
   config[section][name] = value
-  with pytest.raises(ValueError, match=rf'{field} must be'):
+  with pytest.raises(ValueError, match=rf'{field} .*{says}'):
     train_cli.run(config, str(tmp_path / 'work'))
   assert not (tmp_path / 'work').exists()
 

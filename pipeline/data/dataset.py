@@ -63,10 +63,13 @@ class TextDataset:
 @dataclasses.dataclass(frozen=True)
 class Splits:
   """train: what the model fits. calibration: held out of train for temperature fitting, never scored (None
-  when calibration_size is 0). eval: the split that is scored. The three share label ids and are disjoint."""
+  when calibration_size is 0). eval: the split that is scored. The three share label ids and are disjoint.
+  versions: the source's revision or version of the train and eval splits, where it has one."""
   train: TextDataset
   calibration: TextDataset | None
   eval: TextDataset
+  # 'train' / 'eval' -> what pins that hub or tfds split beyond its name (_Table.version); empty for files.
+  versions: dict = dataclasses.field(default_factory=dict)
 
   def summary(self) -> dict[str, dict[str, int]]:
     """Split name -> {'examples': N, <label name>: count, ...}, for logs."""

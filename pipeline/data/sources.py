@@ -69,10 +69,18 @@ def _load_hub(cfg, fetch):
     columns = {c: arrow[c].to_pylist() for c in needed if c in ds.column_names}
     feature = ds.features.get(label_field)
     names = tuple(feature.names) if isinstance(feature, datasets.ClassLabel) else None
-    return _Table(origin, columns, ds.num_rows, None, names, tuple(ds.column_names))
+    return _Table(origin, columns, ds.num_rows, None, names, tuple(ds.column_names), _hub_version(ds))
 
   eval_split = _get(cfg, 'eval_split', '')
   return table(_get(cfg, 'train_split', 'train')), (table(eval_split) if eval_split else None)
+
+
+def _hub_version(ds) -> dict:
+  """What pins a loaded hub split: the builder hash in its cache path (datasets derives it from the resolved
+  revision, or from local data files' content) and the fingerprint datasets computes for it."""
+  files = [f['filename'] for f in (ds.cache_files or ())]
+  revision = os.path.basename(os.path.dirname(files[0])) if files else ''
+  return {'revision': revision, 'fingerprint': getattr(ds, '_fingerprint', '')}
 
 
 def _load_tfds(cfg, fetch):
@@ -117,7 +125,7 @@ def _load_tfds(cfg, fetch):
     for start in range(0, n, 4096):  # batched reads: one call per chunk, not per record
       records.extend(source.__getitems__(list(range(start, min(start + 4096, n)))))
     columns = {c: [_from_tfds(r[c]) for r in records] for c in needed if c in features}
-    return _Table(origin, columns, n, None, names, tuple(features.keys()))
+    return _Table(origin, columns, n, None, names, tuple(features.keys()), {'version': str(builder.info.version)})
 
   eval_split = _get(cfg, 'eval_split', '')
   return table(_get(cfg, 'train_split', 'train')), (table(eval_split) if eval_split else None)

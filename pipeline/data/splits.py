@@ -17,7 +17,7 @@ from pipeline.data.dataset import Splits, TextDataset
 from pipeline.data.errors import (BadConfigError, BadLabelError, BadTextError, DataError, EmptySplitError,
                                   MissingColumnError, SingleClassError, UnknownLabelError, UnknownSourceError)
 from pipeline.data.sources import _LOADERS
-from pipeline.data.tables import MISSING, _Table
+from pipeline.data.tables import MISSING, _Table, is_blank
 
 
 def _count(size, total: int, what: str, cap: int | None = None) -> int:
@@ -50,7 +50,7 @@ def _label_key(value, table: _Table, i: int, field: str) -> str:
   if isinstance(value, (bytes, np.bytes_)):
     value = value.decode('utf-8')
   if isinstance(value, str):
-    if value.strip():
+    if not is_blank(value):
       return value
     problem = 'an empty string'
   elif isinstance(value, (bool, np.bool_)):
@@ -97,7 +97,7 @@ def _to_dataset(table: _Table, text_fields, label_field, mapping: dict[str, int]
           raise MissingColumnError(f'{table.origin}: {table.where(i)} has no field {field!r}.')
         kind = 'NaN' if isinstance(value, float) and math.isnan(value) else type(value).__name__
         raise BadTextError(f'{table.origin}: {table.where(i)}: {field!r} is {value!r} ({kind}), not text.')
-      if not allow_empty_text and not value.strip():
+      if not allow_empty_text and is_blank(value):
         raise BadTextError(f'{table.origin}: {table.where(i)}: {field!r} is empty ({value!r}); fix the row, or set '
                            'data.allow_empty_text=True to keep empty texts.')
     texts.append(tuple(column))
@@ -175,7 +175,8 @@ def load_splits(data_config, *, fetch: Callable | None = None) -> Splits:
   if 0 < max_eval < len(evaluation):
     evaluation = evaluation.subset(_sample(len(evaluation), max_eval, seed, 3))
   _check_classes(train, label_field)
-  return Splits(train=train, calibration=calibration, eval=evaluation)
+  versions = {name: t.version for name, t in (('train', train_table), ('eval', eval_table)) if t and t.version}
+  return Splits(train=train, calibration=calibration, eval=evaluation, versions=versions)
 
 
 def _check_classes(train: TextDataset, label_field: str) -> None:

@@ -8,11 +8,22 @@ import dataclasses
 import io
 import json
 import pathlib
+import re
 from typing import Sequence
 
 from pipeline.data.errors import BadConfigError, DataError, DataFileNotFoundError, EmptySplitError
 
 FILE_EXTENSIONS = ('.csv', '.tsv', '.jsonl', '.json', '.parquet')
+
+# Characters that show nothing: a text cell of only these (and whitespace) is empty. str.strip() keeps the
+# zero-width ones (U+200B..U+200D, U+2060 word joiner, U+FEFF BOM, U+00AD soft hyphen, U+180E).
+_BLANK = re.compile('[\\s\u200b\u200c\u200d\u2060\ufeff\u00ad\u180e]*')
+
+
+def is_blank(text: str) -> bool:
+  """Whether a text cell shows nothing: empty, whitespace, or zero-width characters only."""
+  return _BLANK.fullmatch(text) is not None
+
 
 MISSING = object()  # public: the value of a field that a jsonl row lacks (readers tell it from None)
 
@@ -26,6 +37,9 @@ class _Table:
   lines: list[int] | None = None  # 1-based line of each row in a text file; None: rows are 0-based indices
   class_names: tuple[str, ...] | None = None  # names of a declared ClassLabel on the label column
   all_columns: tuple[str, ...] | None = None  # every column, when only the needed ones were read
+  # What pins a hub or tfds split beyond its name: {'revision', 'fingerprint'} (datasets) or {'version'}
+  # (tfds); the run identity records it (pipeline.fingerprint). None for local files (hashed by content).
+  version: dict | None = None
 
   def where(self, i: int) -> str:
     return f'line {self.lines[i]}' if self.lines is not None else f'row {i} (0-based)'
