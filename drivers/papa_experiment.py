@@ -9,9 +9,8 @@ Stages, all under WORKDIR/papa/; each is skipped when its output exists and reco
 made from other data, seeds or model is recomputed, and the log says which fields differ:
   1. averages.npz   masked average attention of the pretrained encoder over the train split (or a seeded
                     random estimate_max_examples of it; raising that later extends the saved sums);
-                    averages.json records the fingerprint and order seed the sums were made with. The file
-                    records the encoder it was estimated for; a file about to be extended or recomputed is
-                    first renamed to averages-<sha256[:12]>.npz, never changed in place.
+                    averages.json records the fingerprint and order seed; the file, its encoder. A file about
+                    to be extended or recomputed is renamed to averages-<sha256[:12]>.npz, never rewritten.
   2. ranking.json   the lambda-gated run: lambdas per head and the global ranking (ascending lambda).
   3. probe_k{k}.npz / .json   for each k in config.papa.ks: the probe head trained on the frozen encoder with
                     the first k ranked heads constant, and its eval accuracy per epoch.
@@ -80,9 +79,8 @@ def estimate(s: _Setup) -> averages.AttentionSums:
 
 
 def _keep_aside(path) -> None:
-  """An averages file about to be replaced (extended or recomputed) is renamed to averages-<sha256[:12]>.npz,
-  never rewritten: a SWEET model trained with it (model.constants_path) keeps its constants, and its run
-  identity (which holds their sha256) names the kept file's digest."""
+  """Renames an averages file about to be replaced to averages-<sha256[:12]>.npz: a SWEET model trained with
+  it keeps its constants, under the digest its run identity records."""
   if not path.exists():
     return
   kept = path.with_name(f'{path.stem}-{fingerprint.file_identity(str(path))["sha256"][:12]}{path.suffix}')
