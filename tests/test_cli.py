@@ -3,6 +3,7 @@ Also SWEET with constant (PAPA) heads in its first segment, built by the registr
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -119,3 +120,17 @@ def test_registry_rejects_unknown_method_and_missing_constants(task):
   config.model.constants_path = ''
   with pytest.raises(ValueError, match='constants_path'):
     methods.build(config, 2)
+
+
+def test_overrides_without_workdir_train_in_their_own_derived_workdir(task, tmp_path):
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  args = [sys.executable, os.path.join(ROOT, 'train.py'), '--config', os.path.join(ROOT, 'configs/sweet_demo.py'),
+          *_overrides(task)]
+  run = lambda: subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+  done = run()
+  assert done.returncode == 0, done.stderr[-3000:]
+  made = [p.name for p in (tmp_path / 'runs').iterdir()]
+  assert len(made) == 1 and re.fullmatch(r'sweet_demo-[0-9a-f]{8}', made[0])  # never the plain runs/sweet_demo
+  again = run()  # the same command finds its run again
+  assert again.returncode == 0 and 'already holds this finished run' in again.stdout
+  assert [p.name for p in (tmp_path / 'runs').iterdir()] == made
