@@ -61,7 +61,7 @@ _DEBERTA_LAYER = {
     'value': r'attention\.self\.value_proj', 'pos_query': r'attention\.self\.pos_query_proj',
     'pos_key': r'attention\.self\.pos_key_proj',
 }
-# DeBERTa v1's names after _split_fused (its fused in_proj, q_bias, v_bias, pos_proj and pos_q_proj).
+# DeBERTa v1's names after split_fused (its fused in_proj, q_bias, v_bias, pos_proj and pos_q_proj).
 LAYER_NAMES = {'bert': _BERT_LAYER, 'roberta': _BERT_LAYER, 'mpnet': _MPNET_LAYER, 'deberta': _DEBERTA_LAYER,
                'deberta-v2': _DEBERTA_LAYER}
 
@@ -196,7 +196,7 @@ _V1_FUSED = re.compile(r'^(.*encoder\.layer\.\d+\.attention\.self\.)(in_proj\.we
                        r'pos_q_proj\.(weight|bias))$')
 
 
-def _split_fused(tensors: dict[str, np.ndarray], config: EncoderConfig) -> tuple[dict[str, np.ndarray],
+def split_fused(tensors: dict[str, np.ndarray], config: EncoderConfig) -> tuple[dict[str, np.ndarray],
                                                                                  dict[str, str]]:
   """DeBERTa v1 -> v2 names: in_proj [3H, H] (per head: query, key, value rows of head_dim each) becomes
   query_proj/key_proj/value_proj; q_bias, v_bias their biases; pos_proj/pos_q_proj pos_key/pos_query.
@@ -236,7 +236,7 @@ def convert(tensors: dict[str, np.ndarray], config: EncoderConfig) -> dict[str, 
   every unexpected name, missing name and shape mismatch found."""
   origin: dict[str, str] = {}
   if config.model_type == 'deberta':
-    tensors, origin = _split_fused(tensors, config)
+    tensors, origin = split_fused(tensors, config)
   expected = expected_shapes(config)
   optional = {'pooler/kernel': (config.hidden_size, config.hidden_size), 'pooler/bias': (config.hidden_size,)}
   flat, problems, seen = {}, [], set()
