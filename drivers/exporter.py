@@ -31,7 +31,7 @@ import numpy as np
 
 import encoder_jax
 from drivers import predictor
-from encoder_jax import hf_export
+from encoder_jax import hf_export, hf_import
 from sweet_jax import exits
 
 SIDE_FILE, INFO_FILE, CONSTANTS_FILE = 'exits.safetensors', 'exits.json', 'constant_attention.safetensors'
@@ -53,21 +53,13 @@ def _flatten(tree, prefix: str = '') -> dict[str, np.ndarray]:
 
 def _unflatten(flat: dict[str, np.ndarray]):
   """The inverse of _flatten: levels whose keys are 0..n-1 become tuples."""
-  root: dict[str, Any] = {}
-  for path, value in flat.items():
-    node = root
-    *parents, leaf = path.split('/')
-    for key in parents:
-      node = node.setdefault(key, {})
-    node[leaf] = value
-
   def tuples(node):
     if not isinstance(node, dict):
       return node
     if node and sorted(node) == sorted(str(i) for i in range(len(node))):
       return tuple(tuples(node[str(i)]) for i in range(len(node)))
     return {k: tuples(v) for k, v in node.items()}
-  return tuples(root)
+  return tuples(hf_import.nest(flat))
 
 
 def _evaluated(workdir: str) -> dict[str, Any]:

@@ -274,14 +274,19 @@ def convert(tensors: dict[str, np.ndarray], config: EncoderConfig) -> dict[str, 
     problems.append(f'missing tensor for {half} (the checkpoint has the other half of the pooler)')
   if problems:
     raise CheckpointError(f'{len(problems)} problem(s) loading the checkpoint:\n  ' + '\n  '.join(problems))
-  params: dict[str, Any] = {}
+  return nest(flat)
+
+
+def nest(flat: dict[str, Any]) -> dict[str, Any]:
+  """{'a/b/c': leaf} -> {'a': {'b': {'c': leaf}}}."""
+  tree: dict[str, Any] = {}
   for path, value in flat.items():
-    node = params
+    node = tree
     *parents, leaf = path.split('/')
     for p in parents:
       node = node.setdefault(p, {})
     node[leaf] = value
-  return params
+  return tree
 
 
 def resolve(path_or_id: str | os.PathLike, *, allow_pickle: bool = False, revision: str | None = None) -> Path:

@@ -267,10 +267,15 @@ REAL_EXTRAS = {
 }
 
 
+PAPER_IDS = {'bert_cls': 'bert-base-uncased', 'roberta_cls': 'roberta-base', 'mpnet_cls': 'microsoft/mpnet-base',
+             'deberta_v1_cls': 'microsoft/deberta-base', 'deberta_v2_cls': 'microsoft/deberta-v3-base'}
+
+
 @pytest.mark.parametrize('name', sorted(REAL_EXTRAS))
-def test_real_checkpoint_names_load_as_transformers_loads_them(name, tmp_path):
+def test_real_checkpoint_names_load_as_transformers_loads_them(name, tmp_path, fake_hub):
   """Every family's checkpoint with the tensors transformers ignores (hf_import.IGNORED_TENSORS, DeBERTa's
-  unused absolute positions) and bert-base-uncased's legacy LayerNorm.gamma/.beta: loads, to the same params."""
+  unused absolute positions) and bert-base-uncased's legacy LayerNorm.gamma/.beta: loads, to the same params,
+  from a directory and through the hub cache under the id the paper configs name."""
   tensors = load_file(FIXTURES / name / 'model.safetensors')
   if name == 'bert_cls':  # bert-base-uncased's files still name layer norms gamma and beta
     tensors = {k.replace('LayerNorm.weight', 'LayerNorm.gamma').replace('LayerNorm.bias', 'LayerNorm.beta'): v
@@ -283,6 +288,8 @@ def test_real_checkpoint_names_load_as_transformers_loads_them(name, tmp_path):
   _, want = encoder_jax.load_pretrained(FIXTURES / name)
   assert 'gamma' not in str(_flat(params)) and _flat(params).keys() == _flat(want).keys()
   jax.tree.map(np.testing.assert_array_equal, params, want)
+  _fake_hub_cache(fake_hub, PAPER_IDS[name], directory)
+  jax.tree.map(np.testing.assert_array_equal, encoder_jax.load_pretrained(PAPER_IDS[name])[1], want)
   # Ignoring stays narrow: a tensor nobody knows is still an error, named as in the file.
   save_file({**tensors, 'deberta.encoder.layer.0.attention.self.extra.weight': _HEAD}, directory / 'model.safetensors')
   with pytest.raises(CheckpointError, match='extra.weight'):

@@ -1,54 +1,96 @@
 """The model card's command, `python train.py --config configs/sweet_mnli.py` then `python eval.py`, end to end
-through the ids the paper config names ('bert-base-uncased', glue/mnli), offline, against a Hugging Face home laid
-out as huggingface_hub and datasets write it: the model under hub/models--bert-base-uncased/snapshots/<rev>/ with
-refs/main (a tiny random 12-layer BERT in bert-base-uncased's own tensor names: 'bert.' prefix, legacy
-LayerNorm.gamma/.beta, its pre-training heads), and MNLI-shaped rows prepared by datasets' own parquet builder
-under datasets/glue/mnli/0.0.0/<rev>/ with MNLI's split and label names. Only size overrides on the command line."""
+through the ids the paper configs name ('bert-base-uncased', and 'microsoft/deberta-base' for
+configs/sweet_mnli_deberta.py; glue/mnli), offline, against a Hugging Face home laid out as huggingface_hub and
+datasets write it: each model under hub/models--{org}--{name}/snapshots/<rev>/ with refs/main (tiny random
+12-layer models in the real checkpoints' tensor names), and MNLI-shaped rows prepared by datasets' own parquet
+builder under datasets/glue/mnli/0.0.0/<rev>/ with MNLI's split and label names. Only size overrides on the
+command line."""
 
 import json
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from tests.tiny_checkpoint import TOKEN_WORDS, write_checkpoint
+from tests.tiny_checkpoint import TOKEN_WORDS, with_word_tokenizer, write_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURES = Path(__file__).parent / 'fixtures'
 REVISION = '86b5e0934494bd15c9632b12f734a8a67f723594'  # any 40-hex commit id
 MNLI_LABELS = ['entailment', 'neutral', 'contradiction']
 MNLI_SPLITS = {'train': 300, 'validation_matched': 60, 'validation_mismatched': 30, 'test_matched': 20,
                'test_mismatched': 20}
-SIZES = ['--config.data.max_train_samples=120', '--config.data.calibration_size=24',
-         '--config.data.max_eval_samples=40', '--config.data.max_seq_length=24', '--config.train.batch_size=8',
-         '--config.train.num_epochs=1', '--config.eval.batch_size=16', '--config.eval.timing_examples=16',
+SIZES = ['--config.data.max_train_samples=64', '--config.data.calibration_size=16',
+         '--config.data.max_eval_samples=24', '--config.data.max_seq_length=16', '--config.train.batch_size=16',
+         '--config.train.num_epochs=1', '--config.eval.batch_size=8', '--config.eval.timing_examples=8',
          '--config.eval.timing_repeats=1']
 
 
 def write_hub_model(home, repo: str, source) -> None:
-  """source (a checkpoint directory) as huggingface_hub caches repo: models--{repo}/snapshots/<rev>/, refs/main.
-  Tensors renamed as bert-base-uncased's file names them, with its pre-training heads and a pooler."""
+  """Checkpoint directory `source` as huggingface_hub caches repo: models--{org}--{name}/snapshots/<rev>/ and
+  refs/main."""
   repo_dir = home / 'hub' / ('models--' + repo.replace('/', '--'))
   snapshot = repo_dir / 'snapshots' / REVISION
   snapshot.mkdir(parents=True)
-  rng = np.random.default_rng(0)
-  tensors = {'bert.' + k.replace('LayerNorm.weight', 'LayerNorm.gamma').replace('LayerNorm.bias', 'LayerNorm.beta'): v
-             for k, v in load_file(str(source / 'model.safetensors')).items()}
-  h = tensors['bert.embeddings.word_embeddings.weight'].shape[1]
-  tensors.update({'bert.pooler.dense.weight': rng.normal(size=(h, h)).astype(np.float32),
-                  'bert.pooler.dense.bias': np.zeros(h, np.float32),
-                  'cls.predictions.bias': np.zeros(30522, np.float32),
-                  'cls.predictions.transform.dense.weight': np.ones((h, h), np.float32),
-                  'cls.predictions.transform.LayerNorm.gamma': np.ones(h, np.float32),
-                  'cls.seq_relationship.weight': np.ones((2, h), np.float32)})
-  save_file(tensors, str(snapshot / 'model.safetensors'))
   for f in source.iterdir():
-    if f.name != 'model.safetensors':
-      (snapshot / f.name).write_bytes(f.read_bytes())
+    (snapshot / f.name).write_bytes(f.read_bytes())
   (repo_dir / 'refs').mkdir()
   (repo_dir / 'refs' / 'main').write_text(REVISION)
+
+
+def bert_base_uncased(directory):
+  """A tiny random 12-layer BERT (MiniLM's vocabulary and tokenizer) in bert-base-uncased's file names: 'bert.'
+  prefix, legacy LayerNorm.gamma/.beta, its pooler and pre-training heads."""
+  write_checkpoint(directory, hidden=15, layers=12, heads=3, intermediate=7, max_positions=512)
+  rng = np.random.default_rng(0)
+  tensors = {'bert.' + k.replace('LayerNorm.weight', 'LayerNorm.gamma').replace('LayerNorm.bias', 'LayerNorm.beta'): v
+             for k, v in load_file(str(directory / 'model.safetensors')).items()}
+  tensors.update({'bert.pooler.dense.weight': rng.normal(size=(15, 15)).astype(np.float32),
+                  'bert.pooler.dense.bias': np.zeros(15, np.float32),
+                  'cls.predictions.bias': np.zeros(30522, np.float32),
+                  'cls.predictions.transform.dense.weight': np.ones((15, 15), np.float32),
+                  'cls.predictions.transform.LayerNorm.gamma': np.ones(15, np.float32),
+                  'cls.seq_relationship.weight': np.ones((2, 15), np.float32)})
+  save_file(tensors, str(directory / 'model.safetensors'))
+
+
+def deberta_base(directory):
+  """A tiny random 12-layer DeBERTa v1 in microsoft/deberta-base's file names: fused in_proj, the absolute
+  position table it ships unused (position_biased_input false), its masked-LM head; a word-piece tokenizer of the
+  task's words (the fixture's vocabulary has 101 entries)."""
+  with_word_tokenizer(FIXTURES / 'deberta_v1_cls', directory)
+  rng = np.random.default_rng(1)
+  tensors = {}
+  for name, value in load_file(str(directory / 'model.safetensors')).items():
+    match = re.match(r'(deberta\.encoder\.layer\.)(\d+)(\..*)', name)
+    if name.startswith(('classifier.', 'pooler.')):
+      continue
+    if not match:
+      tensors[name] = value
+      continue
+    for layer in range(int(match.group(2)), 12, 2):  # the fixture's 2 layers, repeated with noise
+      tensors[f'{match.group(1)}{layer}{match.group(3)}'] = value + 0.05 * rng.normal(size=value.shape).astype(
+          np.float32)
+  tensors.update({'deberta.embeddings.position_embeddings.weight': np.ones((512, 15), np.float32),
+                  'lm_predictions.lm_head.dense.weight': np.ones((15, 15), np.float32),
+                  'lm_predictions.lm_head.bias': np.zeros(101, np.float32)})
+  save_file(tensors, str(directory / 'model.safetensors'))
+  config = json.loads((directory / 'config.json').read_text())
+  config.update(num_hidden_layers=12, max_position_embeddings=512, architectures=['DebertaModel'])
+  for key in ('id2label', 'label2id'):
+    config.pop(key, None)
+  (directory / 'config.json').write_text(json.dumps(config))
+
+
+# paper config -> (the hub id it names, the writer of a tiny checkpoint in that checkpoint's names, whether eval.py
+# runs too: the card's command does; the DeBERTa config trains only, to keep the suite's time)
+PAPER_CONFIGS = {'sweet_mnli': ('bert-base-uncased', bert_base_uncased, True),
+                 'sweet_mnli_deberta': ('microsoft/deberta-base', deberta_base, False)}
 
 
 def write_glue_mnli(home) -> None:
@@ -80,9 +122,10 @@ def write_glue_mnli(home) -> None:
 @pytest.fixture(scope='module')
 def hf_home(tmp_path_factory):
   root = tmp_path_factory.mktemp('hf_home')
-  write_checkpoint(root / 'bert', hidden=15, layers=12, heads=3, intermediate=7, max_positions=512)
   home = root / 'home'
-  write_hub_model(home, 'bert-base-uncased', root / 'bert')
+  for name, (repo, writer, _) in PAPER_CONFIGS.items():
+    writer(root / name)
+    write_hub_model(home, repo, root / name)
   write_glue_mnli(home)
   return home
 
@@ -96,14 +139,17 @@ def _run(home, script, *args):
   return out.stdout
 
 
-def test_the_cards_command_runs_through_a_hugging_face_cache(hf_home, tmp_path):
-  work = tmp_path / 'sweet_mnli'
-  args = ['--config', 'configs/sweet_mnli.py', '--workdir', str(work), *SIZES]
+@pytest.mark.parametrize('name', sorted(PAPER_CONFIGS))
+def test_the_cards_command_runs_through_a_hugging_face_cache(hf_home, tmp_path, name):
+  work = tmp_path / name
+  args = ['--config', f'configs/{name}.py', '--workdir', str(work), *SIZES]
   _run(hf_home, 'train.py', *args)
   results = json.loads((work / 'results.json').read_text())
   assert results['method'] == 'sweet' and results['exit_layers'] == [1, 4, 6, 12]
   assert results['label_names'] == MNLI_LABELS and len(results['per_exit_accuracy']) == 4
-  assert results['num_examples'] == 40  # a sample of validation_matched, the config's eval split
+  assert results['num_examples'] == 24  # a sample of validation_matched, the config's eval split
+  if not PAPER_CONFIGS[name][2]:
+    return
   _run(hf_home, 'eval.py', *args)
   curve = json.loads((work / 'eval' / 'curve.json').read_text())
-  assert all(sum(point['exit_counts']) == 40 for point in curve['points'])
+  assert all(sum(point['exit_counts']) == 24 for point in curve['points'])
