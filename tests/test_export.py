@@ -118,11 +118,23 @@ def test_base_checkpoint_round_trip_keeps_shapes_and_values(name, tmp_path):
     hf_export.to_hf_tensors(params, config, load_file(str(source / 'model.safetensors')))
 
 
-def test_deberta_v1_key_bias_that_transformers_cannot_hold_is_refused():
+def test_deberta_v1_key_biases_transformers_has_not():
+  """v1 has no key biases. A position-key bias only shifts each query's row of scores (softmax ignores it): the
+  export leaves it out and the model computes the same. A key bias changes p2c scores: refused."""
   config, params = encoder_jax.load_pretrained(FIXTURES / 'deberta_v1_tiny')
-  params['layers_2']['key']['bias'] = params['layers_2']['key']['bias'] + 1.0
+  like = load_file(str(FIXTURES / 'deberta_v1_tiny' / 'model.safetensors'))
+  with np.load(FIXTURES / 'deberta_v1_tiny.npz', allow_pickle=False) as f:
+    ids, mask = f['input_ids'], f['attention_mask']
+  shifted = jax.tree.map(np.array, params)
+  shifted['layers_1']['pos_key']['bias'] = shifted['layers_1']['pos_key']['bias'] + 3.0
+  np.testing.assert_allclose(np.asarray(encoder_jax.encode(config, shifted, ids, mask, None)[-1])[mask == 1],
+                             np.asarray(encoder_jax.encode(config, params, ids, mask, None)[-1])[mask == 1],
+                             rtol=0, atol=1e-5)
+  written = hf_export.to_hf_tensors(shifted, config, like)
+  assert written.keys() == {'deberta.' + k for k in like}
+  shifted['layers_2']['key']['bias'] = shifted['layers_2']['key']['bias'] + 1.0
   with pytest.raises(ValueError, match='encoder.layer.2.attention.self.key_proj.bias'):
-    hf_export.to_hf_tensors(params, config, load_file(str(FIXTURES / 'deberta_v1_tiny' / 'model.safetensors')))
+    hf_export.to_hf_tensors(shifted, config, like)
 
 
 def restored(config, workdir):
