@@ -1,10 +1,11 @@
-"""Exports a trained exit model as Hugging Face model directories:
+"""Exports a trained exit model as a transformers classifier directory:
 
-  python export.py --config configs/sweet_demo.py --workdir runs/sweet_demo --out exported/sweet_demo
+  python export.py --config configs/sweet_demo.py --workdir runs/sweet_demo --out exported/sweet_demo [--exit 4]
 
-Then transformers.AutoModel.from_pretrained('exported/sweet_demo') loads the fine-tuned encoder in torch, and
-encoder_jax.load_pretrained('exported/sweet_demo') loads it back here; the exit heads are in
-exit_heads.safetensors, described by exit_heads.json (see drivers/exporter.py). Multi-Model: one directory per member.
+Then transformers.AutoModelForSequenceClassification.from_pretrained('exported/sweet_demo') loads the chosen exit
+(the last by default; --exit N: the exit after layer N, as a truncated model of N layers) with nothing missing,
+and drivers.exporter.load('exported/sweet_demo') reads every exit back into this library (exits.safetensors,
+described by exits.json; see drivers/exporter.py).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from pipeline import reporting
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/sweet_demo.py', 'Experiment config file.')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'The trained workdir (default: runs/<config file name>).')
 _OUT = flags.DEFINE_string('out', None, 'Directory to write (created; files in it are replaced).')
+_EXIT = flags.DEFINE_integer('exit', None, 'The exit the transformers model holds, by the layer it sits after '
+                             '(one of config.model.exit_layers; default the last).')
 
 
 def main(argv):
@@ -31,7 +34,7 @@ def main(argv):
     raise app.UsageError('--out is required.')
   workdir = _WORKDIR.value or reporting.default_workdir(flags.FLAGS['config'].config_filename)
   try:
-    written = exporter.export(_CONFIG.value, workdir, _OUT.value)
+    written = exporter.export(_CONFIG.value, workdir, _OUT.value, exit_layer=_EXIT.value)
   except (predictor.WorkdirError, FileNotFoundError, ValueError) as e:
     sys.exit(f'export.py: {e}')
   for directory in written:

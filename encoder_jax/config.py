@@ -123,6 +123,12 @@ class EncoderConfig:
     return self.model_type in DEBERTA_TYPES and self.relative_attention and bool(self.pos_att_type)
 
   @property
+  def score_scale_factor(self) -> int:
+    """DeBERTa divides content scores by sqrt(head_dim * this): 1 + the terms pos_att_type names, whether or not
+    relative_attention computes them (transformers' scale_factor, v1 and v2); 1 for the other families."""
+    return 1 + len(self.pos_att_type) if self.model_type in DEBERTA_TYPES else 1
+
+  @property
   def attention_span(self) -> int:
     """DeBERTa's k: relative distances are clipped to [-k, k); the relative table has 2k rows."""
     if self.position_buckets > 0:

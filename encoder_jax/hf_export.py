@@ -1,14 +1,18 @@
 """params -> a Hugging Face checkpoint directory: the inverse of hf_import, through hf_import's own name table.
 
-An exported encoder keeps the tensor names, prefixes and shapes of the checkpoint it was fine-tuned from
-(`like`), so `transformers.AutoModel.from_pretrained(out)` and `encoder_jax.load_pretrained(out)` both load
-it. No second name table: every tensor of `like` is mapped to its params path by hf_import.name_table (per family), and
-the table's transform (a transpose and reshape) is inverted by pushing an index array through it.
+The directory is what transformers' `AutoModelForSequenceClassification.from_pretrained(out)` loads with nothing
+missing, unexpected or mismatched: the encoder under the family's base-model prefix ('bert.', 'deberta.', ...),
+in the tensor names and shapes of the checkpoint it was fine-tuned from (`like`), and a classification head in
+the family's own names (SEQUENCE_CLASSIFICATION); `encoder_jax.load_pretrained(out)` loads it back. No second name
+table: every tensor of `like` is mapped to its params path by hf_import.name_table, and the table's transform (a
+transpose and reshape) is inverted by pushing an index array through it; DeBERTa v1's fused query/key/value is
+fused again (the inverse of hf_import's split).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -16,11 +20,20 @@ from typing import Any
 import numpy as np
 
 from encoder_jax import hf_import
-from encoder_jax.config import EncoderConfig
+from encoder_jax.config import DEBERTA_TYPES, EncoderConfig
 
 # Tokenizer files copied beside the weights, so AutoTokenizer.from_pretrained(out) works too.
 TOKENIZER_FILES = ('tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json', 'vocab.txt', 'vocab.json',
-                   'merges.txt')
+                   'merges.txt', 'spm.model')
+# model_type -> (base-model prefix, the head's dense (followed by tanh), its classifier, architecture), as in
+# transformers' *ForSequenceClassification. RoBERTa and MPNet hold no base pooler there (it would be unexpected).
+SEQUENCE_CLASSIFICATION = {
+    'bert': ('bert', 'bert.pooler.dense', 'classifier', 'BertForSequenceClassification'),
+    'roberta': ('roberta', 'classifier.dense', 'classifier.out_proj', 'RobertaForSequenceClassification'),
+    'mpnet': ('mpnet', 'classifier.dense', 'classifier.out_proj', 'MPNetForSequenceClassification'),
+    'deberta': ('deberta', 'pooler.dense', 'classifier', 'DebertaForSequenceClassification'),
+    'deberta-v2': ('deberta', 'pooler.dense', 'classifier', 'DebertaV2ForSequenceClassification'),
+}
 
 
 def invert(transform, value: np.ndarray, hf_shape: tuple[int, ...], config: EncoderConfig) -> np.ndarray:
@@ -46,42 +59,112 @@ def _leaf(params: dict[str, Any], path: str):
   return node
 
 
-def to_hf_tensors(params: dict[str, Any], config: EncoderConfig, like: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """Encoder params -> tensors named and shaped as in `like` (a state dict read by hf_import.read_tensors).
+_V2_PROJ = re.compile(r'(encoder\.layer\.\d+\.attention\.self\.)(query|key|value|pos_key|pos_query)_proj\.(weight|bias)')
+_V1_NAMES = {('query', 'bias'): 'q_bias', ('value', 'bias'): 'v_bias', ('pos_key', 'weight'): 'pos_proj.weight',
+             ('pos_query', 'weight'): 'pos_q_proj.weight', ('pos_query', 'bias'): 'pos_q_proj.bias'}
 
-  Tensors of `like` that params do not hold (task heads, buffers, layers beyond config.num_layers, a pooler
-  the params lack) are left out; every params leaf must be written (an error lists any that are not).
-  """
-  out, used = {}, set()
-  for raw, tensor in like.items():
-    name = next((raw[len(p):] for p in hf_import.PREFIXES if raw.startswith(p)), raw)
-    path, transform = hf_import.map_name(name, config.model_type)
-    value = None if path is None else _leaf(params, path)
-    if value is None:
+
+def _fuse_v1(tensors: dict[str, np.ndarray], config: EncoderConfig) -> dict[str, np.ndarray]:
+  """DeBERTa v2 names -> v1's (canonical names): the inverse of hf_import.split_fused. in_proj [3 n d, H] holds,
+  per head, its query, key and value rows. v1 has no key biases (they load as zeros). The position-key bias and,
+  without p2c, the key bias add a constant to each query's row of scores, which softmax ignores: they are left
+  out. With p2c the key bias changes the position-to-content scores: a non-zero one is refused (ValueError)."""
+  n, d = config.num_heads, config.head_dim
+  out, lost = {}, []
+  for name, array in tensors.items():
+    match = _V2_PROJ.fullmatch(name)
+    if not match:
+      out[name] = array
       continue
-    out[raw] = invert(transform, np.asarray(value), tuple(tensor.shape), config)
-    used.add(path)
-  leaves = set(hf_import.expected_shapes(config))
-  leaves |= {'pooler/kernel', 'pooler/bias'} if 'pooler' in params else set()
-  missing = sorted(leaves - used)
-  if missing:
-    raise ValueError(f'{len(missing)} parameter(s) have no tensor in the reference checkpoint: {missing[:5]}.')
+    prefix, proj, kind = match.groups()
+    if (proj, kind) == ('query', 'weight'):
+      qkv = [tensors[f'{prefix}{p}_proj.weight'].reshape(n, d, -1) for p in ('query', 'key', 'value')]
+      out[prefix + 'in_proj.weight'] = np.stack(qkv, axis=1).reshape(3 * n * d, -1)
+    elif (proj, kind) in _V1_NAMES:
+      out[prefix + _V1_NAMES[proj, kind]] = array
+    elif proj == 'key' and kind == 'bias' and 'p2c' in config.pos_att_type and np.any(array != 0):
+      lost.append(name)
+  if lost:
+    raise ValueError(f'DeBERTa v1 has no key bias, but these are not zero: {lost[:4]} ({len(lost)} in all); '
+                     "they change its position-to-content scores, which transformers' DebertaModel cannot hold.")
   return out
 
 
-def save_pretrained(params: dict[str, Any], config: EncoderConfig, out_dir, *, like) -> Path:
-  """Writes out_dir/config.json and model.safetensors (and the tokenizer files) of an encoder whose
-  architecture is that of checkpoint `like` (a directory, hub id or packaged name), with
-  config.num_layers layers. Returns out_dir."""
+def to_hf_tensors(params: dict[str, Any], config: EncoderConfig, like: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Encoder params -> the encoder's tensors in transformers' *ForSequenceClassification names: `like`'s tensors
+  (a state dict read by hf_import.read_tensors), under the family's base-model prefix, LayerNorm.weight/.bias.
+
+  Tensors of `like` that params do not hold are left out: ignored ones (hf_import.IGNORED_TENSORS), layers beyond
+  config.num_layers, and the pooler (the classification head writes its own); tensors this config never reads
+  (hf_import.unused) are copied as they are. Every params leaf must be written (an error lists any that are not).
+  """
+  if config.model_type == 'deberta':
+    like, _ = hf_import.split_fused(like, config)
+  canonical, used, expected = {}, set(), hf_import.expected_shapes(config)
+  for raw, tensor in like.items():
+    name = hf_import.canonical(raw)
+    if hf_import.unused(name, config):
+      canonical[name] = np.asarray(tensor)
+      continue
+    path, transform = hf_import.map_name(name, config.model_type)
+    value = _leaf(params, path) if path in expected else None  # not the pooler, nor layers past num_layers
+    if value is None:
+      continue
+    canonical[name] = invert(transform, np.asarray(value), tuple(tensor.shape), config)
+    used.add(path)
+  missing = sorted(set(expected) - used)
+  if missing:
+    raise ValueError(f'{len(missing)} parameter(s) have no tensor in the reference checkpoint: {missing[:5]}.')
+  if config.model_type == 'deberta':
+    canonical = _fuse_v1(canonical, config)
+  prefix = SEQUENCE_CLASSIFICATION[config.model_type][0]
+  return {f'{prefix}.{name}': value for name, value in canonical.items()}
+
+
+def head_tensors(head: dict[str, Any], model_type: str) -> dict[str, np.ndarray]:
+  """A classification head {'pooler': {kernel [H, H], bias}, 'classifier': {kernel [H, C], bias}} (dense, tanh,
+  classifier) -> the family's *ForSequenceClassification tensors (nn.Linear layout [out, in])."""
+  _, dense, classifier, _ = SEQUENCE_CLASSIFICATION[model_type]
+  f32 = lambda x: np.ascontiguousarray(np.asarray(x, np.float32))
+  return {f'{dense}.weight': f32(np.asarray(head['pooler']['kernel']).T), f'{dense}.bias': f32(head['pooler']['bias']),
+          f'{classifier}.weight': f32(np.asarray(head['classifier']['kernel']).T),
+          f'{classifier}.bias': f32(head['classifier']['bias'])}
+
+
+def head_from_tensors(tensors: dict[str, np.ndarray], model_type: str) -> dict[str, Any]:
+  """The inverse of head_tensors: a *ForSequenceClassification file's head (dense [H, H], classifier [C, H])."""
+  _, dense, classifier, _ = SEQUENCE_CLASSIFICATION[model_type]
+  return {'pooler': {'kernel': np.asarray(tensors[f'{dense}.weight'], np.float32).T,
+                     'bias': np.asarray(tensors[f'{dense}.bias'], np.float32)},
+          'classifier': {'kernel': np.asarray(tensors[f'{classifier}.weight'], np.float32).T,
+                         'bias': np.asarray(tensors[f'{classifier}.bias'], np.float32)}}
+
+
+def classifier_config(hf_config: dict[str, Any], config: EncoderConfig, labels) -> dict[str, Any]:
+  """The source's config.json for a *ForSequenceClassification of config.num_layers layers and these labels
+  (num_labels, id2label, label2id); DeBERTa's pooler activation is the exits' tanh."""
+  out = {k: v for k, v in hf_config.items() if k not in ('id2label', 'label2id', 'num_labels', 'architectures')}
+  out.update(num_hidden_layers=config.num_layers, architectures=[SEQUENCE_CLASSIFICATION[config.model_type][3]],
+             num_labels=len(labels), id2label={str(i): str(name) for i, name in enumerate(labels)},
+             label2id={str(name): i for i, name in enumerate(labels)})
+  if config.model_type in DEBERTA_TYPES:
+    out.update(pooler_hidden_act='tanh', pooler_hidden_size=config.hidden_size, pooler_dropout=0.0)
+  return out
+
+
+def save_pretrained(params: dict[str, Any], config: EncoderConfig, out_dir, *, like, head: dict[str, Any],
+                    labels) -> Path:
+  """Writes out_dir/config.json, model.safetensors and the tokenizer files of a *ForSequenceClassification
+  with config.num_layers layers of the encoder `params` and the classification `head` (head_tensors), in the
+  architecture and names of checkpoint `like` (a directory, hub id or packaged name). Returns out_dir."""
   from safetensors.numpy import save_file
   source = hf_import.resolve(like)
   out = Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
-  tensors = to_hf_tensors(params, config, hf_import.read_tensors(source))
+  tensors = {**to_hf_tensors(params, config, hf_import.read_tensors(source)), **head_tensors(head, config.model_type)}
   save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(out / 'model.safetensors'),
             metadata={'format': 'pt'})  # transformers reads only files marked as torch-format
-  hf_config = json.loads((source / 'config.json').read_text())
-  hf_config['num_hidden_layers'] = config.num_layers  # an exit model keeps the layers up to its last exit
+  hf_config = classifier_config(json.loads((source / 'config.json').read_text()), config, labels)
   (out / 'config.json').write_text(json.dumps(hf_config, indent=2) + '\n')
   for name in TOKENIZER_FILES:
     if (source / name).exists():

@@ -16,7 +16,7 @@ from typing import Any, Callable
 import numpy as np
 
 from encoder_jax import fetch
-from encoder_jax.config import EncoderConfig
+from encoder_jax.config import DEBERTA_TYPES, EncoderConfig
 
 # Short names for checkpoints that ship inside pip packages (offline).
 PACKAGED = {
@@ -27,10 +27,23 @@ FETCHED = {
     'mpnet-base': fetch.mpnet_base,  # all-mpnet-base-v2, 12 x 768, MPNet; 0.4 GB, not in requirements.txt
 }
 HUB_FILES = ['config.json', '*.safetensors', 'model.safetensors.index.json', 'tokenizer.json',
-             'tokenizer_config.json', 'special_tokens_map.json', 'vocab.txt', 'vocab.json', 'merges.txt']
-# Task heads and buffers that checkpoints carry and an encoder does not use.
-IGNORED = re.compile(r'^(cls\.|lm_head\.|classifier\.|qa_outputs\.|lm_predictions\.|mask_predictions\.|'
-                     r'embeddings\.(position|token_type)_ids$)')
+             'tokenizer_config.json', 'special_tokens_map.json', 'vocab.txt', 'vocab.json', 'merges.txt',
+             'spm.model']
+PICKLED_FILES = ['pytorch_model.bin', 'pytorch_model.bin.index.json', 'pytorch_model-*.bin']  # with allow_pickle
+# Tensors that checkpoints carry and the encoder never reads, as transformers' own loaders skip them (its
+# _keys_to_ignore_on_load_unexpected, and the heads of the other *For* classes): regex on the name without
+# the family prefix -> what it is. Skipped on import, not written on export.
+IGNORED_TENSORS = {
+    r'cls\..*': "BERT and DeBERTa pre-training heads (masked LM, next sentence)",
+    r'lm_head\..*': "RoBERTa and MPNet masked-LM head",
+    r'lm_predictions\..*': "DeBERTa's masked-LM head",
+    r'mask_predictions\..*': "DeBERTa v3's replaced-token-detection head (DebertaV2ForMaskedLM ignores it)",
+    r'(classifier|qa_outputs)\..*': 'task heads of *ForSequenceClassification and *ForQuestionAnswering',
+    r'embeddings\.(position|token_type)_ids': 'index buffers (recomputed at run time)',
+}
+IGNORED = re.compile('^(' + '|'.join(IGNORED_TENSORS) + ')$')
+# transformers' 'legacy' renaming on load (bert-base-uncased still ships LayerNorm.gamma / LayerNorm.beta).
+_LEGACY = ((re.compile(r'LayerNorm\.gamma$'), 'LayerNorm.weight'), (re.compile(r'LayerNorm\.beta$'), 'LayerNorm.bias'))
 PREFIXES = ('bert.', 'roberta.', 'mpnet.', 'deberta.', 'model.')
 
 # Per-layer modules: our name -> the Hugging Face module path inside encoder.layer.N, per family.
@@ -48,7 +61,7 @@ _DEBERTA_LAYER = {
     'value': r'attention\.self\.value_proj', 'pos_query': r'attention\.self\.pos_query_proj',
     'pos_key': r'attention\.self\.pos_key_proj',
 }
-# DeBERTa v1's names after _split_fused (its fused in_proj, q_bias, v_bias, pos_proj and pos_q_proj).
+# DeBERTa v1's names after split_fused (its fused in_proj, q_bias, v_bias, pos_proj and pos_q_proj).
 LAYER_NAMES = {'bert': _BERT_LAYER, 'roberta': _BERT_LAYER, 'mpnet': _MPNET_LAYER, 'deberta': _DEBERTA_LAYER,
                'deberta-v2': _DEBERTA_LAYER}
 
@@ -153,11 +166,37 @@ def map_name(name: str, model_type: str):
   return None, None
 
 
+def canonical(raw: str) -> str:
+  """A tensor's name in a file -> the name the table reads: the family prefix ('bert.', 'deberta.', ...)
+  dropped and the legacy LayerNorm.gamma / .beta read as .weight / .bias, as transformers renames them."""
+  name = next((raw[len(p):] for p in PREFIXES if raw.startswith(p)), raw)
+  for pattern, replacement in _LEGACY:
+    name = pattern.sub(replacement, name)
+  return name
+
+
+def unused(name: str, config: EncoderConfig) -> str | None:
+  """Why a tensor (canonical name) is one this config's encoder never reads, or None when it reads it (or the
+  name is unknown). These are real checkpoints' tensors that transformers loads or skips without effect:
+  DeBERTa's absolute position table when position_biased_input is off (its _keys_to_ignore_on_load_unexpected:
+  microsoft/deberta-base ships one), and the relative table (and its layer norm) when relative_attention is on
+  but pos_att_type names no term. They are not loaded; hf_export copies them back from the source checkpoint.
+  """
+  if config.model_type not in DEBERTA_TYPES:
+    return None
+  if name == 'embeddings.position_embeddings.weight' and not config.position_biased_input:
+    return 'position_biased_input is false'
+  if (re.fullmatch(r'encoder\.(rel_embeddings\.weight|LayerNorm\.(weight|bias))', name)
+      and config.relative_attention and not config.disentangled):
+    return 'pos_att_type names no relative term'
+  return None
+
+
 _V1_FUSED = re.compile(r'^(.*encoder\.layer\.\d+\.attention\.self\.)(in_proj\.weight|q_bias|v_bias|pos_proj\.weight|'
                        r'pos_q_proj\.(weight|bias))$')
 
 
-def _split_fused(tensors: dict[str, np.ndarray], config: EncoderConfig) -> tuple[dict[str, np.ndarray],
+def split_fused(tensors: dict[str, np.ndarray], config: EncoderConfig) -> tuple[dict[str, np.ndarray],
                                                                                  dict[str, str]]:
   """DeBERTa v1 -> v2 names: in_proj [3H, H] (per head: query, key, value rows of head_dim each) becomes
   query_proj/key_proj/value_proj; q_bias, v_bias their biases; pos_proj/pos_q_proj pos_key/pos_query.
@@ -197,14 +236,14 @@ def convert(tensors: dict[str, np.ndarray], config: EncoderConfig) -> dict[str, 
   every unexpected name, missing name and shape mismatch found."""
   origin: dict[str, str] = {}
   if config.model_type == 'deberta':
-    tensors, origin = _split_fused(tensors, config)
+    tensors, origin = split_fused(tensors, config)
   expected = expected_shapes(config)
   optional = {'pooler/kernel': (config.hidden_size, config.hidden_size), 'pooler/bias': (config.hidden_size,)}
   flat, problems, seen = {}, [], set()
   for key, array in tensors.items():
-    name = next((key[len(p):] for p in PREFIXES if key.startswith(p)), key)
+    name = canonical(key)
     raw = origin.get(key, key)  # the name in the file
-    if IGNORED.match(name):
+    if IGNORED.match(name) or unused(name, config):
       continue
     path, transform = map_name(name, config.model_type)
     if path is None:
@@ -235,18 +274,24 @@ def convert(tensors: dict[str, np.ndarray], config: EncoderConfig) -> dict[str, 
     problems.append(f'missing tensor for {half} (the checkpoint has the other half of the pooler)')
   if problems:
     raise CheckpointError(f'{len(problems)} problem(s) loading the checkpoint:\n  ' + '\n  '.join(problems))
-  params: dict[str, Any] = {}
+  return nest(flat)
+
+
+def nest(flat: dict[str, Any]) -> dict[str, Any]:
+  """{'a/b/c': leaf} -> {'a': {'b': {'c': leaf}}}."""
+  tree: dict[str, Any] = {}
   for path, value in flat.items():
-    node = params
+    node = tree
     *parents, leaf = path.split('/')
     for p in parents:
       node = node.setdefault(p, {})
     node[leaf] = value
-  return params
+  return tree
 
 
-def resolve(path_or_id: str | os.PathLike) -> Path:
-  """A packaged or fetched short name, a local directory, or a hub id (downloaded when online) -> directory."""
+def resolve(path_or_id: str | os.PathLike, *, allow_pickle: bool = False, revision: str | None = None) -> Path:
+  """A packaged or fetched short name, a local directory, or a hub id (downloaded when online; `revision` a
+  branch, tag, commit or 'refs/pr/N') -> directory. Pickled weights are fetched only with allow_pickle."""
   key = str(path_or_id)
   if key in PACKAGED:
     package, folder = PACKAGED[key]
@@ -268,12 +313,32 @@ def resolve(path_or_id: str | os.PathLike) -> Path:
     raise CheckpointError(f'No such checkpoint directory: {local}.')
   try:
     from huggingface_hub import snapshot_download
-    return Path(snapshot_download(key, allow_patterns=HUB_FILES))
+    snapshot = Path(snapshot_download(key, revision=revision,
+                                      allow_patterns=HUB_FILES + (PICKLED_FILES if allow_pickle else [])))
   except Exception as e:  # network, auth, unknown repo: all end the same way for the user
     raise CheckpointError(
         f'{key!r} is neither a local directory nor a short name ({sorted(PACKAGED) + sorted(FETCHED)}), and '
         'fetching it '
         f'from the Hugging Face hub failed: {type(e).__name__}: {e}') from e
+  if not allow_pickle and not any(snapshot.glob('*.safetensors')) and _hub_has_pickle(key, revision, snapshot):
+    raise CheckpointError(
+        f'{key!r} (revision {revision or "main"}) offers only pickled weights (pytorch_model.bin), and unpickling '
+        'can run arbitrary code. Load a revision that has model.safetensors: the hub\'s conversion bot opens one '
+        f'as a pull request, so look under https://huggingface.co/{key}/discussions and pass its ref, e.g. '
+        f'load_pretrained({key!r}, revision="refs/pr/1"); or opt in with '
+        'allow_pickle=True if you trust the source (torch is then needed to read it).')
+  return snapshot
+
+
+def _hub_has_pickle(key: str, revision: str | None, snapshot: Path) -> bool:
+  """Whether a hub repo holds pickled weights: its cached snapshot does, or (online) its file list."""
+  if any(snapshot.glob('pytorch_model*.bin')):
+    return True
+  try:
+    from huggingface_hub import list_repo_files
+    return any(re.fullmatch(r'pytorch_model.*\.bin', f) for f in list_repo_files(key, revision=revision))
+  except Exception:  # offline or no access: the caller's 'no model.safetensors' error follows
+    return False
 
 
 def read_safetensors(path: Path) -> dict[str, np.ndarray]:
@@ -318,12 +383,12 @@ def read_tensors(directory: Path, allow_pickle: bool = False) -> dict[str, np.nd
   raise CheckpointError(f'{directory} holds no model.safetensors (nor model.safetensors.index.json).')
 
 
-def load_pretrained(path_or_id: str | os.PathLike, *, allow_pickle: bool = False,
+def load_pretrained(path_or_id: str | os.PathLike, *, allow_pickle: bool = False, revision: str | None = None,
                     **config_overrides: Any) -> tuple[EncoderConfig, dict[str, Any]]:
-  """Loads (config, params) from a directory with config.json and model.safetensors, a hub id, or a
-  short name: packaged ('minilm') or fetched once into the cache ('mpnet-base'). config_overrides replace
+  """Loads (config, params) from a directory with config.json and model.safetensors, a hub id (at `revision`),
+  or a short name: packaged ('minilm') or fetched once into the cache ('mpnet-base'). config_overrides replace
   EncoderConfig fields (e.g. dtype)."""
-  directory = resolve(path_or_id)
+  directory = resolve(path_or_id, allow_pickle=allow_pickle, revision=revision)
   config_file = directory / 'config.json'
   if not config_file.exists():
     raise CheckpointError(f'{directory} has no config.json.')

@@ -201,8 +201,9 @@ class Layer(nn.Module):
     terms)), so q is scaled by 1/sqrt(1 + terms) (the kernel divides by sqrt(d)).
     """
     cfg = self.config
-    if position is None or not qk_heads:
-      return q, None
+    if position is None or not qk_heads:  # DeBERTa's scale counts pos_att_type even with no term computed
+      return (q if cfg.score_scale_factor == 1 or not qk_heads else
+              q * jnp.asarray(1.0 / math.sqrt(cfg.score_scale_factor), q.dtype)), None
     if cfg.model_type == 'mpnet':
       return q, _take(position, qk_heads, 0)
     h, n, d = cfg.hidden_size, cfg.num_heads, cfg.head_dim
@@ -215,7 +216,7 @@ class Layer(nn.Module):
     if 'p2c' in cfg.pos_att_type:
       pos_query = project(*(query if cfg.share_att_key else Weights((h, n, d), (n, d), name='pos_query')()))
     terms = relative.disentangled_scores(cfg, q, k, pos_query, pos_key)
-    return q * jnp.asarray(1.0 / math.sqrt(1 + len(cfg.pos_att_type)), q.dtype), terms
+    return q * jnp.asarray(1.0 / math.sqrt(cfg.score_scale_factor), q.dtype), terms
 
   def _conv(self, embedded, x, mask, deterministic):
     """DeBERTa v2's convolution beside the first layer: LN(x + act(conv(embeddings))) on real tokens.

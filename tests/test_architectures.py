@@ -286,3 +286,22 @@ def test_adaptive_engine_matches_offline_sweep(kind):
   # The full-model baseline runs every segment with its own copy: its logits, not only its argmax, agree.
   full = adaptive._full(engine.spec, engine.params, None, {k: jnp.asarray(v) for k, v in data.items()})
   np.testing.assert_allclose(np.asarray(full), logits[-1], rtol=1e-4, atol=1e-3)
+
+
+PARITY = {'mpnet': (1, 3, 70, 256), 'deberta_v1': (1, 3, 5, 9, 41), 'deberta_v1_long': (1, 3, 20, 64),
+          'deberta_v3': (1, 3, 200, 300, 512), 'deberta_v1_norel': (3, 13), 'deberta_v1_noterms': (3, 13)}
+
+
+@pytest.mark.parametrize('name, length', [(n, l) for n, lengths in PARITY.items() for l in lengths])
+def test_parity_at_every_length(name, length):
+  """transformers' last hidden state (projected on 4 directions) at lengths 1, 3, below and above DeBERTa's span
+  and twice MPNet's buckets, and the whole position table (v3-like: 256 buckets, 512 positions); rows: a
+  full-length pair, right and left padding. Real tokens only (DeBERTa's padded rows differ, unseen)."""
+  config, params = encoder_jax.load_pretrained(FIXTURES / f'parity_{name}')
+  with np.load(FIXTURES / f'parity_{name}.npz', allow_pickle=False) as f:
+    ids, mask, types = (f[f'{k}_{length}'].astype(np.int32) for k in ('ids', 'mask', 'types'))
+    want, projection = f[f'proj_{length}'], f['projection']
+  hidden = np.asarray(encode(config, params, ids, mask, types if config.type_vocab_size else None)[-1])
+  got = hidden.astype(np.float64) @ projection
+  real = mask.astype(bool)
+  np.testing.assert_allclose(got[real], want[real], rtol=0, atol=1e-4, err_msg=f'{name} at length {length}')

@@ -244,3 +244,65 @@ def test_truncated_safetensors_is_a_clear_error(tmp_path):
   (directory / 'model.safetensors').write_bytes(b'\x05\x00')
   with pytest.raises(CheckpointError, match='not a readable safetensors file'):
     encoder_jax.load_pretrained(directory)
+
+
+FIXTURES = Path(__file__).parent / 'fixtures'
+# What the hub checkpoints the paper configs name carry beside the encoder (names as in their files), per
+# transformers *ForSequenceClassification fixture of the family: pre-training heads, buffers, legacy names.
+_HEAD = np.ones((5, 15), np.float32)
+REAL_EXTRAS = {
+    'bert_cls': {'cls.predictions.bias': np.ones(101, np.float32), 'cls.predictions.transform.dense.weight':
+                 np.ones((15, 15), np.float32), 'cls.predictions.transform.LayerNorm.gamma': np.ones(15, np.float32),
+                 'cls.seq_relationship.weight': np.ones((2, 15), np.float32),
+                 'bert.embeddings.position_ids': np.arange(41, dtype=np.int64)[None]},  # bert-base-uncased
+    'roberta_cls': {'lm_head.dense.weight': np.ones((15, 15), np.float32), 'lm_head.layer_norm.weight': _HEAD[0],
+                    'lm_head.bias': np.ones(101, np.float32)},  # roberta-base
+    'mpnet_cls': {'lm_head.dense.weight': np.ones((15, 15), np.float32), 'lm_head.decoder.bias': _HEAD[0]},
+    'deberta_v1_cls': {'deberta.embeddings.position_embeddings.weight': np.ones((41, 15), np.float32),
+                       'lm_predictions.lm_head.dense.weight': np.ones((15, 15), np.float32),
+                       'lm_predictions.lm_head.bias': np.ones(101, np.float32)},  # microsoft/deberta-base
+    'deberta_v2_cls': {'deberta.embeddings.position_embeddings.weight': np.ones((41, 15), np.float32),
+                       'mask_predictions.dense.weight': np.ones((15, 15), np.float32),
+                       'mask_predictions.classifier.weight': _HEAD[:1]},  # microsoft/deberta-v3-base
+}
+
+
+PAPER_IDS = {'bert_cls': 'bert-base-uncased', 'roberta_cls': 'roberta-base', 'mpnet_cls': 'microsoft/mpnet-base',
+             'deberta_v1_cls': 'microsoft/deberta-base', 'deberta_v2_cls': 'microsoft/deberta-v3-base'}
+
+
+@pytest.mark.parametrize('name', sorted(REAL_EXTRAS))
+def test_real_checkpoint_names_load_as_transformers_loads_them(name, tmp_path, fake_hub):
+  """Every family's checkpoint with the tensors transformers ignores (hf_import.IGNORED_TENSORS, DeBERTa's
+  unused absolute positions) and bert-base-uncased's legacy LayerNorm.gamma/.beta: loads, to the same params,
+  from a directory and through the hub cache under the id the paper configs name."""
+  tensors = load_file(FIXTURES / name / 'model.safetensors')
+  if name == 'bert_cls':  # bert-base-uncased's files still name layer norms gamma and beta
+    tensors = {k.replace('LayerNorm.weight', 'LayerNorm.gamma').replace('LayerNorm.bias', 'LayerNorm.beta'): v
+               for k, v in tensors.items()}
+  directory = tmp_path / name
+  directory.mkdir()
+  shutil.copy(FIXTURES / name / 'config.json', directory / 'config.json')
+  save_file({**tensors, **REAL_EXTRAS[name]}, directory / 'model.safetensors')
+  _, params = encoder_jax.load_pretrained(directory)
+  _, want = encoder_jax.load_pretrained(FIXTURES / name)
+  assert 'gamma' not in str(_flat(params)) and _flat(params).keys() == _flat(want).keys()
+  jax.tree.map(np.testing.assert_array_equal, params, want)
+  _fake_hub_cache(fake_hub, PAPER_IDS[name], directory)
+  jax.tree.map(np.testing.assert_array_equal, encoder_jax.load_pretrained(PAPER_IDS[name])[1], want)
+  # Ignoring stays narrow: a tensor nobody knows is still an error, named as in the file.
+  save_file({**tensors, 'deberta.encoder.layer.0.attention.self.extra.weight': _HEAD}, directory / 'model.safetensors')
+  with pytest.raises(CheckpointError, match='extra.weight'):
+    encoder_jax.load_pretrained(directory)
+
+
+def test_hub_repo_with_only_pickled_weights_says_what_to_do(fake_hub, tmp_path):
+  """A hub repo (from the cache, offline) that offers only pytorch_model.bin: the error names both ways out."""
+  source = tmp_path / 'src'
+  source.mkdir()
+  shutil.copy(TINY / 'config.json', source / 'config.json')
+  (source / 'pytorch_model.bin').write_bytes(b'not read')
+  _fake_hub_cache(fake_hub, 'org/pickled', source)
+  with pytest.raises(CheckpointError, match='offers only pickled weights') as info:
+    encoder_jax.load_pretrained('org/pickled')
+  assert 'revision=' in str(info.value) and 'allow_pickle=True' in str(info.value)

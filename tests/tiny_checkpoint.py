@@ -43,3 +43,17 @@ def write_checkpoint(directory, *, hidden=15, layers=2, heads=3, intermediate=7,
   for name in ('vocab.txt', 'tokenizer.json', 'tokenizer_config.json'):
     if (minilm / name).exists():
       shutil.copy(minilm / name, directory / name)
+
+
+TOKEN_WORDS = ('good', 'bad', 'movie', 'plot', 'great', 'awful', 'the', 'acting', 'fine', 'dull')
+
+
+def with_word_tokenizer(source, directory):
+  """A copy of checkpoint `source` (any family, vocabulary >= 15) with a WordPiece tokenizer of 15 entries: the
+  special tokens and the words of the test tasks, so that a tiny fixture of any family trains on them."""
+  shutil.copytree(source, directory)
+  vocab = ['[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]', *TOKEN_WORDS]
+  (directory / 'vocab.txt').write_text('\n'.join(vocab) + '\n')
+  (directory / 'tokenizer_config.json').write_text(json.dumps(
+      {'tokenizer_class': 'BertTokenizer', 'do_lower_case': True, 'model_max_length': 512}))
+  return directory

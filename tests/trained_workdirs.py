@@ -33,9 +33,11 @@ def task(root):
   return root
 
 
-def config_for(root, method: str, constant: bool = False, *, checkpoint=None, exit_layers=None):
-  """The config of a workdir under root (checkpoint: default the tiny one; exit_layers: EXIT_LAYERS)."""
+def config_for(root, method: str, constant: bool = False, *, checkpoint=None, exit_layers=None, pooling=None):
+  """The config of a workdir under root (checkpoint: default the tiny one; exit_layers: EXIT_LAYERS; pooling:
+  the demo's)."""
   config = (sweet_papa_demo if constant else sweet_demo).get_config()
+  config.model.pooling = pooling or config.model.pooling
   config.method = method
   config.model.checkpoint = checkpoint or str(root / 'ckpt')
   config.model.exit_layers = exit_layers or EXIT_LAYERS
