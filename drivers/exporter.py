@@ -124,6 +124,7 @@ def export(config, workdir: str, out_dir: str, exit_layer: int | None = None) ->
   info = {'method': trained.method, 'exit_layers': list(ecfg.exit_layers), 'pooling': ecfg.pooling,
           'label_names': labels, 'text_fields': list(predictor.text_fields(config)),
           'source_checkpoint': str(like), **_evaluated(workdir),
+          **trained.record,  # the checkpoint step, run identity and code this export holds
           'transformers_head': {
               'exit_layer': layer, 'exact': exact,
               'note': ('transformers computes this exit\'s logits.' if exact else

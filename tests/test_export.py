@@ -253,6 +253,8 @@ def test_evaluated_workdir_export_records_temperatures(trained, tmp_path):
   [out] = exporter.export(config, workdir, str(tmp_path / 'sweet'))
   info = json.loads((out / 'exits.json').read_text())
   assert info['exit_layers'] == [1, 2, 3] and info['label_names'] == ['0', '1'] and info['temperatures'] == [1.0] * 3
+  assert info['checkpoint_step'] == 1 and 'run_identity' in info  # what it holds (this tiny workdir records none)
+  assert info['run_identity_digest'] and 'git_commit' in info['code']
   _, params = restored(config, workdir)
   np.testing.assert_array_equal(load_file(str(out / 'model.safetensors'))['bert.pooler.dense.weight'],
                                 params['heads'][2]['pooler']['kernel'].T)
