@@ -9,6 +9,8 @@ evaluate(...) writes WORKDIR/eval/:
                           layer_fraction, flops_fraction, exit_counts, measured_speedup, timed_flops_fraction,
                           engine_agreement}]}
   curve.csv, curve.png    the same points; the plot is accuracy against speedup
+  predictions.npz         per exit and example: prediction and calibrated confidence, gold labels, costs
+                          (drivers.predictions)
 compare(workdirs, out_path) overlays several evaluated workdirs' curves.
 
 Config fields read (all under config.eval, each with the default used when absent):
@@ -52,6 +54,7 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 
+from drivers import predictions
 from pipeline import data, reporting, sharding
 from pipeline.config_fields import get as _get
 from sweet_jax import adaptive, calibration, curves, exits, objectives
@@ -170,6 +173,10 @@ def evaluate(config, workdir: str, *, method: str, encoder_config, exit_config: 
              'timing_examples': n_time, 'timing_repeats': es.timing_repeats, 'compile_s': compile_s,
              'device': f'{jax.default_backend()} x{jax.device_count()}', 'points': rows}
     _write_outputs(os.path.join(workdir, 'eval'), per_exit, temp_info, curve)
+    # Per-example outputs beside the curve, for paired tests and dense offline sweeps (drivers.predictions).
+    predictions.save_eval(os.path.join(workdir, 'eval'), logits, labels, temps, seq_lengths=lengths,
+                          test_set=splits.eval, params=params, encoder_config=encoder_config,
+                          exit_config=exit_config, method=method)
   return {'per_exit_accuracy': per_exit.tolist(), 'temperatures': temps.tolist(), 'points': rows}
 
 

@@ -152,6 +152,46 @@ def raw_path(study_dir: str, cell: Cell) -> str:
   return os.path.join(study_dir, 'runs', f'{cell.name}.json')
 
 
+# An extract may return {ATTACH: {suffix: source path}}: files the runner copies beside the raw JSON, as
+# runs/<cell><suffix> (e.g. '.predictions.npz', the per-example outputs paired tests read).
+ATTACH = '_attach'
+
+
+def attachment_path(study_dir: str, cell: Cell | str, suffix: str) -> str:
+  name = cell if isinstance(cell, str) else cell.name
+  return os.path.join(study_dir, 'runs', f'{name}{suffix}')
+
+
+LIBRARIES = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'numpy', 'tokenizers', 'transformers',
+             'safetensors')
+
+
+def versions() -> dict[str, str]:
+  """Python's and the libraries' versions (package metadata: importing jax would start a backend)."""
+  from importlib import metadata
+  out = {'python': platform.python_version()}
+  for name in LIBRARIES:
+    try:
+      out[name] = metadata.version(name)
+    except metadata.PackageNotFoundError:
+      out[name] = 'not installed'
+  return out
+
+
+def provenance(cell: Cell, study_dir: str, redo: Sequence[str]) -> dict[str, Any]:
+  """The raw JSON's provenance fields: code (commit the cell trained on, i.e. ran its first step on),
+  versions, and redone (one entry per later sitting that reran some steps: its steps, commit, versions, time).
+  A redo that keeps the first step (re-timing, re-scoring) keeps the training commit and versions and appends
+  an entry; one that reruns the first step retrains, and the provenance starts afresh."""
+  now = {'code': code_version(), 'versions': versions()}
+  if not redo or cell.steps[0].name in redo:
+    return dict(now, redone=[])
+  before = read_json(raw_path(study_dir, cell))
+  entry = dict(now, steps=list(redo), when=time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()))
+  return {'code': before.get('code', {'commit': 'unknown', 'dirty': None}),
+          'versions': before.get('versions', 'not recorded'), 'redone': [*before.get('redone', []), entry]}
+
+
 def run_cells(cells: Sequence[Cell], study_dir: str, extract: Extract, *, runner: Runner = run_subprocess,
               dry_run: bool = False, redo: Sequence[str] = ()) -> Outcome:
   """Runs every cell whose raw JSON is not in study_dir/runs, step by step (a step whose done-file exists is
@@ -199,8 +239,12 @@ def run_cells(cells: Sequence[Cell], study_dir: str, extract: Extract, *, runner
       out.failed[cell.name] = failures[cell.name] = error
       write_json(failures_path, failures)
       continue
+    attach = extracted.pop(ATTACH, {})
     record = dict(extracted, labels=dict(cell.labels), commands=[s.command() for s in cell.steps],
-                  wall_s=wall, machine=machine(), code=code_version())
+                  wall_s=wall, machine=machine(), **provenance(cell, study_dir, redo if done_before else ()))
+    os.makedirs(os.path.join(study_dir, 'runs'), exist_ok=True)
+    for suffix, src in attach.items():  # before the raw JSON: its presence means the cell is done
+      shutil.copyfile(src, attachment_path(study_dir, cell, suffix))
     write_json(raw_path(study_dir, cell), record)
     if failures.pop(cell.name, None) is not None:
       write_json(failures_path, failures)

@@ -4,7 +4,9 @@ figures with a band over seeds, and the README skeleton.
 
 A run's raw JSON (docs/results/<study>/runs/<cell>.json) keeps from WORKDIR/results.json the per-exit
 accuracy, exit layers, eval and train sizes, steps and training time; from WORKDIR/eval/curve.json the
-device, timing settings and each point's threshold, accuracy, layer and FLOPs fraction and measured speedup.
+device, timing settings and each point's threshold, accuracy, layer and FLOPs fraction and measured speedup;
+the run's fingerprint (data and model identity), and from WORKDIR/eval/predictions.npz the hashes of the test set
+and the weights scored (the file itself is copied beside the raw JSON).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from experiments.stats import Spread
 from pipeline.reporting import markdown_table
 
 POINT_FIELDS = ('threshold', 'accuracy', 'layer_fraction', 'flops_fraction', 'measured_speedup')
+PREDICTIONS_SUFFIX = '.predictions.npz'  # runs/<cell>.predictions.npz: per-example outputs (drivers.predictions)
 CURVE_FIELDS = ('device', 'engine', 'batch_size', 'timing_examples', 'timing_repeats', 'rule')
 
 
@@ -38,12 +41,23 @@ def extract(cell: common.Cell) -> dict[str, Any]:
   """The fields the tables and figures need, from the cell's results.json and eval/curve.json."""
   res = common.read_json(os.path.join(cell.workdir, 'results.json'))
   curve = common.read_json(os.path.join(cell.workdir, 'eval', 'curve.json'))
-  return {'method': res['method'], 'seed': res['seed'], 'exit_layers': res['exit_layers'],
-          'per_exit_accuracy': res['per_exit_accuracy'], 'eval_examples': res['num_examples'],
-          'num_train_examples': res['num_train_examples'], 'steps': res['steps'],
-          'train_time_s': res['train_time_s'],
-          'curve': dict({k: curve.get(k) for k in CURVE_FIELDS},
-                        points=[{k: p[k] for k in POINT_FIELDS} for p in curve['points']])}
+  out = {'method': res['method'], 'seed': res['seed'], 'exit_layers': res['exit_layers'],
+         'per_exit_accuracy': res['per_exit_accuracy'], 'eval_examples': res['num_examples'],
+         'num_train_examples': res['num_train_examples'], 'steps': res['steps'],
+         'train_time_s': res['train_time_s'], 'fingerprint': res.get('fingerprint'),
+         'curve': dict({k: curve.get(k) for k in CURVE_FIELDS},
+                       points=[{k: p[k] for k in POINT_FIELDS} for p in curve['points']])}
+  return out | predictions_attachment(os.path.join(cell.workdir, 'eval', 'predictions.npz'))
+
+
+def predictions_attachment(path: str) -> dict[str, Any]:
+  """The hashes of an evaluation's predictions.npz (the test set and the weights scored), and the file to
+  copy beside the raw JSON as runs/<cell>.predictions.npz; {} when the evaluation wrote none."""
+  if not os.path.exists(path):
+    return {}
+  with np.load(path, allow_pickle=False) as z:
+    hashes = {'test_set_sha256': str(z['test_sha256']), 'params_sha256': str(z['params_sha256'])}
+  return {'hashes': hashes, common.ATTACH: {PREDICTIONS_SUFFIX: path}}
 
 
 def eval_thresholds(num_labels: int, count: int = 7) -> tuple[float, ...]:

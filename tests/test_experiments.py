@@ -240,6 +240,34 @@ def test_run_cells_skips_done_cells_and_steps_and_records_failures(tmp_path):
     common.run_cells(_cells(work, ['a', 'a']), str(study), extract, runner=_fake_runner([]))
 
 
+def test_provenance_survives_redo_and_attachments_are_copied(tmp_path, monkeypatch):
+  study, work = tmp_path / 'study', tmp_path / 'work'
+  cells = _cells(work, ['a'])
+  (tmp_path / 'p.npz').write_bytes(b'outputs')
+  extract = lambda cell: {'value': 1, common.ATTACH: {'.predictions.npz': str(tmp_path / 'p.npz')}}
+  commit = {'now': 'trained-here'}
+  monkeypatch.setattr(common, 'code_version', lambda root=common.ROOT: {'commit': commit['now'], 'dirty': False})
+  common.run_cells(cells, str(study), extract, runner=_fake_runner([]))
+  first = json.loads((study / 'runs' / 'a.json').read_text())
+  assert first['code']['commit'] == 'trained-here' and first['redone'] == [] and common.ATTACH not in first
+  assert first['versions']['jax'] not in ('', 'not installed') and 'python' in first['versions']
+  assert (study / 'runs' / 'a.predictions.npz').read_bytes() == b'outputs'
+  # Two re-timings on later commits: the training commit stays, each re-timing is appended with its own.
+  for later in ('retimed-1', 'retimed-2'):
+    commit['now'] = later
+    common.run_cells(cells, str(study), extract, runner=_fake_runner([]), redo=['eval'])
+  record = json.loads((study / 'runs' / 'a.json').read_text())
+  assert record['code']['commit'] == 'trained-here' and record['versions'] == first['versions']
+  assert [(r['code']['commit'], r['steps']) for r in record['redone']] == [('retimed-1', ['eval']),
+                                                                            ('retimed-2', ['eval'])]
+  assert record['redone'][0]['when'].endswith('Z') and 'jax' in record['redone'][0]['versions']
+  # Retraining (the first step redone) starts the provenance afresh.
+  commit['now'] = 'retrained'
+  common.run_cells(cells, str(study), extract, runner=_fake_runner([]), redo=['train', 'eval'])
+  record = json.loads((study / 'runs' / 'a.json').read_text())
+  assert record['code']['commit'] == 'retrained' and record['redone'] == []
+
+
 def test_code_version_ignores_the_studies_own_outputs(tmp_path):
   git = lambda *a: subprocess.run(['git', '-c', 'user.name=t', '-c', 'user.email=t@t', *a], cwd=tmp_path,
                                   check=True, capture_output=True, text=True).stdout.strip()
