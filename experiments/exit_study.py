@@ -17,8 +17,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from drivers import sweet_eval
-from experiments import common
+from experiments import budgets, common
 from experiments.stats import Spread
 from pipeline.reporting import markdown_table
 
@@ -92,24 +91,39 @@ def per_exit_table(runs: Sequence[dict[str, Any]], keys: Sequence[str]) -> str:
   return markdown_table([*keys, 'seeds', *(f'exit L{l}' for l in layers)], rows)
 
 
-def best_within(run: dict[str, Any], budget: float) -> float | None:
-  """The run's best accuracy among thresholds that run at most `budget` of the layers (None: none do)."""
-  return sweet_eval.best_accuracy(run['curve']['points'], 'layer_fraction', budget, at_least=False)
+def at_budget(run: dict[str, Any], budget: float, cost: str = 'layer_fraction') -> float | None:
+  """The run's accuracy at `budget` of `cost`, interpolated along its curve's frontier (experiments.budgets);
+  None below its cheapest point."""
+  return budgets.accuracy_at(run['curve']['points'], cost, budget)
 
 
 def budget_table(runs: Sequence[dict[str, Any]], keys: Sequence[str],
-                 budgets: Sequence[float] = sweet_eval.LAYER_BUDGETS) -> str:
-  """Markdown: per group, the best accuracy within each layer budget, mean ± std over the seeds that reach
-  it ('-' where no seed has a point within the budget)."""
+                 columns: Sequence[tuple[str, float]] = tuple(('layer_fraction', b) for b in (*budgets.LAYER_BUDGETS,
+                                                                                               1.0))) -> str:
+  """Markdown: per group, the accuracy at each (cost, budget) column, interpolated along each run's curve, mean ±
+  std over the seeds whose curve reaches that cheap ('-' where none does; [k/n] when only k of n do). Cost
+  'time_fraction' columns are written as the matched measured speedup 1 / budget."""
   rows = []
   for key, g in groups(runs, keys).items():
     cells = []
-    for b in budgets:
-      vals = [v for v in (best_within(r, b) for r in g) if v is not None]
+    for cost, b in columns:
+      vals = [v for v in (at_budget(r, b, cost) for r in g) if v is not None]
       cells.append(Spread.of(vals).fmt() + ('' if len(vals) == len(g) else f' [{len(vals)}/{len(g)}]')
                    if vals else '-')
     rows.append([*key, len(g), *cells])
-  return markdown_table([*keys, 'seeds', *(f'layers <= {b:g}' for b in budgets)], rows)
+  names = {'layer_fraction': 'layers', 'flops_fraction': 'FLOPs'}
+  heads = [f'{1 / b:g}x measured' if cost == 'time_fraction' else f'{names[cost]} {budgets.budget_label(b)}'
+           for cost, b in columns]
+  return markdown_table([*keys, 'seeds', *heads], rows)
+
+
+def area_table(runs: Sequence[dict[str, Any]], keys: Sequence[str], cost: str = 'layer_fraction') -> str:
+  """Markdown: per group, the mean accuracy over the budgets every run of the table covers (the area under
+  each run's interpolated curve over that range, divided by its width), mean ± std over seeds."""
+  lo, hi = budgets.common_range([r['curve']['points'] for r in runs], cost)
+  rows = [[*key, len(g), Spread.of([budgets.mean_accuracy(r['curve']['points'], cost, lo, hi) for r in g]).fmt()]
+          for key, g in groups(runs, keys).items()]
+  return markdown_table([*keys, 'seeds', f'mean accuracy over {cost} {lo:.3f}-{hi:g}'], rows)
 
 
 def curve_band(g: Sequence[dict[str, Any]], x_key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -170,7 +184,14 @@ def results_sections(runs: Sequence[dict[str, Any]], keys: Sequence[str], study_
     name = f'{value}.png'.replace('/', '_')
     plot_task(g, f'{title}: {value}', os.path.join(study_dir, name))
     figures.append(f'![{value}]({name})')
+  at_cost = [('layer_fraction', b) for b in budgets.LAYER_BUDGETS] + [
+      ('flops_fraction', b) for b in budgets.LAYER_BUDGETS] + [('time_fraction', 1 / s) for s in budgets.SPEEDUPS]
   return [('Per-exit accuracy (mean ± std over seeds)', per_exit_table(runs, keys)),
-          ('Best accuracy within each layer budget (mean ± std over seeds)', budget_table(runs, keys)),
+          ('Accuracy at matched cost (mean ± std over seeds)',
+           'Each run\'s accuracy interpolated along its curve at fixed fractions of the layers and of the FLOPs '
+           'run, and at matched measured speedups (experiments/budgets.py: between two thresholds the '
+           'accuracy is interpolated linearly in the cost, which routing a share of the examples through each '
+           'reaches); not the best grid point within a budget.\n\n' + budget_table(runs, keys, at_cost)),
+          ('Area under the curve', area_table(runs, keys)),
           ('Speed-accuracy curves', '\n\n'.join(figures) + '\n')]
 

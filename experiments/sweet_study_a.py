@@ -31,7 +31,8 @@ Measured per cell on 2 CPU cores (AMD EPYC, nothing else running; 2026-12-01): S
 Claims judged per task on mean pooling (stats.verdict: holds / does not hold when the estimate is 2 standard
 errors past 0, else inconclusive): SWEET's first exit beats Early-Exit's; Early-Exit's last exit beats
 SWEET's; averaged over the exits, SWEET's and Multi-Model's classifiers beat Early-Exit's (the abstract's
-+1.1 and +2.3); within 0.25, 0.33 and 0.5 of the layers (best threshold of each), SWEET beats Early-Exit and
++1.1 and +2.3); at 0.25, 1/3 and 0.5 of the layers (each curve interpolated at the budget, experiments.budgets)
+and on average over the budgets both curves cover (area under the curve), SWEET beats Early-Exit and
 Multi-Model, and Early-Exit beats Multi-Model;
 and on movie reviews, Early-Exit's first exit learns more with mean than with [CLS] pooling (one seed).
 Outputs: docs/results/sweet_study_a/{README.md, *.png, runs/<cell>.json, seq_lengths.json, failures.json};
@@ -46,7 +47,7 @@ from typing import Any, Sequence
 from absl import app, flags
 import numpy as np
 
-from experiments import common, exit_study, report
+from experiments import budgets, common, exit_study, report
 from experiments.stats import claim_sentence, difference
 
 STUDY = 'sweet_study_a'
@@ -109,7 +110,7 @@ def claims(runs: Sequence[dict[str, Any]]) -> list[str]:
 
 
 def method_claims(task: str, by: dict[str, list[dict[str, Any]]],
-                  budgets: Sequence[float] = (0.25, 0.33, 0.5)) -> list[str]:
+                  budgets_: Sequence[float] = (0.25, 1 / 3, 0.5)) -> list[str]:
   """SWEET's first exit beats Early-Exit's; Early-Exit's last exit beats SWEET's; averaged over exits, SWEET
   and Multi-Model beat Early-Exit; and the budget claims. by: method -> its runs (one task, one pooling)."""
   out = []
@@ -130,31 +131,43 @@ def method_claims(task: str, by: dict[str, list[dict[str, Any]]],
                               [float(np.mean(r['per_exit_accuracy'])) for r in b], exit_study.eval_examples(a, b))
       out.append(claim_sentence(f'{task}: {name}\'s exits are more accurate than Early-Exit\'s on average over '
                                 f'the exits (accuracy points; paper: +{paper})', est, se, seeds=n, scale=100))
-  return out + budget_claims(task, by, budgets)
+  return out + budget_claims(task, by, budgets_)
 
 
 NAMES = {'sweet': 'SWEET', 'early_exit': 'Early-Exit', 'multi_model': 'Multi-Model'}
 
 
-def budget_claims(task: str, by: dict[str, list[dict[str, Any]]], budgets: Sequence[float]) -> list[str]:
-  """Within each layer budget (best threshold of each run): SWEET beats Early-Exit and Multi-Model (the
-  paper: SWEET is best at fast speeds), and Early-Exit beats Multi-Model (the paper: Multi-Model's cascade
-  overhead outweighs its better classifiers)."""
+def budget_claims(task: str, by: dict[str, list[dict[str, Any]]], budgets_: Sequence[float]) -> list[str]:
+  """At each layer budget (each run's accuracy interpolated along its curve, experiments.budgets) and over the
+  range of budgets both curves cover (mean accuracy, the area under the curve): SWEET beats Early-Exit and
+  Multi-Model (the paper: SWEET is best at fast speeds), and Early-Exit beats Multi-Model (the paper:
+  Multi-Model's cascade overhead outweighs its better classifiers)."""
   out = []
   for first, second in (('sweet', 'early_exit'), ('sweet', 'multi_model'), ('early_exit', 'multi_model')):
     if not (by.get(first) and by.get(second)):
       continue
     fs, ss = exit_study.common_seeds(by[first], by[second])
-    for b in budgets:
-      a = [exit_study.best_within(r, b) for r in fs]
-      c = [exit_study.best_within(r, b) for r in ss]
-      if not fs or None in a or None in c:
-        out.append(f'- {task}: {NAMES[first]} against {NAMES[second]} within {b:g} of the layers: not judged (a '
-                   'run has no threshold within this budget).')
+    if not fs:
+      continue
+    n_eval = exit_study.eval_examples(fs, ss)
+    for b in budgets_:
+      a = [exit_study.at_budget(r, b) for r in fs]
+      c = [exit_study.at_budget(r, b) for r in ss]
+      label = budgets.budget_label(b)
+      if None in a or None in c:
+        out.append(f'- {task}: {NAMES[first]} against {NAMES[second]} at {label} of the layers: not judged (a run\'s '
+                   'curve does not reach down to this budget).')
         continue
-      est, se, n = difference(a, c, exit_study.eval_examples(fs, ss))
-      out.append(claim_sentence(f'{task}: {NAMES[first]} is more accurate than {NAMES[second]} within {b:g} of '
-                                'the layers (best threshold each, accuracy points)', est, se, seeds=n, scale=100))
+      est, se, n = difference(a, c, n_eval)
+      out.append(claim_sentence(f'{task}: {NAMES[first]} is more accurate than {NAMES[second]} at {label} of the '
+                                'layers (interpolated along each curve, accuracy points)', est, se, seeds=n, scale=100))
+    curves = [r['curve']['points'] for r in fs + ss]
+    lo, hi = budgets.common_range(curves, 'layer_fraction')
+    area = lambda g: [budgets.mean_accuracy(r['curve']['points'], 'layer_fraction', lo, hi) for r in g]
+    est, se, n = difference(area(fs), area(ss), n_eval)
+    out.append(claim_sentence(f'{task}: {NAMES[first]}\'s curve lies above {NAMES[second]}\'s on average over '
+                              f'{lo:.2f}-{hi:g} of the layers (area under the curve, accuracy points)', est, se,
+                              seeds=n, scale=100))
   return out
 
 

@@ -68,14 +68,22 @@ def test_per_exit_and_budget_tables_by_hand():
   # early_exit sorts first; exit L1: mean(0.60, 0.61) = 0.605, std |0.60 - 0.61| / sqrt(2) = 0.00707.
   assert '| early_exit | 2 | 0.605 ± 0.007 | 0.705 ± 0.007 | 0.805 ± 0.007 | 0.820 ± 0.000 |' in table
   assert '| sweet | 2 | 0.710 ± 0.014 | 0.760 ± 0.014 | 0.800 ± 0.000 | 0.820 ± 0.014 |' in table
-  # Within 0.5 of the layers: sweet seed 42 best of (0.70 @0.25, 0.78 @0.40) = 0.78, seed 43 0.76 -> 0.770 ± 0.014;
-  # early_exit only its 0.25 points: 0.60, 0.61. Within 0.25: the same for early_exit, 0.70/0.72 for sweet.
-  budget = exit_study.budget_table(runs, ['method'], budgets=(0.2, 0.25, 0.5, 1.0))
-  assert '| sweet | 2 | - | 0.710 ± 0.014 | 0.770 ± 0.014 | 0.820 ± 0.014 |' in budget
-  assert '| early_exit | 2 | - | 0.605 ± 0.007 | 0.605 ± 0.007 | 0.820 ± 0.000 |' in budget
-  # A seed without a point in the budget is counted out and marked.
+  # Interpolated along each curve. At 0.5 of the layers: sweet s42 between (0.40, 0.78) and (1.0, 0.81):
+  # 0.78 + 0.03 x 0.1 / 0.6 = 0.785; s43 between (0.45, 0.76) and (1.0, 0.83): 0.76 + 0.07 x 0.05 / 0.55.
+  sweet_half = [0.785, 0.76 + 0.07 * 0.05 / 0.55]
+  ee_half = [0.60 + 0.14 * 0.25 / 0.35, 0.61 + 0.09 * 0.25 / 0.30]  # 0.70 and 0.685
+  cols = [('layer_fraction', b) for b in (0.2, 0.25, 0.5, 1.0)]
+  budget = exit_study.budget_table(runs, ['method'], cols)
+  fmt = lambda v: stats.Spread.of(v).fmt()
+  assert f'| sweet | 2 | - | 0.710 ± 0.014 | {fmt(sweet_half)} | 0.820 ± 0.014 |' in budget
+  assert f'| early_exit | 2 | - | 0.605 ± 0.007 | {fmt(ee_half)} | 0.820 ± 0.000 |' in budget
+  assert fmt(sweet_half) == '0.776 ± 0.013'
+  assert '| method | seeds | layers 0.2 | layers 0.25 | layers 0.5 | layers 1 |' in budget
+  # Matched measured speedup 2x (time fraction 0.5; these runs' speedup is 1 / layer fraction): as above.
+  assert fmt(sweet_half) in exit_study.budget_table(runs, ['method'], [('time_fraction', 0.5)])
+  # A seed whose curve does not reach down to the budget is counted out and marked.
   runs[1]['curve']['points'][0]['layer_fraction'] = 0.3
-  assert '0.700 (1 run) [1/2]' in exit_study.budget_table(runs, ['method'], budgets=(0.25,))
+  assert '0.700 (1 run) [1/2]' in exit_study.budget_table(runs, ['method'], [('layer_fraction', 0.25)])
 
 
 def test_curve_band_by_hand():
@@ -87,8 +95,8 @@ def test_curve_band_by_hand():
 
 def test_study_a_claims_by_hand():
   by = {m: [r for r in _study_a_runs() if r['method'] == m] for m in ('sweet', 'early_exit')}
-  out = sweet_study_a.method_claims('movie_reviews', by, budgets=(0.5,))
-  assert len(out) == 4
+  out = sweet_study_a.method_claims('movie_reviews', by, budgets_=(0.5,))
+  assert len(out) == 5
   # Averaged over exits: sweet 0.765, 0.78; early_exit 0.73, 0.7375 -> differences 0.035, 0.0425 -> +3.9.
   avg = out.pop(2)
   assert "SWEET's exits are more accurate than Early-Exit's on average" in avg and 'paper: +1.1' in avg
@@ -101,14 +109,22 @@ def test_study_a_claims_by_hand():
   assert f'+10.5 ± {100 * se:.1f} standard error' in out[0] and '**holds here**' in out[0]
   # Last exit: early_exit - sweet = 0.01, -0.01 -> 0.0: inconclusive.
   assert 'estimate +0.0' in out[1] and 'inconclusive within spread' in out[1]
-  # Within half the layers: 0.78 - 0.60, 0.76 - 0.61 -> +16.5 points.
-  assert 'within 0.5 of the layers' in out[2] and '+16.5' in out[2] and '**holds here**' in out[2]
-  # Early-Exit against Multi-Model within half the layers: 0.60 - 0.65, 0.61 - 0.62 -> -3.0 points.
+  # At half the layers, interpolated: 0.785 - 0.70, 0.7664 - 0.685 -> +8.3 points (the best grid point within
+  # the budget, 0.78 - 0.60 and 0.76 - 0.61, would say +16.5).
+  assert 'at 0.5 of the layers' in out[2] and '+8.3' in out[2] and '**holds here**' in out[2]
+  # Area: both curves start at 0.25; sweet s42's mean over 0.25-1 by trapezoids, by hand.
+  sweet_area = ((0.70 + 0.78) / 2 * 0.15 + (0.78 + 0.81) / 2 * 0.6) / 0.75
+  assert exit_study.budgets.mean_accuracy(by['sweet'][0]['curve']['points'], 'layer_fraction', 0.25, 1.0) == \
+      pytest.approx(sweet_area)
+  assert 'on average over 0.25-1 of the layers' in out[3]
+  # Early-Exit against Multi-Model at half the layers. Multi-Model's points (0.3, a) and (1.5, 0.8): at 0.5,
+  # a + (0.8 - a) x 0.2 / 1.2 = 0.675 and 0.65, against Early-Exit's 0.70 and 0.685 -> +3.0 points. Its grid
+  # point within the budget (0.65, 0.62) would have said -3.0.
   by['multi_model'] = [_run('multi_model', s, [0.7] * 4, [(0.5, a, 0.3), (1.0, 0.8, 1.5)])
                        for s, a in ((42, 0.65), (43, 0.62))]
-  ee_mm = sweet_study_a.budget_claims('movie_reviews', by, (0.5,))[-1]
-  assert ee_mm.startswith('- movie_reviews: Early-Exit is more accurate than Multi-Model within 0.5 of the layers')
-  assert 'estimate -3.0' in ee_mm
+  ee_mm = sweet_study_a.budget_claims('movie_reviews', by, (0.5,))[-2]
+  assert ee_mm.startswith('- movie_reviews: Early-Exit is more accurate than Multi-Model at 0.5 of the layers')
+  assert 'estimate +3.0' in ee_mm
 
 
 def test_study_readme_and_figures(tmp_path):
