@@ -32,18 +32,37 @@ def cost_of(point: dict[str, Any], cost: str) -> float:
   return float(point[cost])
 
 
-def frontier(points: Sequence[dict[str, Any]], cost: str) -> tuple[np.ndarray, np.ndarray]:
-  """The points no cheaper (or equally cheap) point beats, by ascending cost: (cost [K], accuracy [K]), the
-  accuracies strictly increasing."""
+def frontier_indices(points: Sequence[dict[str, Any]], cost: str) -> list[int]:
+  """Indices of the points no cheaper (or equally cheap) point beats, by ascending cost."""
   if not points:
     raise ValueError('A curve needs at least one point.')
-  pairs = sorted(((cost_of(p, cost), float(p['accuracy'])) for p in points), key=lambda ca: (ca[0], -ca[1]))
-  xs, ys = [], []
-  for x, y in pairs:
-    if not ys or y > ys[-1]:
-      xs.append(x)
-      ys.append(y)
-  return np.array(xs), np.array(ys)
+  order = sorted(range(len(points)), key=lambda i: (cost_of(points[i], cost), -float(points[i]['accuracy'])))
+  out: list[int] = []
+  for i in order:
+    if not out or float(points[i]['accuracy']) > float(points[out[-1]]['accuracy']):
+      out.append(i)
+  return out
+
+
+def frontier(points: Sequence[dict[str, Any]], cost: str) -> tuple[np.ndarray, np.ndarray]:
+  """The frontier (frontier_indices) as (cost [K], accuracy [K]), the accuracies strictly increasing."""
+  idx = frontier_indices(points, cost)
+  return (np.array([cost_of(points[i], cost) for i in idx]), np.array([float(points[i]['accuracy']) for i in idx]))
+
+
+def mixture(points: Sequence[dict[str, Any]], cost: str, budget: float) -> list[tuple[int, float]] | None:
+  """How accuracy_at reaches `budget`: [(point index, share of the examples)] of the one or two frontier points
+  it mixes (shares sum to 1); None below the cheapest point. Per-example outputs mixed with these shares give
+  the paired tests their expected correctness at the budget."""
+  idx = frontier_indices(points, cost)
+  x = [cost_of(points[i], cost) for i in idx]
+  if budget < x[0] - 1e-12:
+    return None
+  k = int(np.searchsorted(x, budget, side='right'))  # x[k - 1] <= budget < x[k]
+  if k >= len(x):
+    return [(idx[-1], 1.0)]
+  w = (x[k] - budget) / (x[k] - x[k - 1])
+  return [(idx[k - 1], w), (idx[k], 1.0 - w)]
 
 
 def accuracy_at(points: Sequence[dict[str, Any]], cost: str, budget: float) -> float | None:

@@ -296,12 +296,20 @@ def study_main(f, study_dir: str, make_cells: Callable[[], Sequence[Cell]], extr
 
 
 def load_runs(study_dir: str) -> list[dict[str, Any]]:
-  """Every raw per-cell JSON of a study (sorted by file name)."""
+  """Every raw per-cell JSON of a study (sorted by file name), with 'cell' (its name) and 'attachments' (suffix ->
+  path of each file copied beside it, e.g. '.predictions.npz')."""
   runs_dir = os.path.join(study_dir, 'runs')
   if not os.path.isdir(runs_dir):
     return []
-  return [dict(read_json(os.path.join(runs_dir, n)), cell=n[:-5])
-          for n in sorted(os.listdir(runs_dir)) if n.endswith('.json')]
+  names = sorted(os.listdir(runs_dir))
+  out = []
+  for n in names:
+    if n.endswith('.json'):
+      cell = n[:-5]
+      attached = {m[len(cell):]: os.path.join(runs_dir, m) for m in names
+                  if m.startswith(cell + '.') and not m.endswith('.json')}
+      out.append(dict(read_json(os.path.join(runs_dir, n)), cell=cell, attachments=attached))
+  return out
 
 
 def define_flags(study: str, *, work_root: bool = True) -> None:

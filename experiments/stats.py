@@ -143,7 +143,9 @@ class Paired:
 
 
 def _paired_inputs(correct_a, correct_b) -> tuple[np.ndarray, np.ndarray]:
-  a, b = np.atleast_2d(np.asarray(correct_a, bool)), np.atleast_2d(np.asarray(correct_b, bool))
+  """Both as float [seeds, N] (a fraction is an expected correctness, e.g. of an example at an interpolated
+  budget, where a share of the runs answers it at each of two thresholds)."""
+  a, b = np.atleast_2d(np.asarray(correct_a, np.float64)), np.atleast_2d(np.asarray(correct_b, np.float64))
   if a.shape != b.shape or a.size == 0:
     raise ValueError(f'Paired tests need correctness arrays of one shape [seeds, examples]; got {a.shape} and '
                      f'{b.shape}.')
@@ -153,12 +155,13 @@ def _paired_inputs(correct_a, correct_b) -> tuple[np.ndarray, np.ndarray]:
 def paired_bootstrap(correct_a, correct_b, *, replicates: int = 10_000, seed: int = 0) -> Paired:
   """Paired bootstrap of the accuracy difference over examples within seeds.
 
-  correct_a, correct_b: bool [seeds, N] (or [N]): whether each model got each test example right, the same
+  correct_a, correct_b: [seeds, N] (or [N]): whether (1/0, or the expected share) each model got each test
+  example right, the same
   examples in the same order, row s of both from seed s. Each replicate draws N examples with replacement, one
   draw shared by all seeds (they score the same examples), and, with several seeds, the seeds with replacement
   too (training noise; with 3 seeds this part is coarse). Deterministic for a given seed."""
   a, b = _paired_inputs(correct_a, correct_b)
-  d = a.astype(np.float64) - b
+  d = a - b
   s, n = d.shape
   rng = np.random.default_rng(seed)
   out = []
@@ -181,6 +184,9 @@ def mcnemar(correct_a, correct_b) -> Paired:
   (sum b - sum c)^2 / (sum b + sum c) with one degree of freedom, or, with fewer than 25 discordant examples in
   all, the exact binomial test of sum b among sum (b + c) at one half."""
   a, b_ = _paired_inputs(correct_a, correct_b)
+  if not np.all(np.isin(a, (0, 1)) & np.isin(b_, (0, 1))):
+    raise ValueError('McNemar needs right-or-wrong (0/1) outcomes; use paired_bootstrap for fractions.')
+  a, b_ = a > 0, b_ > 0
   s, n = a.shape
   b = (a & ~b_).sum(1).astype(np.float64)
   c = (~a & b_).sum(1).astype(np.float64)

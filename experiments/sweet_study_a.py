@@ -42,12 +42,12 @@ workdirs (checkpoints, logs) under runs/studies/sweet_study_a/ (not committed).
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from absl import app, flags
 import numpy as np
 
-from experiments import budgets, common, exit_study, report
+from experiments import budgets, common, exit_study, paired, report, stats
 from experiments.stats import claim_sentence, difference
 
 STUDY = 'sweet_study_a'
@@ -106,38 +106,49 @@ def claims(runs: Sequence[dict[str, Any]]) -> list[str]:
                               exit_study.eval_examples(mean, cls))
       out.append(claim_sentence('movie_reviews: Early-Exit\'s first exit learns more with mean pooling than '
                                 'with [CLS] pooling (accuracy points, mean minus cls)', est, se, seeds=n, scale=100))
-  return out
+  return paired.render(out)
+
+
+def compare(text: str, a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]], per_example: paired.PerExample,
+            summary: Callable[[dict[str, Any]], float]) -> str | stats.Claim:
+  """'a is more accurate than b' (runs paired by seed): a paired claim on the stored per-example outputs when
+  every run has them (judged later, with the report's other claims, by paired.render), else a sentence judged
+  from each run's summary number (stats.difference: seeds plus both binomial errors)."""
+  c = paired.claim(text, a, b, per_example)
+  if c is not None:
+    return c
+  est, se, n = difference([summary(r) for r in a], [summary(r) for r in b], exit_study.eval_examples(a, b))
+  return claim_sentence(text, est, se, seeds=n, scale=100)
 
 
 def method_claims(task: str, by: dict[str, list[dict[str, Any]]],
-                  budgets_: Sequence[float] = (0.25, 1 / 3, 0.5)) -> list[str]:
+                  budgets_: Sequence[float] = (0.25, 1 / 3, 0.5)) -> list[str | stats.Claim]:
   """SWEET's first exit beats Early-Exit's; Early-Exit's last exit beats SWEET's; averaged over exits, SWEET
   and Multi-Model beat Early-Exit; and the budget claims. by: method -> its runs (one task, one pooling)."""
   out = []
   if by.get('sweet') and by.get('early_exit'):
     sw, ee = exit_study.common_seeds(by['sweet'], by['early_exit'])
     if sw:
-      n_eval = exit_study.eval_examples(sw, ee)
       for name, e, a, b in (('SWEET\'s first exit is more accurate than Early-Exit\'s', 0, sw, ee),
                             ('Early-Exit\'s last exit is more accurate than SWEET\'s', -1, ee, sw)):
-        est, se, n = difference(exit_study.exit_accuracies(a, e), exit_study.exit_accuracies(b, e), n_eval)
-        out.append(claim_sentence(f'{task}: {name} (accuracy points)', est, se, seeds=n, scale=100))
+        out.append(compare(f'{task}: {name} (accuracy points)', a, b, paired.exit_correct(e),
+                           lambda r, e=e: r['per_exit_accuracy'][e]))
   # The paper's abstract: averaged over the exits, SWEET's classifiers beat Early-Exit's by 1.1 points and
   # Multi-Model's by 2.3 (BERT-base and DeBERTa on MNLI and others).
   for method, name, paper in (('sweet', 'SWEET', 1.1), ('multi_model', 'Multi-Model', 2.3)):
     a, b = exit_study.common_seeds(by.get(method, []), by.get('early_exit', []))
     if a:  # some seed has both
-      est, se, n = difference([float(np.mean(r['per_exit_accuracy'])) for r in a],
-                              [float(np.mean(r['per_exit_accuracy'])) for r in b], exit_study.eval_examples(a, b))
-      out.append(claim_sentence(f'{task}: {name}\'s exits are more accurate than Early-Exit\'s on average over '
-                                f'the exits (accuracy points; paper: +{paper})', est, se, seeds=n, scale=100))
+      out.append(compare(f'{task}: {name}\'s exits are more accurate than Early-Exit\'s on average over the exits '
+                         f'(accuracy points; paper: +{paper})', a, b, paired.mean_over_exits,
+                         lambda r: float(np.mean(r['per_exit_accuracy']))))
   return out + budget_claims(task, by, budgets_)
 
 
 NAMES = {'sweet': 'SWEET', 'early_exit': 'Early-Exit', 'multi_model': 'Multi-Model'}
 
 
-def budget_claims(task: str, by: dict[str, list[dict[str, Any]]], budgets_: Sequence[float]) -> list[str]:
+def budget_claims(task: str, by: dict[str, list[dict[str, Any]]], budgets_: Sequence[float]
+                  ) -> list[str | stats.Claim]:
   """At each layer budget (each run's accuracy interpolated along its curve, experiments.budgets) and over the
   range of budgets both curves cover (mean accuracy, the area under the curve): SWEET beats Early-Exit and
   Multi-Model (the paper: SWEET is best at fast speeds), and Early-Exit beats Multi-Model (the paper:
@@ -151,16 +162,14 @@ def budget_claims(task: str, by: dict[str, list[dict[str, Any]]], budgets_: Sequ
       continue
     n_eval = exit_study.eval_examples(fs, ss)
     for b in budgets_:
-      a = [exit_study.at_budget(r, b) for r in fs]
-      c = [exit_study.at_budget(r, b) for r in ss]
       label = budgets.budget_label(b)
-      if None in a or None in c:
+      if None in [exit_study.at_budget(r, b) for r in fs + ss]:
         out.append(f'- {task}: {NAMES[first]} against {NAMES[second]} at {label} of the layers: not judged (a run\'s '
                    'curve does not reach down to this budget).')
         continue
-      est, se, n = difference(a, c, n_eval)
-      out.append(claim_sentence(f'{task}: {NAMES[first]} is more accurate than {NAMES[second]} at {label} of the '
-                                'layers (interpolated along each curve, accuracy points)', est, se, seeds=n, scale=100))
+      out.append(compare(f'{task}: {NAMES[first]} is more accurate than {NAMES[second]} at {label} of the layers '
+                         '(interpolated along each curve, accuracy points)', fs, ss, paired.at_budget(b),
+                         lambda r, b=b: exit_study.at_budget(r, b)))
     curves = [r['curve']['points'] for r in fs + ss]
     lo, hi = budgets.common_range(curves, 'layer_fraction')
     area = lambda g: [budgets.mean_accuracy(r['curve']['points'], 'layer_fraction', lo, hi) for r in g]

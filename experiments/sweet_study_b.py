@@ -31,7 +31,7 @@ from typing import Any, Sequence
 
 from absl import app, flags
 
-from experiments import common, exit_study, report, sweet_study_a
+from experiments import common, exit_study, paired, report, sweet_study_a
 from experiments.stats import claim_sentence, difference
 
 STUDY = 'sweet_study_b'
@@ -77,7 +77,7 @@ def claims(runs: Sequence[dict[str, Any]], study_a_runs: Sequence[dict[str, Any]
         '6 layers) than on the 6-layer MiniLM (2 layers): MiniLM gap minus MPNet gap, accuracy points',
         gap_a - gap_b, (se_a ** 2 + se_b ** 2) ** 0.5, seeds=min(n_a, n_b), scale=100,
         detail=f'MiniLM gap {100 * gap_a:+.1f} ({n_a} seeds), MPNet gap {100 * gap_b:+.1f} ({n_b})'))
-  return out
+  return paired.render(out)
 
 
 def write_report(study_dir: str, configs: dict[str, str], work_root: str) -> str:

@@ -61,3 +61,13 @@ def test_mean_accuracy_is_the_area_by_hand():
   assert budgets.mean_accuracy(POINTS, 'layer_fraction', 1.0, 2.0) == pytest.approx(0.85)
   assert budgets.mean_accuracy(POINTS, 'layer_fraction', 0.1, 1.0) is None
   assert budgets.common_range([POINTS, [_pt(0.3, 0.6), _pt(1.0, 0.9)]], 'layer_fraction') == (0.3, 1.0)
+
+
+def test_mixture_reaches_the_interpolated_accuracy():
+  # 0.5 of the layers lies between frontier points 1 (0.4) and 4 (1.0): shares 5/6 and 1/6.
+  mix = budgets.mixture(POINTS, 'layer_fraction', 0.5)
+  assert [i for i, _ in mix] == [1, 4] and mix[0][1] == pytest.approx(5 / 6)
+  assert sum(w * POINTS[i]['accuracy'] for i, w in mix) == pytest.approx(
+      budgets.accuracy_at(POINTS, 'layer_fraction', 0.5))
+  assert budgets.mixture(POINTS, 'layer_fraction', 2.0) == [(4, 1.0)]
+  assert budgets.mixture(POINTS, 'layer_fraction', 0.1) is None

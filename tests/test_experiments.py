@@ -408,3 +408,56 @@ def test_extract_keeps_only_the_fields_the_tables_need(tmp_path, monkeypatch):
   assert out['results'] == [{k: v for k, v in rows[0].items() if k not in ('label', 'best_accuracy')}]
   assert out['eval_examples'] == 13 and 'slot_coverage' not in out
   assert (tmp_path / 'results' / papa_study.STUDY / 'constants_tiny_movie_reviews.png').stat().st_size > 0
+
+
+def _predictions_run(tmp_path, method, seed, first_exit_right, rng):
+  """A study-A run with stored outputs: 400 examples, 4 exits; exit 0 right on `first_exit_right` of them,
+  the later exits right on 80%; confidences random, so the dense sweep moves examples between exits."""
+  from drivers.predictions import Predictions
+  n = 400
+  labels = rng.integers(0, 2, n).astype(np.int8)
+  right = np.stack([np.arange(n) < first_exit_right] + [rng.random(n) < 0.8 for _ in range(3)])
+  pred = np.where(right, labels, 1 - labels).astype(np.int8)
+  conf = rng.uniform(0.5, 1.0, (4, n)).astype(np.float32)
+  layers = np.array([1, 2, 4, 6], np.int32)
+  p = Predictions(pred, conf, labels, np.arange(n, dtype=np.int32), layers, 'exit_layer', 'test-set-hash',
+                  method=method, layers_run=layers, exit_flops=np.repeat(layers[:, None], n, 1).astype(float),
+                  full_flops=np.full(n, 6.0))
+  path = tmp_path / f'{method}_{seed}.predictions.npz'
+  p.save(str(path))
+  run = _run(method, seed, p.correct().mean(1).tolist(), [(0.5, 0.7, 0.2), (1.0, 0.8, 1.0)], n_eval=n)
+  return dict(run, attachments={'.predictions.npz': str(path)}), p
+
+
+def test_study_claims_are_paired_on_stored_predictions(tmp_path):
+  from drivers import predictions
+  from experiments import budgets, paired
+  rng = np.random.default_rng(0)
+  sw = [_predictions_run(tmp_path, 'sweet', s, 300, rng) for s in (42, 43)]
+  ee = [_predictions_run(tmp_path, 'early_exit', s, 240, rng) for s in (42, 43)]
+  by = {'sweet': [r for r, _ in sw], 'early_exit': [r for r, _ in ee]}
+  items = sweet_study_a.method_claims('movie_reviews', by, budgets_=(0.5,))
+  assert all(isinstance(c, stats.Claim) for c in items[:4])  # every comparison is paired; the area stays a sentence
+  first = items[0]
+  # By hand: exit 0 is right on 300 and 240 of the 400 examples in both seeds: +15 points.
+  assert first.result.effect == pytest.approx(0.15) and first.result.seeds == 2 and first.result.examples == 400
+  # At half the layers, the paired effect is the difference of the dense curves' interpolated accuracies.
+  want = np.mean([budgets.accuracy_at(predictions.dense_curve(a), 'layer_fraction', 0.5)
+                  - budgets.accuracy_at(predictions.dense_curve(b), 'layer_fraction', 0.5)
+                  for (_, a), (_, b) in zip(sw, ee)])
+  assert items[3].result.effect == pytest.approx(want, abs=1e-12)
+  lines = paired.render(items)
+  assert lines[0].startswith("- movie_reviews: SWEET's first exit is more accurate than Early-Exit's (accuracy "
+                             'points): **holds** (+15.0 points, 95% interval')
+  assert 'paired bootstrap' in lines[0] and 'n = 400 x 2' in lines[0]
+  assert isinstance(items[4], str) and items[4] == lines[4]
+  # A run without stored outputs: that comparison falls back to the summary rule.
+  del by['sweet'][1]['attachments']['.predictions.npz']
+  assert isinstance(sweet_study_a.method_claims('movie_reviews', by, budgets_=(0.5,))[0], str)
+  # Runs scored on different test sets are refused.
+  other = dict(ee[0][0], attachments={'.predictions.npz': str(tmp_path / 'other.npz')})
+  p = ee[0][1]
+  import dataclasses
+  dataclasses.replace(p, test_sha256='another-test-set').save(str(tmp_path / 'other.npz'))
+  with pytest.raises(ValueError, match='different test sets'):
+    paired.correctness([ee[1][0], other], paired.exit_correct(0))
