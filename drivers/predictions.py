@@ -179,3 +179,21 @@ def save_eval(out_dir: str, logits, labels, temperatures, **kwargs) -> str:
   path = os.path.join(out_dir, FILE)
   of_exit_model(logits, labels, temperatures, **kwargs).save(path)
   return path
+
+
+def save_papa(papa_dir, per_k: Sequence[dict[str, Any]], test_set) -> str | None:
+  """papa_experiment's hook: WORKDIR/papa/predictions.npz with one variant per k (constant heads), from each
+  probe's info['outputs'] (papa_jax.probe.evaluate's predictions and confidence); None, writing nothing, when
+  some probe was reused from an earlier run without being scored here (eval.py rescores them all)."""
+  if not per_k or any(r.get('outputs') is None for r in per_k):
+    return None
+  labels = np.asarray(test_set.labels)
+  dtype = label_dtype(test_set.num_labels)
+  p = Predictions(predictions=np.stack([r['outputs']['predictions'] for r in per_k]).astype(dtype),
+                  confidence=np.stack([r['outputs']['confidence'] for r in per_k]).astype(np.float32),
+                  labels=labels.astype(dtype), index=np.arange(len(labels), dtype=np.int32),
+                  variants=np.asarray([r['k'] for r in per_k], np.int32), variant_name='constant_heads',
+                  test_sha256=dataset_sha256(test_set), method='papa')
+  path = os.path.join(str(papa_dir), FILE)
+  p.save(path)
+  return path

@@ -102,9 +102,10 @@ def extract(cell: common.Cell) -> dict[str, Any]:
                    os.path.join(common.RESULTS_ROOT, STUDY, f'constants_{model}_{task}.png'))
   return {'model': res['model'], 'length': res['length'], 'num_heads': res['num_heads'],
           'eval_examples': res['data']['num_eval'], 'num_train': res['data']['num_train'],
-          'baseline_accuracy': res['baseline_accuracy'],
+          'baseline_accuracy': res['baseline_accuracy'], 'fingerprint': res.get('fingerprint'),
           'results': [{k: r[k] for k in ('k', 'num_constant_heads', 'fraction_constant', 'accuracy', 'relative_drop')}
-                      for r in res['results']]}
+                      for r in res['results']]} | exit_study.predictions_attachment(
+                          os.path.join(cell.workdir, 'papa', 'predictions.npz'))
 
 
 def plot_constants(constants: np.ndarray, title: str, path: str) -> None:

@@ -77,3 +77,33 @@ def test_predictions_round_trip_and_name_the_bad_field(tmp_path):
   with pytest.raises(ValueError, match=r'confidence has shape \(2, 4\), expected \(2, 5\)'):
     Predictions(np.zeros((2, 5), np.int8), np.ones((2, 4), np.float32), np.zeros(5, np.int8),
                 np.arange(5), np.array([3, 7]), 'exit_layer', 'abc')
+
+
+from tests.test_papa_experiment import setup  # noqa: E402,F401  (the tiny PAPA workdir fixture)
+
+
+def test_papa_stores_per_k_outputs_that_reproduce_its_accuracies(setup, tmp_path):
+  from drivers import papa_experiment, predictions
+  from pipeline import data
+  config, _ = setup
+  config = config.copy_and_resolve_references()
+  config.papa.ks = (0, 'half', 'all')
+  workdir = tmp_path / 'work'
+  res = papa_experiment.run(config, workdir)
+  path = workdir / 'papa' / 'predictions.npz'
+  p = predictions.Predictions.load(str(path))
+  assert p.variant_name == 'constant_heads' and p.variants.tolist() == [0, 3, 6] and p.method == 'papa'
+  np.testing.assert_array_equal(p.correct().mean(1), [r['accuracy'] for r in res['results']])
+  splits = data.load_splits(config.data)
+  np.testing.assert_array_equal(p.labels, splits.eval.labels)
+  assert p.test_sha256 == predictions.dataset_sha256(splits.eval)
+  assert np.all((p.confidence >= 0.5 - 1e-6) & (p.confidence <= 1 + 1e-6))  # two classes
+  # A resumed run reuses every probe unscored: it leaves the file alone; eval.py's rescore writes it again.
+  stamp = path.stat().st_mtime_ns
+  papa_experiment.run(config, workdir)
+  assert path.stat().st_mtime_ns == stamp
+  path.unlink()
+  rescored = papa_experiment.rescore(config, workdir)
+  q = predictions.Predictions.load(str(path))
+  np.testing.assert_array_equal(q.predictions, p.predictions)
+  np.testing.assert_array_equal(q.correct().mean(1), [r['accuracy'] for r in rescored['results']])
