@@ -14,7 +14,7 @@ from pipeline.reporting import markdown_table
 def timing_table(runs: Sequence[dict[str, Any]]) -> str:
   """Markdown: per cell, the wall time of each step this runner ran (steps done in an earlier sitting whose
   time was not recorded show '-'), the machine and the code's commit ('+' when tracked files differed from it;
-  '-' for cells recorded before commits were)."""
+  '-' for cells recorded before commits were): the one the cell trained on, then each later rerun's."""
   steps = sorted({s for r in runs for s in r.get('wall_s', {})})
   rows = []
   for r in runs:
@@ -24,6 +24,8 @@ def timing_table(runs: Sequence[dict[str, Any]]) -> str:
     device = (r.get('curve') or {}).get('device') or ''
     code = r.get('code') or {}
     commit = code.get('commit', '-')[:10] + ('+' if code.get('dirty') else '')
+    for again in r.get('redone', []):  # later re-timings or re-scorings keep the training commit first
+      commit += f'; {"+".join(again["steps"])} again at {again["code"].get("commit", "-")[:10]}'
     rows.append([r['cell'], *(f'{r["wall_s"][s]:.0f}' if s in r.get('wall_s', {}) else '-' for s in steps),
                  where + (f'; jax {device}' if device else ''), commit])
   return markdown_table(['cell', *(f'{s} (s)' for s in steps), 'machine', 'commit'], rows)

@@ -137,6 +137,10 @@ def test_study_readme_and_figures(tmp_path):
   assert '4 cells done.' in text and '**holds here**' in text and 'tweets_mean_sweet_s42' in text
   assert '| movie_reviews_mean_sweet_s42 | 180 | 600 | Test CPU (2 cores); jax cpu x1 | abcdef0123 |' in text
   assert '| movie_reviews_mean_sweet_s43 | 180 | 600 | Test CPU (2 cores); jax cpu x1 | abcdef0123+ |' in text
+  runs = _study_a_runs()
+  runs[0]['redone'] = [{'steps': ['eval'], 'code': {'commit': '0123456789abcdef'}}]
+  assert '| abcdef0123; eval again at 0123456789 |' in report.timing_table(
+      [dict(r, cell=r['cell']) for r in runs])
   assert (study_dir / 'movie_reviews_mean.png').stat().st_size > 0
   empty = report.write_readme(str(tmp_path / 'empty'), 'T', 'S', [], [], [])
   assert 'No results yet' in empty and '## Claims' not in empty
@@ -461,3 +465,21 @@ def test_study_claims_are_paired_on_stored_predictions(tmp_path):
   dataclasses.replace(p, test_sha256='another-test-set').save(str(tmp_path / 'other.npz'))
   with pytest.raises(ValueError, match='different test sets'):
     paired.correctness([ee[1][0], other], paired.exit_correct(0))
+
+
+def test_artifacts_truncation_and_timing_spread_by_hand(monkeypatch):
+  from experiments import artifacts
+  # Room for 3 word pieces: texts of 2, 3, 5 and 8 pieces; two are cut, losing 2 + 5 of the 18 pieces.
+  t = artifacts.truncation([2, 3, 5, 8], 3)
+  assert t['texts_truncated'] == 0.5 and t['word_pieces_cut'] == pytest.approx(7 / 18) and t['word_pieces'] == 18
+  points = lambda speeds, acc=0.8: {'curve': {'points': [
+      {'threshold': th, 'accuracy': acc, 'layer_fraction': 0.5, 'measured_speedup': s}
+      for th, s in zip((0.5, 0.9), speeds)]}}
+  versions = {artifacts.TIMED_FIRST: points((2.0, 1.8)), artifacts.TIMED_AGAIN: points((2.2, 1.15))}
+  monkeypatch.setattr(artifacts, '_git_json', lambda commit, path: versions[commit])
+  spread = artifacts.timing_spread(['c'])
+  assert spread['largest_change']['relative_change'] == pytest.approx(1.15 / 1.8 - 1)  # -36%, not the +10%
+  assert spread['largest_change']['threshold'] == 0.9 and len(spread['cells']['c']) == 2
+  versions[artifacts.TIMED_AGAIN] = points((2.2, 1.15), acc=0.7)
+  with pytest.raises(ValueError, match='different outputs'):
+    artifacts.timing_spread(['c'])
