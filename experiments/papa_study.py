@@ -44,7 +44,7 @@ from typing import Any, Sequence
 from absl import app, flags
 import numpy as np
 
-from experiments import common, exit_study, report
+from experiments import common, exit_study, paired, report, stats
 from experiments.stats import Spread, claim_sentence, difference
 from pipeline.reporting import markdown_table
 
@@ -161,28 +161,63 @@ def relative_drop(g: Sequence[dict[str, Any]], fraction: float) -> tuple[float, 
   return est / base, se / base, n
 
 
+def _drop_per_example(fraction: float, base: float) -> paired.PerExample:
+  """Per example: (right with no head constant - right at `fraction` constant) / base, whose mean over the
+  examples is the relative drop from the accuracy `base` (the variants are the ks of FRACTIONS, in order)."""
+  def fn(p):
+    if len(p.variants) != len(FRACTIONS):
+      raise ValueError(f'Stored PAPA outputs have {len(p.variants)} probes; the study has {len(FRACTIONS)}.')
+    c = p.correct().astype(np.float64)
+    return (c[0] - c[FRACTIONS.index(fraction)]) / base
+  return fn
+
+
+def _paired_drop(g: Sequence[dict[str, Any]], fraction: float, base: float) -> stats.Paired | None:
+  """The relative drop at `fraction`, bootstrapped paired over examples and seeds; None without stored outputs."""
+  drop = paired.correctness(g, _drop_per_example(fraction, base))
+  return None if drop is None else stats.paired_bootstrap(drop[0], np.zeros_like(drop[0]))
+
+
 def claims(runs: Sequence[dict[str, Any]]) -> list[str]:
-  out, all_drops = [], {}
+  """Every head constant: a relative drop below SMALL_DROP; half the heads: below LITTLE_DROP (both one-sided
+  margins: non-inferiority when tested paired); the better model loses more. Paired on stored outputs where
+  every run has them (judged together under Holm's rule), else from the accuracies."""
+  out, all_drops, drops_paired = [], {}, {}
   for (model, task), g in exit_study.groups(runs, ['model', 'task']).items():
+    base = float(np.mean(per_fraction(g, 'accuracy').get(0.0, [np.nan])))
     for fraction, bound, what in ((1.0, SMALL_DROP, 'every head constant: a small relative drop'),
                                   (0.5, LITTLE_DROP, 'half the heads constant: little or no relative drop')):
       d = relative_drop(g, fraction)
       if d is None:
         continue
       if fraction == 1.0:
-        all_drops[model, task] = (*d, float(np.mean(per_fraction(g, 'accuracy')[0.0])))
-      out.append(claim_sentence(f'{model}, {task}: {what} (< {100 * bound:g}%; minus the drop, in %)',
-                                -d[0], d[1], threshold=-bound, seeds=d[2], scale=100, unit='%'))
+        all_drops[model, task] = (*d, base)
+      text = lambda how: f'{model}, {task}: {what} (< {100 * bound:g}%; {how}, in %)'
+      result = _paired_drop(g, fraction, base)
+      if result is not None:
+        drops_paired[model, task, fraction] = (g, base)
+        out.append(stats.Claim(text('the drop'), result, 'within', upper=bound, unit='%'))
+        continue
+      out.append(claim_sentence(text('minus the drop'), -d[0], d[1], threshold=-bound,
+                                seeds=d[2], scale=100, unit='%'))
   for task in TASKS:
     got = {m: all_drops[m, task] for m in MODELS if (m, task) in all_drops}
     if len(got) < 2:
       continue
     (better, b), (worse, w) = sorted(got.items(), key=lambda kv: -kv[1][3])
-    out.append(claim_sentence(
-        f'{task}: the better model ({better}, k = 0 accuracy {b[3]:.3f} against {worse}\'s {w[3]:.3f}) loses '
-        'more with every head constant (difference of relative drops, in %)', b[0] - w[0], float(np.hypot(b[1], w[1])),
-        seeds=min(b[2], w[2]), scale=100, unit='%'))
-  return out
+    text = (f'{task}: the better model ({better}, k = 0 accuracy {b[3]:.3f} against {worse}\'s {w[3]:.3f}) loses '
+            'more with every head constant (difference of relative drops, in %)')
+    if (better, task, 1.0) in drops_paired and (worse, task, 1.0) in drops_paired:
+      gb, gw = exit_study.common_seeds(drops_paired[better, task, 1.0][0], drops_paired[worse, task, 1.0][0])
+      db = paired.correctness(gb, _drop_per_example(1.0, b[3]))
+      dw = paired.correctness(gw, _drop_per_example(1.0, w[3]))
+      if db[1] != dw[1]:
+        raise ValueError(f'{task}: the two models were scored on different test sets.')
+      out.append(stats.Claim(text, stats.paired_bootstrap(db[0], dw[0]), unit='%'))
+      continue
+    out.append(claim_sentence(text, b[0] - w[0], float(np.hypot(b[1], w[1])), seeds=min(b[2], w[2]), scale=100,
+                              unit='%'))
+  return paired.render(out)
 
 
 def plot_curves(runs: Sequence[dict[str, Any]], path: str) -> None:

@@ -225,6 +225,7 @@ class Claim:
   kind: str = 'greater'
   lower: float = -math.inf
   upper: float = math.inf
+  unit: str = ' points'  # of the effect x 100 in the sentence: ' points' (accuracy) or '%' (a relative drop)
 
   def __post_init__(self):
     if self.kind not in ('greater', 'within'):
@@ -256,10 +257,15 @@ def judge(claims: Sequence[Claim], alpha: float = ALPHA) -> list[str]:
   return out
 
 
-def paired_sentence(claim: Claim, verdict_: str, *, scale: float = 100.0, unit: str = ' points') -> str:
-  """'- <claim>: **holds** (+2.2 points, 95% interval +1.4 to +3.0; McNemar, p = 0.0001; n = 2114 x 3).'"""
-  r = claim.result
+def paired_sentence(claim: Claim, verdict_: str, *, scale: float = 100.0) -> str:
+  """'- <claim>: **holds** (+2.2 points, 95% interval +1.4 to +3.0; McNemar, p = 0.0001; n = 2114 x 3).' A
+  'within' claim names its margin; its test (TOST) reads the 90% interval, the sentence shows the 95% one."""
+  r, unit = claim.result, claim.unit
   lo, hi = r.interval(0.95)
-  bounds = '' if claim.kind == 'greater' else f'; margin {claim.lower * scale:+.1f} to {claim.upper * scale:+.1f}'
-  return (f'- {claim.text}: **{verdict_}** ({r.effect * scale:+.1f}{unit}, 95% interval {lo * scale:+.1f} to '
-          f'{hi * scale:+.1f}; {r.test}, p = {claim.p():.2g}{bounds}; n = {r.examples} x {r.seeds}).')
+  fmt = lambda v: f'{v * scale:+.1f}{unit}'
+  bounds = '' if claim.kind == 'greater' else (
+      f'; margin: below {fmt(claim.upper)}' if not math.isfinite(claim.lower) else
+      f'; margin: above {fmt(claim.lower)}' if not math.isfinite(claim.upper) else
+      f'; margin: {fmt(claim.lower)} to {fmt(claim.upper)}')
+  return (f'- {claim.text}: **{verdict_}** ({fmt(r.effect)}, 95% interval {lo * scale:+.1f} to {hi * scale:+.1f}; {r.test}, '
+          f'p = {claim.p():.2g}{bounds}; n = {r.examples} x {r.seeds}).')

@@ -188,7 +188,8 @@ def test_gradient_conflict_summary_by_hand():
          'trained': rep([-0.2, 0.1, None])}
   assert gradient_conflict.shared_mean(run['pretrained']) == pytest.approx(0.4)
   text = gradient_conflict.sentences([run])[0]
-  assert 'mean cosine +0.400 at the pretrained start and -0.050 after' in text
+  assert ('mean cosine (over every layer group and pair of exits) +0.400 at the pretrained start and -0.050 '
+          'after') in text
   assert 'negative mean (conflict): 0 and 1 of 3' in text
   assert ('most negative pair: pretrained +0.300 (exits after layers 1 and 2, layers_0); trained -0.200 (exits '
           'after layers 1 and 2, embeddings)') in text
@@ -196,6 +197,9 @@ def test_gradient_conflict_summary_by_hand():
       'embeddings': np.array([[1, .9, -.6, -.5], [.9, 1, -.7, -.4], [-.6, -.7, 1, .95], [-.5, -.4, .95, 1]]).tolist(),
       'layers_0': [[None] * 4, [None, 1, -.8, .1], [None, -.8, 1, .2], [None, .1, .2, 1]]}}
   assert gradient_conflict.most_negative(four) == (-.8, 'layers_0', 2, 4)  # skips the Nones of exit 1
+  # Over all 9 (group, pair) cosines: embeddings' six sum to -0.35, layers_0's three to -0.5. The mean over the
+  # two groups' pair means, (-0.35 / 6 - 0.5 / 3) / 2 = -0.1125, weighs layers_0's three pairs as much as six.
+  assert gradient_conflict.pairs_mean(four) == pytest.approx(-0.85 / 9)
   assert '| minilm | layers_1 | - | - |' in gradient_conflict.table([run])
 
 
@@ -483,3 +487,40 @@ def test_artifacts_truncation_and_timing_spread_by_hand(monkeypatch):
   versions[artifacts.TIMED_AGAIN] = points((2.2, 1.15), acc=0.7)
   with pytest.raises(ValueError, match='different outputs'):
     artifacts.timing_spread(['c'])
+
+
+def _papa_with_outputs(tmp_path, model, seed, right_per_k, heads, labels):
+  """A PAPA run with stored outputs: probe k is right on the first right_per_k[k] of the 1,000 examples."""
+  from drivers.predictions import Predictions
+  n = len(labels)
+  right = np.stack([np.arange(n) < r for r in right_per_k])
+  p = Predictions(np.where(right, labels, 1 - labels).astype(np.int8), np.full(right.shape, 0.9, np.float32),
+                  labels, np.arange(n, dtype=np.int32), np.array(papa_study.ks_for(heads), np.int32),
+                  'constant_heads', 'same-test-set', method='papa')
+  path = tmp_path / f'{model}_{seed}.predictions.npz'
+  p.save(str(path))
+  return dict(_papa_run(model, seed, [r / n for r in right_per_k], heads=heads),
+              attachments={'.predictions.npz': str(path)})
+
+
+def test_papa_claims_paired_on_stored_outputs(tmp_path):
+  labels = np.random.default_rng(0).integers(0, 2, 1000).astype(np.int8)
+  # MiniLM: half the heads constant loses 4 of 800 right answers in each seed (a 0.5% relative drop), every head
+  # 40 of 800 (5%). MPNet: 900 right, every head constant 810 (10%).
+  runs = [_papa_with_outputs(tmp_path, 'minilm', s, [800, 800, 800, 796, 790, 760], 72, labels) for s in (42, 43)]
+  runs += [_papa_with_outputs(tmp_path, 'mpnet', s, [900, 900, 890, 880, 860, 810], 144, labels) for s in (42, 43)]
+  # The summary rule cannot decide 'half the heads cost < 2%' at 1,000 examples: its binomial error alone is
+  # ~2.5% of the baseline.
+  d = papa_study.relative_drop(runs[:2], 0.5)
+  assert d[0] == pytest.approx(0.005) and stats.verdict(-d[0], d[1], -0.02) == 'inconclusive within spread'
+  out = papa_study.claims(runs)
+  # Paired: the two probes disagree on 4 examples only, so the drop's interval is tight: the margin holds.
+  half = next(line for line in out if line.startswith('- minilm, movie_reviews: half the heads'))
+  assert '**holds** (+0.5%,' in half and 'margin: below +2.0%' in half and 'n = 1000 x 2' in half
+  every = next(line for line in out if line.startswith('- minilm, movie_reviews: every head'))
+  assert '**holds** (+5.0%,' in every and 'margin: below +10.0%' in every
+  # MPNet's drop with every head, 10.0%, sits on the 10% margin: not shown to lie below it.
+  assert '**inconclusive** (+10.0%,' in next(line for line in out if line.startswith('- mpnet, movie_reviews: every'))
+  # The better model (mpnet) loses 10.0% - 5.0% = +5.0 points more: paired over the same examples, holds.
+  better = out[-1]
+  assert better.startswith('- movie_reviews: the better model (mpnet') and '**holds** (+5.0%,' in better
