@@ -22,6 +22,9 @@ from experiments.stats import Spread
 from pipeline.reporting import markdown_table
 
 POINT_FIELDS = ('threshold', 'accuracy', 'layer_fraction', 'flops_fraction', 'measured_speedup')
+# Timed repeats per threshold: the speedup is their median (sweet_eval.measure). One timing moved by up to 36%
+# between sittings (docs/results/sweet_study_a/timing_spread.json), so cells evaluated from now on time five.
+TIMING_REPEATS = 5
 PREDICTIONS_SUFFIX = '.predictions.npz'  # runs/<cell>.predictions.npz: per-example outputs (drivers.predictions)
 CURVE_FIELDS = ('device', 'engine', 'batch_size', 'timing_examples', 'timing_repeats', 'rule')
 

@@ -21,7 +21,8 @@ Grid (15 cells with the default --tweet_seeds=1, 21 with 3):
             hyper-parameters.
 Evaluation settings (cheaper than the demo's 11 thresholds x 3 timing repeats): 7 confidence thresholds
 from just above chance to 1 (exit_study.eval_thresholds: 0.51 ... 1 binary, 0.34 ... 1 three classes),
-config.eval.timing_repeats=1 on the default 512 timed examples.
+config.eval.timing_repeats=5 (exit_study.TIMING_REPEATS; the committed cells were timed once, with
+repeats 1) on the default 512 timed examples.
 Sequence length per task: the 99th percentile of the training split's token counts (MiniLM's tokenizer,
 special tokens included), rounded up to the tokenizer's next padding bucket (32, 64, 128, ...); cached with
 the percentiles in docs/results/sweet_study_a/seq_lengths.json (common.choose_seq_length).
@@ -82,7 +83,7 @@ def cells(configs: dict[str, str], seq_lengths: dict[str, int], *, movie_seeds: 
           flags_ = common.overrides(
               method=method, model__exit_layers=EXIT_LAYERS, model__pooling=pooling, train__seed=seed,
               data__max_seq_length=seq_lengths[task], eval__thresholds=exit_study.eval_thresholds(num_labels),
-              eval__timing_repeats=1, **{f'data__{k}': v for k, v in data_fields(task).items()})
+              eval__timing_repeats=exit_study.TIMING_REPEATS, **{f'data__{k}': v for k, v in data_fields(task).items()})
           labels = {'task': task, 'pooling': pooling, 'method': method, 'seed': seed,
                     'panel': f'{task}_{pooling}'}
           out.append(exit_study.exit_cell(f'{task}_{pooling}_{method}_s{seed}', config_path, flags_, labels,
@@ -183,7 +184,8 @@ def budget_claims(task: str, by: dict[str, list[dict[str, Any]]], budgets_: Sequ
 def settings(configs: dict[str, str], work_root: str, seq_lengths_path: str) -> str:
   return (f'MiniLM (`{CHECKPOINT}`), exits after layers {EXIT_LAYERS}, {TRAIN_EXAMPLES} training examples, '
           f'seeds {SEEDS} (train.seed), configs {configs}; see the runner\'s docstring for the grid and the '
-          'evaluation settings (7 thresholds, 1 timing repeat).\n\n'
+          'evaluation settings (7 thresholds; speedups the median of 5 timed repeats, 1 in the cells committed before '
+          'issue 24).\n\n'
           f'Command: `python -m experiments.sweet_study_a` (workdirs under `{work_root}`; each cell\'s exact '
           'commands are in its raw JSON).\n\nSequence lengths (99th percentile of the training split\'s token '
           f'counts, rounded up to a padding bucket): {common.lengths_line(seq_lengths_path)}.\n')

@@ -368,7 +368,7 @@ def test_cell_commands_parse_against_their_configs(tmp_path):
   cfg = _parse(cell.steps[0].argv)
   assert cfg.method == 'multi_model' and tuple(cfg.model.exit_layers) == (1, 2, 4, 6)
   assert cfg.data.source == 'tweets' and cfg.data.max_seq_length == 32 and cfg.data.max_eval_samples == 2000
-  assert tuple(cfg.eval.thresholds) == exit_study.eval_thresholds(3) and cfg.eval.timing_repeats == 1
+  assert tuple(cfg.eval.thresholds) == exit_study.eval_thresholds(3) and cfg.eval.timing_repeats == 5
   assert cell.steps[1].argv[1:] == cell.steps[0].argv[1:]  # eval sees the same config
   cls = [c for c in grid if c.labels['pooling'] == 'cls']
   assert len(cls) == 3 and all(_parse(c.steps[0].argv).model.pooling == 'cls' for c in cls)
