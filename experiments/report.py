@@ -1,6 +1,6 @@
 """docs/results/<study>/README.md, generated from the raw runs on disk: settings and the command, the
-tables and figures a study passes in, per claim a sentence with its numbers, the machine and wall time of
-every cell, and the cells that failed. Rerunning a study's report rewrites it from the same files."""
+tables and figures a study passes in, per claim a sentence with its numbers, the study's hand-written
+discussion (notes.md, when present), the machine and wall time of every cell, and the cells that failed. Rerunning a study's report rewrites it from the same files."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from typing import Any, Sequence
 
 from experiments import common
 from pipeline.reporting import markdown_table
+
+NOTES = 'notes.md'  # docs/results/<study>/notes.md: hand-written discussion the report includes after its claims
 
 
 def timing_table(runs: Sequence[dict[str, Any]]) -> str:
@@ -52,6 +54,10 @@ def write_readme(study_dir: str, title: str, settings: str, sections: Sequence[t
   else:
     parts.append('## Claims\n')
     parts.append('\n'.join(claims) + '\n' if claims else 'No claim could be judged from the cells done so far.\n')
+    notes = os.path.join(study_dir, NOTES)
+    if os.path.exists(notes):  # the hand-written discussion; the sections below are generated
+      with open(notes) as f:
+        parts += ['## Discussion\n', f.read().rstrip() + '\n']
     for heading, body in sections:
       parts += [f'## {heading}\n', body]
     parts += ['## Machine and wall time per cell\n', timing_table(runs)]

@@ -142,6 +142,11 @@ def test_study_readme_and_figures(tmp_path):
   assert '| abcdef0123; eval again at 0123456789 |' in report.timing_table(
       [dict(r, cell=r['cell']) for r in runs])
   assert (study_dir / 'movie_reviews_mean.png').stat().st_size > 0
+  assert '## Discussion' not in text
+  (study_dir / 'notes.md').write_text('Hand-written: SWEET wins here.\n')
+  text = sweet_study_a.write_report(str(study_dir), sweet_study_a.CONFIGS, 'runs/x')
+  assert text.index('## Claims') < text.index('## Discussion\n\nHand-written: SWEET wins here.') < text.index(
+      '## Per-exit accuracy')
   empty = report.write_readme(str(tmp_path / 'empty'), 'T', 'S', [], [], [])
   assert 'No results yet' in empty and '## Claims' not in empty
 
