@@ -26,6 +26,7 @@ POINT_FIELDS = ('threshold', 'accuracy', 'layer_fraction', 'flops_fraction', 'me
 # between sittings (docs/results/sweet_study_a/timing_spread.json), so cells evaluated from now on time five.
 TIMING_REPEATS = 5
 PREDICTIONS_SUFFIX = '.predictions.npz'  # runs/<cell>.predictions.npz: per-example outputs (drivers.predictions)
+SPREAD_FIELDS = ('measured_speedups',)  # every timed repeat's speedup, where eval recorded them
 CURVE_FIELDS = ('device', 'engine', 'batch_size', 'timing_examples', 'timing_repeats', 'rule')
 
 
@@ -48,7 +49,7 @@ def extract(cell: common.Cell) -> dict[str, Any]:
          'num_train_examples': res['num_train_examples'], 'steps': res['steps'],
          'train_time_s': res['train_time_s'], 'fingerprint': res.get('fingerprint'),
          'curve': dict({k: curve.get(k) for k in CURVE_FIELDS},
-                       points=[{k: p[k] for k in POINT_FIELDS} for p in curve['points']])}
+                       points=[{k: p[k] for k in POINT_FIELDS + SPREAD_FIELDS if k in p} for p in curve['points']])}
   return out | predictions_attachment(os.path.join(cell.workdir, 'eval', 'predictions.npz'))
 
 

@@ -394,12 +394,12 @@ def test_extract_keeps_only_the_fields_the_tables_need(tmp_path, monkeypatch):
       'method': 'sweet', 'seed': 42, 'exit_layers': [1, 2], 'per_exit_accuracy': [0.6, 0.7], 'num_examples': 20,
       'num_train_examples': 48, 'steps': 6, 'train_time_s': 3.5, 'config': {'big': 'x' * 1000}})
   point = {'threshold': 0.5, 'accuracy': 0.7, 'layer_fraction': 0.75, 'flops_fraction': 0.8, 'measured_speedup': 1.2,
-           'exit_counts': [5, 15], 'engine_agreement': 1.0}
+           'measured_speedups': [1.1, 1.2, 1.3], 'exit_counts': [5, 15], 'engine_agreement': 1.0}
   common.write_json(str(work / 'eval' / 'curve.json'), {'device': 'cpu x1', 'timing_repeats': 1, 'points': [point]})
   out = exit_study.extract(common.Cell('c', str(work), (common.Step('train', ('train.py',), 'results.json'),), {}))
   assert out['per_exit_accuracy'] == [0.6, 0.7] and out['eval_examples'] == 20 and 'config' not in out
   assert out['curve']['points'] == [{'threshold': 0.5, 'accuracy': 0.7, 'layer_fraction': 0.75, 'flops_fraction': 0.8,
-                                     'measured_speedup': 1.2}]
+                                     'measured_speedup': 1.2, 'measured_speedups': [1.1, 1.2, 1.3]}]
   assert out['curve']['device'] == 'cpu x1' and out['curve']['timing_repeats'] == 1
 
   from papa_jax import averages

@@ -30,7 +30,7 @@ def test_stored_predictions_reproduce_per_exit_accuracy_and_curve(models, tmp_pa
   # and at the last exit): some thresholds split the examples between all three exits.
   grid = (0.0, *np.round(np.linspace(0.3, 0.9, 25), 3).tolist(), 1.0)
   config = ml_collections.ConfigDict({'eval': {'batch_size': 4, 'thresholds': grid, 'timing_examples': 4,
-                                               'timing_repeats': 1}})
+                                               'timing_repeats': 2}})
   out = sweet_eval.evaluate(config, str(tmp_path), method=method, encoder_config=CFG, exit_config=ECFG,
                             params=models[method], splits=splits, encode_fn=encode)
   curve = json.loads((tmp_path / 'eval' / 'curve.json').read_text())
@@ -50,6 +50,9 @@ def test_stored_predictions_reproduce_per_exit_accuracy_and_curve(models, tmp_pa
     counts.add(tuple(pt['exit_counts']))
   assert len(counts) > 5  # the grid moves examples between exits: the comparison is not of one trivial point
   assert len(predictions.dense_curve(p)) == 101
+  # Every timed repeat's speedup is recorded beside their median (the spread between timings).
+  for pt in curve['points']:
+    assert len(pt['measured_speedups']) == 2 and pt['measured_speedup'] == pytest.approx(np.median(pt['measured_speedups']))
 
 
 def test_exits_at_by_hand():
