@@ -12,11 +12,13 @@ and the weights scored (the file itself is copied beside the raw JSON).
 from __future__ import annotations
 
 import collections
+import functools
 import os
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from drivers import predictions
 from experiments import budgets, common
 from experiments.stats import Spread
 from pipeline.reporting import markdown_table
@@ -98,7 +100,20 @@ def per_exit_table(runs: Sequence[dict[str, Any]], keys: Sequence[str]) -> str:
 def at_budget(run: dict[str, Any], budget: float, cost: str = 'layer_fraction') -> float | None:
   """The run's accuracy at `budget` of `cost`, interpolated along its curve's frontier (experiments.budgets);
   None below its cheapest point."""
-  return budgets.accuracy_at(run['curve']['points'], cost, budget)
+  return budgets.accuracy_at(curve_points(run, cost), cost, budget)
+
+
+def curve_points(run: dict[str, Any], cost: str = 'layer_fraction') -> Sequence[dict[str, Any]]:
+  """The curve a run is read from at a budget: for layer and FLOPs fractions, the dense offline sweep of its
+  stored outputs (101 thresholds, drivers.predictions.dense_curve) when it has them; else, and for measured
+  speedups (timed at the evaluated thresholds only), the evaluated points."""
+  path = run.get('attachments', {}).get(PREDICTIONS_SUFFIX)
+  return _dense_curve(path) if path and cost != 'time_fraction' else run['curve']['points']
+
+
+@functools.lru_cache(maxsize=64)
+def _dense_curve(path: str) -> tuple[dict[str, float], ...]:
+  return tuple(predictions.dense_curve(predictions.Predictions.load(path)))
 
 
 def budget_table(runs: Sequence[dict[str, Any]], keys: Sequence[str],
@@ -124,8 +139,8 @@ def budget_table(runs: Sequence[dict[str, Any]], keys: Sequence[str],
 def area_table(runs: Sequence[dict[str, Any]], keys: Sequence[str], cost: str = 'layer_fraction') -> str:
   """Markdown: per group, the mean accuracy over the budgets every run of the table covers (the area under
   each run's interpolated curve over that range, divided by its width), mean ± std over seeds."""
-  lo, hi = budgets.common_range([r['curve']['points'] for r in runs], cost)
-  rows = [[*key, len(g), Spread.of([budgets.mean_accuracy(r['curve']['points'], cost, lo, hi) for r in g]).fmt()]
+  lo, hi = budgets.common_range([curve_points(r, cost) for r in runs], cost)
+  rows = [[*key, len(g), Spread.of([budgets.mean_accuracy(curve_points(r, cost), cost, lo, hi) for r in g]).fmt()]
           for key, g in groups(runs, keys).items()]
   return markdown_table([*keys, 'seeds', f'mean accuracy over {cost} {lo:.3f}-{hi:g}'], rows)
 

@@ -171,9 +171,9 @@ def budget_claims(task: str, by: dict[str, list[dict[str, Any]]], budgets_: Sequ
       out.append(compare(f'{task}: {NAMES[first]} is more accurate than {NAMES[second]} at {label} of the layers '
                          '(interpolated along each curve, accuracy points)', fs, ss, paired.at_budget(b),
                          lambda r, b=b: exit_study.at_budget(r, b)))
-    curves = [r['curve']['points'] for r in fs + ss]
+    curves = [exit_study.curve_points(r) for r in fs + ss]
     lo, hi = budgets.common_range(curves, 'layer_fraction')
-    area = lambda g: [budgets.mean_accuracy(r['curve']['points'], 'layer_fraction', lo, hi) for r in g]
+    area = lambda g: [budgets.mean_accuracy(exit_study.curve_points(r), 'layer_fraction', lo, hi) for r in g]
     est, se, n = difference(area(fs), area(ss), n_eval)
     out.append(claim_sentence(f'{task}: {NAMES[first]}\'s curve lies above {NAMES[second]}\'s on average over '
                               f'{lo:.2f}-{hi:g} of the layers (area under the curve, accuracy points)', est, se,

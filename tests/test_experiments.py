@@ -464,6 +464,10 @@ def test_study_claims_are_paired_on_stored_predictions(tmp_path):
                              'points): **holds** (+15.0 points, 95% interval')
   assert 'paired bootstrap' in lines[0] and 'n = 400 x 2' in lines[0]
   assert isinstance(items[4], str) and items[4] == lines[4]
+  # The summary tables read the same dense sweep, not the runs' two evaluated points.
+  assert exit_study.at_budget(sw[0][0], 0.5) == pytest.approx(
+      budgets.accuracy_at(predictions.dense_curve(sw[0][1]), 'layer_fraction', 0.5))
+  assert exit_study.at_budget(sw[0][0], 0.5) != budgets.accuracy_at(sw[0][0]['curve']['points'], 'layer_fraction', 0.5)
   # A run without stored outputs: that comparison falls back to the summary rule.
   del by['sweet'][1]['attachments']['.predictions.npz']
   assert isinstance(sweet_study_a.method_claims('movie_reviews', by, budgets_=(0.5,))[0], str)
