@@ -10,9 +10,13 @@ JSON files the reports and the README read.
   docs/results/sweet_study_a/timing_spread.json  the five study-A evaluations timed twice (--redo=eval): each
                          threshold's measured speedup both times and the relative change, read from the two
                          committed versions of their raw JSON (git history: TIMED_FIRST, TIMED_AGAIN).
-Not recomputable here, and so not in any artifact: the PAPA constant-matrix figures (they need a cell's
-averages.npz, in workdirs that are gone) and the bit-identical rerun of minilm_movie_reviews_s43 (a session's
-comparison of two workdirs, also gone). The README says so where it quotes them.
+  python -m experiments.artifacts --averages=minilm=W/papa/averages.npz,... --averages_note='...'
+  docs/results/papa_study/constants_summary.json  the neighbourhood of the constant matrices
+                         (papa_study.constants_summary) from cells' averages.npz: the study's workdirs are gone,
+                         so these are remade by the estimate stage of a cell's recorded command (deterministic:
+                         data, seed and model fix it), and the note records how.
+Not recomputable here, and so not in any artifact: the bit-identical rerun of minilm_movie_reviews_s43 (a
+session's comparison of two workdirs that are gone). The README says so where it quotes it.
 """
 
 from __future__ import annotations
@@ -22,9 +26,9 @@ import os
 import subprocess
 from typing import Any, Sequence
 
-from absl import app
+from absl import app, flags
 
-from experiments import common
+from experiments import common, papa_study
 
 TIMED_FIRST, TIMED_AGAIN = '0557d3c', '22e346e'  # the commits holding the first and the second timings
 RETIMED = ('movie_reviews_mean_sweet_s42', 'movie_reviews_mean_sweet_s44', 'movie_reviews_mean_early_exit_s42',
@@ -88,8 +92,22 @@ def timing_spread(cells: Sequence[str] = RETIMED) -> dict[str, Any]:
           'note': 'first timings shared the 2 cores with a benchmark or the test suite; the second ran alone'}
 
 
+def constants(averages_paths: dict[str, str]) -> dict[str, Any]:
+  """papa_study.constants_summary of each model's averages.npz (model -> path), with the files' identities."""
+  from papa_jax import averages
+  from pipeline.fingerprint import file_identity
+  return {model: {'averages': file_identity(path), **papa_study.constants_summary(averages.load_constants(path))}
+          for model, path in averages_paths.items()}
+
+
 def main(argv):
-  del argv  # no flags
+  del argv  # everything comes from flags
+  if flags.FLAGS.averages:
+    paths = dict(item.split('=', 1) for item in flags.FLAGS.averages)
+    out = constants(paths) | {'made_from': flags.FLAGS.averages_note}
+    common.write_json(os.path.join(common.RESULTS_ROOT, 'papa_study', 'constants_summary.json'), out)
+    print(f'constants summary of {sorted(paths)} written')
+    return
   spread = timing_spread()
   common.write_json(os.path.join(common.RESULTS_ROOT, 'sweet_study_a', 'timing_spread.json'), spread)
   w = spread['largest_change']
@@ -102,4 +120,7 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  flags.DEFINE_list('averages', [], 'model=path of a PAPA cell\'s papa/averages.npz: write only '
+                    'docs/results/papa_study/constants_summary.json from these.')
+  flags.DEFINE_string('averages_note', '', 'How the averages files were made (recorded in the JSON).')
   app.run(main)

@@ -33,7 +33,8 @@ Claims (thresholds stated in each sentence): every head constant costs a small r
 paper averages ~8% over tasks for BERT-base); half the heads constant cost little or none (< 2%); the better
 model (higher k = 0 accuracy) loses more with every head constant.
 Outputs: docs/results/papa_study/{README.md, accuracy_vs_constant.png, constants_<model>_<task>.png (the
-head-averaged constant matrix of every layer, seed 42), runs/<cell>.json}.
+head-averaged constant matrix of every layer, seed 42; its neighbourhood in numbers, constants_summary, in the
+seed-42 raw JSON), runs/<cell>.json, runs/<cell>.predictions.npz}.
 """
 
 from __future__ import annotations
@@ -97,15 +98,33 @@ def extract(cell: common.Cell) -> dict[str, Any]:
   if cell.labels['seed'] == SEEDS[0]:
     from papa_jax import averages
     model, task = cell.labels['model'], cell.labels['task']
-    plot_constants(averages.load_constants(os.path.join(cell.workdir, 'papa', 'averages.npz')),
-                   f'{model}, {task} (seed {SEEDS[0]})',
+    consts = averages.load_constants(os.path.join(cell.workdir, 'papa', 'averages.npz'))
+    plot_constants(consts, f'{model}, {task} (seed {SEEDS[0]})',
                    os.path.join(common.RESULTS_ROOT, STUDY, f'constants_{model}_{task}.png'))
-  return {'model': res['model'], 'length': res['length'], 'num_heads': res['num_heads'],
-          'eval_examples': res['data']['num_eval'], 'num_train': res['data']['num_train'],
-          'baseline_accuracy': res['baseline_accuracy'], 'fingerprint': res.get('fingerprint'),
-          'results': [{k: r[k] for k in ('k', 'num_constant_heads', 'fraction_constant', 'accuracy', 'relative_drop')}
-                      for r in res['results']]} | exit_study.predictions_attachment(
-                          os.path.join(cell.workdir, 'papa', 'predictions.npz'))
+    summary = {'constants_summary': constants_summary(consts)}  # the numbers the discussion quotes
+  else:
+    summary = {}
+  out = {'model': res['model'], 'length': res['length'], 'num_heads': res['num_heads'],
+         'eval_examples': res['data']['num_eval'], 'num_train': res['data']['num_train'],
+         'baseline_accuracy': res['baseline_accuracy'], 'fingerprint': res.get('fingerprint'),
+         'results': [{k: r[k] for k in ('k', 'num_constant_heads', 'fraction_constant', 'accuracy', 'relative_drop')}
+                     for r in res['results']]}
+  return summary | out | exit_study.predictions_attachment(os.path.join(cell.workdir, 'papa', 'predictions.npz'))
+
+
+def constants_summary(averages, slots: int = 19) -> dict[str, Any]:
+  """The neighbourhood of PAPA's constant matrices, averaged over heads, for query slots 1..slots (at most
+  L - 2): per layer the mean weight on the previous slot, on the slot itself, on the next slot and on the
+  first token (slot 0), and the range of the first token's weight over those rows.
+
+  averages: [layers, heads, L, L] (query rows, key columns)."""
+  a = np.asarray(averages, np.float64).mean(1)  # [layers, L, L]
+  slots = min(slots, a.shape[-1] - 2)
+  q = np.arange(1, slots + 1)
+  per_layer = [{'layer': l + 1, 'previous': float(a[l, q, q - 1].mean()), 'self': float(a[l, q, q].mean()),
+                'next': float(a[l, q, q + 1].mean()), 'first_token': float(a[l, q, 0].mean()),
+                'first_token_rows': [float(a[l, q, 0].min()), float(a[l, q, 0].max())]} for l in range(len(a))]
+  return {'query_slots': [1, slots], 'per_layer': per_layer}
 
 
 def plot_constants(constants: np.ndarray, title: str, path: str) -> None:

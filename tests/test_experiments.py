@@ -420,6 +420,7 @@ def test_extract_keeps_only_the_fields_the_tables_need(tmp_path, monkeypatch):
   out = papa_study.extract(cell)
   assert out['results'] == [{k: v for k, v in rows[0].items() if k not in ('label', 'best_accuracy')}]
   assert out['eval_examples'] == 13 and 'slot_coverage' not in out
+  assert out['constants_summary']['query_slots'] == [1, 10]  # L = 12: rows 1..10 have a next slot
   assert (tmp_path / 'results' / papa_study.STUDY / 'constants_tiny_movie_reviews.png').stat().st_size > 0
 
 
@@ -533,3 +534,21 @@ def test_papa_claims_paired_on_stored_outputs(tmp_path):
   # The better model (mpnet) loses 10.0% - 5.0% = +5.0 points more: paired over the same examples, holds.
   better = out[-1]
   assert better.startswith('- movie_reviews: the better model (mpnet') and '**holds** (+5.0%,' in better
+
+
+def test_constants_summary_by_hand():
+  # 2 layers, 2 heads, L = 6; query slots 1..3. Layer 1: head 0 puts 0.4 on the previous slot, head 1 0.2;
+  # mean 0.3. Every head puts 0.1 on itself, 0.05 on the next slot, and 0.5 + 0.1 q on the first token.
+  a = np.zeros((2, 2, 6, 6))
+  for q in range(1, 5):
+    a[:, 0, q, q - 1], a[:, 1, q, q - 1] = 0.4, 0.2
+    a[:, :, q, q], a[:, :, q, q + 1] = 0.1, 0.05
+    a[:, :, q, 0] = 0.5 + 0.1 * q
+  out = papa_study.constants_summary(a, slots=3)
+  first = out['per_layer'][0]
+  # Slot 1's previous slot is the first token, set last to 0.6: previous (0.6 + 0.3 + 0.3) / 3.
+  assert first['previous'] == pytest.approx(0.4) and first['self'] == pytest.approx(0.1)
+  assert first['next'] == pytest.approx(0.05)
+  assert first['first_token'] == pytest.approx((0.6 + 0.7 + 0.8) / 3)
+  assert first['first_token_rows'] == pytest.approx([0.6, 0.8])
+  assert out['per_layer'][1]['layer'] == 2 and out['query_slots'] == [1, 3]
