@@ -26,7 +26,7 @@ from typing import Any, Sequence
 from absl import app, flags
 import numpy as np
 
-from experiments import common, report, sweet_study_a, sweet_study_b
+from experiments import common, report, sweet_study_a, sweet_study_b, token_lengths
 from pipeline.reporting import markdown_table
 
 STUDY = 'gradient_conflict'
@@ -147,13 +147,13 @@ def cells(models: Sequence[str], work_roots: dict[str, str], mpnet_config: str) 
   out = []
   root = common.RESULTS_ROOT
   if 'minilm' in models:
-    seq = common.choose_seq_length(os.path.join(root, sweet_study_a.STUDY, 'seq_lengths.json'),
+    seq = token_lengths.choose_seq_length(os.path.join(root, sweet_study_a.STUDY, 'seq_lengths.json'),
                                    sweet_study_a.CHECKPOINT, sweet_study_a.data_fields('movie_reviews'))
     grid = sweet_study_a.cells(sweet_study_a.CONFIGS, {'movie_reviews': seq, 'tweets': seq}, movie_seeds=1,
                                tweet_seeds=0, work_root=work_roots['minilm'])
     out.append(analysis_cell('minilm', next(c for c in grid if c.name == 'movie_reviews_mean_early_exit_s42')))
   if 'mpnet' in models:
-    seq = common.choose_seq_length(os.path.join(root, sweet_study_b.STUDY, 'seq_lengths.json'),
+    seq = token_lengths.choose_seq_length(os.path.join(root, sweet_study_b.STUDY, 'seq_lengths.json'),
                                    sweet_study_b.CHECKPOINT, sweet_study_a.data_fields(sweet_study_b.TASK))
     grid = sweet_study_b.cells({'early_exit': mpnet_config}, seq, seeds=1,
                                work_root=work_roots['mpnet'])

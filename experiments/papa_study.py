@@ -17,7 +17,7 @@ config.papa.ks = k constant heads for the fractions 0, 1/8, 1/4, 1/2, 3/4, 1 of 
 first). Everything else is papa_demo's: 3,000 training and 1,000 eval examples (BBC News has 1,780 and 445:
 its 2,225 articles, 20% carved out for eval), 15 probe epochs, a 120-step ranking run. Layout length
 (config.papa.length): the 99th percentile of the training split's token counts under the model's tokenizer,
-rounded up to the next padding bucket (common.choose_seq_length), at most TASK_MAX_LENGTH. PAPA's layout
+rounded up to the next padding bucket (token_lengths.choose_seq_length), at most TASK_MAX_LENGTH. PAPA's layout
 gives a single text the first half of the slots (L/2 - 1 word pieces after [CLS]), which this rule, made for
 whole-length inputs, does not count: at L = 64 it cuts 27% of the movie-review sentences and 49% of the
 tweets (8.7% and 15.9% of their word pieces, under either tokenizer), as the reference's L = 64 would.
@@ -45,7 +45,7 @@ from typing import Any, Sequence
 from absl import app, flags
 import numpy as np
 
-from experiments import common, exit_study, paired, report, stats
+from experiments import common, exit_study, paired, report, stats, token_lengths
 from experiments.stats import Spread, claim_sentence, difference
 from pipeline.reporting import markdown_table
 
@@ -264,7 +264,7 @@ def plot_curves(runs: Sequence[dict[str, Any]], path: str) -> None:
 def write_report(study_dir: str, work_root: str) -> str:
   runs = common.load_runs(study_dir)
   lengths_path = os.path.join(study_dir, 'seq_lengths.json')
-  lengths = common.lengths_line(lengths_path)
+  lengths = token_lengths.lengths_line(lengths_path)
   sections = []
   if runs:
     plot_curves(runs, os.path.join(study_dir, 'accuracy_vs_constant.png'))
@@ -294,7 +294,7 @@ def main(argv):
   models = {m: MODELS[m] for m in f.models}
 
   def make_cells():
-    lengths = {(m, t): common.choose_seq_length(os.path.join(study_dir, 'seq_lengths.json'), c,
+    lengths = {(m, t): token_lengths.choose_seq_length(os.path.join(study_dir, 'seq_lengths.json'), c,
                                                 DATA_FIELDS | {'source': t}, max_length=TASK_MAX_LENGTH.get(t, 0))
                for m, c in models.items() for t in TASKS}
     return cells(models, {m: total_heads(c) for m, c in models.items()}, lengths, seeds=f.seeds,

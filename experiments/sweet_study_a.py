@@ -25,7 +25,7 @@ config.eval.timing_repeats=5 (exit_study.TIMING_REPEATS; the committed cells wer
 repeats 1) on the default 512 timed examples.
 Sequence length per task: the 99th percentile of the training split's token counts (MiniLM's tokenizer,
 special tokens included), rounded up to the tokenizer's next padding bucket (32, 64, 128, ...); cached with
-the percentiles in docs/results/sweet_study_a/seq_lengths.json (common.choose_seq_length).
+the percentiles in docs/results/sweet_study_a/seq_lengths.json (token_lengths.choose_seq_length).
 Measured per cell on 2 CPU cores (AMD EPYC, nothing else running; 2026-12-01): SWEET and Early-Exit training
 5.3-5.5 min, Multi-Model 12 min, eval 1.3-2 min with these settings; so the whole CPU grid ~2 h (~2.7 h with
 --tweet_seeds=3, the tweets' cells scaled, not measured). Another job on the same cores doubles these.
@@ -48,7 +48,7 @@ from typing import Any, Callable, Sequence
 from absl import app, flags
 import numpy as np
 
-from experiments import budgets, common, exit_study, paired, report, stats
+from experiments import budgets, common, exit_study, paired, report, stats, token_lengths
 from experiments.stats import claim_sentence, difference
 
 STUDY = 'sweet_study_a'
@@ -188,7 +188,7 @@ def settings(configs: dict[str, str], work_root: str, seq_lengths_path: str) -> 
           'issue 24).\n\n'
           f'Command: `python -m experiments.sweet_study_a` (workdirs under `{work_root}`; each cell\'s exact '
           'commands are in its raw JSON).\n\nSequence lengths (99th percentile of the training split\'s token '
-          f'counts, rounded up to a padding bucket): {common.lengths_line(seq_lengths_path)}.\n')
+          f'counts, rounded up to a padding bucket): {token_lengths.lengths_line(seq_lengths_path)}.\n')
 
 
 def write_report(study_dir: str, configs: dict[str, str], work_root: str) -> str:
@@ -215,7 +215,7 @@ def main(argv):
   lengths_path = os.path.join(study_dir, 'seq_lengths.json')
 
   def make_cells():
-    seq = {t: common.choose_seq_length(lengths_path, CHECKPOINT, data_fields(t)) for t in TASKS}
+    seq = {t: token_lengths.choose_seq_length(lengths_path, CHECKPOINT, data_fields(t)) for t in TASKS}
     return cells(configs, seq, movie_seeds=f.movie_seeds, tweet_seeds=f.tweet_seeds, work_root=f.work_root)
   common.study_main(f, study_dir, make_cells, exit_study.extract,
                     lambda: write_report(study_dir, configs, f.work_root))

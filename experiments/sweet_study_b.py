@@ -18,7 +18,7 @@ Evaluation settings as study A: 7 confidence thresholds 0.51 ... 1 (exit_study.e
 config.eval.timing_repeats=5 (exit_study.TIMING_REPEATS; the committed cells were timed once) on 512 timed
 examples.
 Sequence length: the 99th percentile of the training split's token counts under MPNet's tokenizer, rounded up
-to the next padding bucket (common.choose_seq_length; cached in docs/results/sweet_study_b/seq_lengths.json).
+to the next padding bucket (token_lengths.choose_seq_length; cached in docs/results/sweet_study_b/seq_lengths.json).
 Time per cell on 2 CPU cores, measured (2026-12-01, niced unit tests sharing the cores): SWEET and
 Early-Exit train in 31-32 min and evaluate in 6.5-7 min; Multi-Model (23 layers) about twice the training.
 Claims: SWEET's last exit against Early-Exit's on MPNet; and, when study A's movie-review runs are on disk,
@@ -32,7 +32,7 @@ from typing import Any, Sequence
 
 from absl import app, flags
 
-from experiments import common, exit_study, paired, report, sweet_study_a
+from experiments import common, exit_study, paired, report, sweet_study_a, token_lengths
 from experiments.stats import claim_sentence, difference
 
 STUDY = 'sweet_study_b'
@@ -85,7 +85,7 @@ def write_report(study_dir: str, configs: dict[str, str], work_root: str) -> str
   runs = common.load_runs(study_dir)
   study_a_runs = common.load_runs(os.path.join(common.RESULTS_ROOT, sweet_study_a.STUDY))
   lengths_path = os.path.join(study_dir, 'seq_lengths.json')
-  lengths = common.lengths_line(lengths_path)
+  lengths = token_lengths.lengths_line(lengths_path)
   settings = (f'all-mpnet-base-v2 (`{CHECKPOINT}`), exits after layers {EXIT_LAYERS}, {TASK}, '
               f'{sweet_study_a.TRAIN_EXAMPLES} training examples, configs {configs}; evaluation: 7 thresholds, '
               f'5 timing repeats, 1 in the committed cells (see the runner\'s docstring).\n\nCommand: `python -m experiments.sweet_study_b` '
@@ -114,7 +114,7 @@ def main(argv):
   configs = common.parse_configs(items, must_exist=not f.report_only)
 
   def make_cells():
-    seq = common.choose_seq_length(os.path.join(study_dir, 'seq_lengths.json'), CHECKPOINT,
+    seq = token_lengths.choose_seq_length(os.path.join(study_dir, 'seq_lengths.json'), CHECKPOINT,
                                    sweet_study_a.data_fields(TASK))
     return cells(configs, seq, seeds=f.seeds, work_root=f.work_root)
   common.study_main(f, study_dir, make_cells, exit_study.extract,

@@ -12,7 +12,7 @@ from ml_collections import config_flags
 import numpy as np
 import pytest
 
-from experiments import common, exit_study, gradient_conflict, papa_study, report, stats, sweet_study_a
+from experiments import common, exit_study, gradient_conflict, papa_study, report, stats, sweet_study_a, token_lengths
 
 
 def _run(method, seed, accs, points, task='movie_reviews', pooling='mean', n_eval=1000):
@@ -327,14 +327,14 @@ def test_select_cells_orders_by_pattern_and_refuses_unknown_patterns(tmp_path):
 def test_length_from_counts_by_hand():
   buckets = (32, 64, 128)
   # 99th percentile of 1..100 (linear interpolation) is 99.01 -> 100 tokens -> bucket 128.
-  assert common.length_from_counts(list(range(1, 101)), quantile=99, buckets=buckets, cap=512) == 128
-  assert common.length_from_counts(list(range(1, 101)), quantile=99, buckets=buckets, cap=64) == 64
+  assert token_lengths.length_from_counts(list(range(1, 101)), quantile=99, buckets=buckets, cap=512) == 128
+  assert token_lengths.length_from_counts(list(range(1, 101)), quantile=99, buckets=buckets, cap=64) == 64
   # One outlier in 100: the percentile sits at 10 + 0.01 * 190 = 11.9 -> 12 tokens -> bucket 32.
-  assert common.length_from_counts([10] * 99 + [200], quantile=99, buckets=buckets, cap=512) == 32
+  assert token_lengths.length_from_counts([10] * 99 + [200], quantile=99, buckets=buckets, cap=512) == 32
   # The maximum, 200 tokens, fits no bucket: the cap.
-  assert common.length_from_counts([10] * 99 + [200], quantile=100, buckets=buckets, cap=512) == 512
+  assert token_lengths.length_from_counts([10] * 99 + [200], quantile=100, buckets=buckets, cap=512) == 512
   with pytest.raises(ValueError, match='empty'):
-    common.length_from_counts([], quantile=99, buckets=buckets, cap=512)
+    token_lengths.length_from_counts([], quantile=99, buckets=buckets, cap=512)
 
 
 def test_choose_seq_length_caps_and_counts_the_truncated(tmp_path):
@@ -346,12 +346,12 @@ def test_choose_seq_length_caps_and_counts_the_truncated(tmp_path):
   fields = {'source': 'files', 'train_path': str(tmp_path / 'train.jsonl'), 'eval_path': str(tmp_path / 'eval.jsonl'),
             'calibration_size': 0, 'length_buckets': (16, 32, 64, 128)}
   cache = str(tmp_path / 'lengths.json')
-  assert common.choose_seq_length(cache, 'minilm', fields) == 128  # 99th percentile 102 tokens
-  assert common.choose_seq_length(cache, 'minilm', fields, max_length=32) == 32
+  assert token_lengths.choose_seq_length(cache, 'minilm', fields) == 128  # 99th percentile 102 tokens
+  assert token_lengths.choose_seq_length(cache, 'minilm', fields, max_length=32) == 32
   entry = common.read_json(cache)['minilm/files']
   assert entry['truncated'] == 0.4 and entry['percentiles']['50'] == 5  # 40 of 100 rows exceed 32 tokens
-  assert common.lengths_line(cache).endswith('capped at 32: 40% of examples truncated)')
-  assert common.choose_seq_length(cache, 'minilm', fields) == 128  # another cap: chosen again
+  assert token_lengths.lengths_line(cache).endswith('capped at 32: 40% of examples truncated)')
+  assert token_lengths.choose_seq_length(cache, 'minilm', fields) == 128  # another cap: chosen again
 
 
 def _parse(argv):
