@@ -10,7 +10,8 @@ JSON files the reports and the README read.
   docs/results/sweet_study_a/timing_spread.json  the five study-A evaluations timed twice (--redo=eval): each
                          threshold's measured speedup both times and the relative change, read from the two
                          committed versions of their raw JSON (git history: TIMED_FIRST, TIMED_AGAIN).
-  python -m experiments.artifacts --averages=minilm=W/papa/averages.npz,... --averages_note='...'
+  python -m experiments.artifacts --averages=minilm=W1/papa/averages.npz,mpnet=W2/papa/averages.npz \
+      --averages_note='how the files were made'
   docs/results/papa_study/constants_summary.json  the neighbourhood of the constant matrices
                          (papa_study.constants_summary) from cells' averages.npz: the study's workdirs are gone,
                          so these are remade by the estimate stage of a cell's recorded command (deterministic:
