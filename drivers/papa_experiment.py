@@ -17,7 +17,8 @@ made from other data, seeds or model is recomputed, and the log says which field
   4. results.json / results.md   accuracy per k and the relative drop (baseline - acc) / baseline from k=0;
                     the layout slots no estimate example occupied and the eval tokens that land in them
                     (slot_coverage); speed.json (once): cached-feature training against running the encoder
-                    every step.
+                    every step; predictions.npz: per k, each eval example's predicted label and confidence
+                    (drivers.predictions), written when every probe was trained or rescored in this run.
 The reported accuracy is the last epoch's (no selection on the eval split); the best epoch's is also kept.
 Every accuracy, after each training epoch and when eval.py rescores, comes from one function (_evaluator);
 papa.feature_cache 'memory', 'disk' and 'none' give the same accuracies with papa.cache_dtype 'float32'
@@ -36,6 +37,7 @@ import jax
 import numpy as np
 
 from papa_jax import averages, probe, ranking
+from drivers import predictions
 from drivers.papa_setup import (_cache_dtype, _cache_path, _evaluator, _log, _probe_config, _remove_disk_caches, _setup,
                         _Setup, _Tokens, _tokens, cache_mode)
 from pipeline import fingerprint, reporting
@@ -231,6 +233,7 @@ def train_probe(s: _Setup, constants, order, k: int, label: str, mode: str, trai
     probe.save_params(params_path, head, k=k, heads=np.asarray(heads, np.int32).reshape(-1, 2),
                       model=str(s.config.model.checkpoint), length=s.length)
   reporting.write_json(json_path, info)
+  info['outputs'] = evaluate_head.last  # the last epoch's per-example outputs, for predictions.npz (not JSON)
   _log(f'probe k={k}: eval accuracy {info["accuracy"]:.4f} (best {info["best_accuracy"]:.4f} at epoch '
        f'{info["best_epoch"]}); cache {cache_seconds:.1f} s, training {train_seconds:.1f} s')
   return info
@@ -316,6 +319,8 @@ def _markdown(res: dict) -> str:
 def _write_results(s: _Setup, est, per_k, eval_tokens: _Tokens, rescored: bool) -> dict:
   res = _results(s, est, per_k, eval_tokens, rescored)
   reporting.write_json(s.papa_dir / 'results.json', res)
+  if reporting.is_writer():  # per-example outputs when every probe was scored in this process (drivers.predictions)
+    predictions.save_papa(s.papa_dir, per_k, s.splits.eval)
   md = _markdown(res)
   if reporting.is_writer():
     (s.papa_dir / 'results.md').write_text(md)
@@ -381,6 +386,7 @@ def rescore(config, workdir) -> dict:
     info['trained_accuracy'] = info.get('accuracy')
     evaluate_head, _ = _evaluator(s, _probe_config(s, heads), constants, mode, eval_tokens)
     info['accuracy'] = evaluate_head(head)
+    info['outputs'] = evaluate_head.last
     _log(f'rescore k={k}: eval accuracy {info["accuracy"]:.4f} (at training: {info["trained_accuracy"]})')
     per_k.append(info)
   _remove_disk_caches(s)

@@ -159,4 +159,9 @@ def _evaluator(s: _Setup, cfg_k, constants, mode: str, eval_tokens: _Tokens):
     _, predict = probe.cached_fns(float(s.p.dropout))
     frozen = {'positions': jax.device_put(cache.positions)}
     batches = lambda: cache.batches(bs)
-  return (lambda head: probe.evaluate(head, frozen, predict, batches())['accuracy']), cache
+
+  def evaluate_head(head) -> float:
+    out = probe.evaluate(head, frozen, predict, batches())
+    evaluate_head.last = out  # the per-example outputs of the latest call (drivers.predictions stores them)
+    return out['accuracy']
+  return evaluate_head, cache

@@ -9,6 +9,8 @@ evaluate(...) writes WORKDIR/eval/:
                           layer_fraction, flops_fraction, exit_counts, measured_speedup, timed_flops_fraction,
                           engine_agreement}]}
   curve.csv, curve.png    the same points; the plot is accuracy against speedup
+  predictions.npz         per exit and example: prediction and calibrated confidence, gold labels, costs
+                          (drivers.predictions)
 compare(workdirs, out_path) overlays several evaluated workdirs' curves.
 
 Config fields read (all under config.eval, each with the default used when absent):
@@ -25,14 +27,15 @@ so they stay 1 (plain softmax confidence), a warning says so, and temperatures.j
 
 Which examples each figure of a point describes:
   accuracy, layer_fraction, flops_fraction, exit_counts   all eval examples (the offline sweep).
-  measured_speedup, timed_flops_fraction                  the timed examples (the first timing_examples; all
+  measured_speedup(s), timed_flops_fraction               the timed examples (the first timing_examples; all
                           when 0 or when the split is no larger). measured_speedup is wall-clock of the full
                           model (embeddings, every layer up to the last exit, the last exit's head; multi_model:
                           its deepest member) over wall-clock of adaptive inference on the same eval batches at
                           config.eval.batch_size, compilation excluded (both are compiled before timing); each
                           repeat times the full model and then the engine back to back, and the median of the
-                          per-repeat ratios is reported. Compare it with 1 / timed_flops_fraction, the FLOPs-ideal
-                          speedup of exactly what was timed (flops_fraction is that of all examples).
+                          per-repeat ratios is reported (measured_speedups: every repeat's ratio, the spread).
+                          Compare it with 1 / timed_flops_fraction, the FLOPs-ideal speedup of exactly what was
+                          timed (flops_fraction is that of all examples).
   engine_agreement        1.0: every timed example is answered by the engine with the sweep's exit and
                           prediction, else evaluate raises naming the threshold (check_engine); an example the
                           engine did not answer is an error too, never left out.
@@ -52,6 +55,7 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 
+from drivers import predictions
 from pipeline import data, reporting, sharding
 from pipeline.config_fields import get as _get
 from sweet_jax import adaptive, calibration, curves, exits, objectives
@@ -173,6 +177,10 @@ def evaluate(config, workdir: str, *, method: str, encoder_config, exit_config: 
              'timing_examples': n_time, 'timing_repeats': es.timing_repeats, 'compile_s': compile_s,
              'device': f'{jax.default_backend()} x{jax.device_count()}', 'points': rows}
     _write_outputs(os.path.join(workdir, 'eval'), per_exit, temp_info, curve, record or {})
+    # Per-example outputs beside the curve, for paired tests and dense offline sweeps (drivers.predictions).
+    predictions.save_eval(os.path.join(workdir, 'eval'), logits, labels, temps, seq_lengths=lengths,
+                          test_set=splits.eval, params=params, encoder_config=encoder_config,
+                          exit_config=exit_config, method=method)
   return {'per_exit_accuracy': per_exit.tolist(), 'temperatures': temps.tolist(), 'points': rows, **(record or {})}
 
 
@@ -230,7 +238,8 @@ def measure(engine: adaptive.AdaptiveEngine, threshold: float, batches, logits, 
                threshold)
   _, flops = curves.cost_fractions(want_exit, encoder_config=engine.encoder_config, exit_config=engine.exit_config,
                                    method=engine.method, seq_lengths=lengths)
-  return {'measured_speedup': float(np.median(ratios)), 'timed_flops_fraction': flops, 'engine_agreement': 1.0}
+  return {'measured_speedup': float(np.median(ratios)), 'measured_speedups': [float(r) for r in ratios],
+          'timed_flops_fraction': flops, 'engine_agreement': 1.0}
 
 
 def check_engine(result: adaptive.Result, real: np.ndarray, want_exit: np.ndarray, want_pred: np.ndarray,

@@ -1,4 +1,4 @@
-"""What every study runner shares: cells, the resumable loop that runs them, the machine, sequence lengths.
+"""What every study runner shares: cells, the resumable loop that runs them, provenance, the machine.
 
 A study is a list of cells (one training run and its evaluation, or one PAPA experiment). Each cell is a
 few steps, each a command line of this repository's programs (`python train.py ...`, `python eval.py ...`)
@@ -30,7 +30,6 @@ import sys
 import time
 from typing import Any, Callable, Mapping, Sequence
 
-import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS_ROOT = os.path.join(ROOT, 'docs', 'results')
@@ -152,6 +151,46 @@ def raw_path(study_dir: str, cell: Cell) -> str:
   return os.path.join(study_dir, 'runs', f'{cell.name}.json')
 
 
+# An extract may return {ATTACH: {suffix: source path}}: files the runner copies beside the raw JSON, as
+# runs/<cell><suffix> (e.g. '.predictions.npz', the per-example outputs paired tests read).
+ATTACH = '_attach'
+
+
+def attachment_path(study_dir: str, cell: Cell | str, suffix: str) -> str:
+  name = cell if isinstance(cell, str) else cell.name
+  return os.path.join(study_dir, 'runs', f'{name}{suffix}')
+
+
+LIBRARIES = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'numpy', 'tokenizers', 'transformers',
+             'safetensors')
+
+
+def versions() -> dict[str, str]:
+  """Python's and the libraries' versions (package metadata: importing jax would start a backend)."""
+  from importlib import metadata
+  out = {'python': platform.python_version()}
+  for name in LIBRARIES:
+    try:
+      out[name] = metadata.version(name)
+    except metadata.PackageNotFoundError:
+      out[name] = 'not installed'
+  return out
+
+
+def provenance(cell: Cell, study_dir: str, redo: Sequence[str]) -> dict[str, Any]:
+  """The raw JSON's provenance fields: code (commit the cell trained on, i.e. ran its first step on),
+  versions, and redone (one entry per later sitting that reran some steps: its steps, commit, versions, time).
+  A redo that keeps the first step (re-timing, re-scoring) keeps the training commit and versions and appends
+  an entry; one that reruns the first step retrains, and the provenance starts afresh."""
+  now = {'code': code_version(), 'versions': versions()}
+  if not redo or cell.steps[0].name in redo:
+    return dict(now, redone=[])
+  before = read_json(raw_path(study_dir, cell))
+  entry = dict(now, steps=list(redo), when=time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()))
+  return {'code': before.get('code', {'commit': 'unknown', 'dirty': None}),
+          'versions': before.get('versions', 'not recorded'), 'redone': [*before.get('redone', []), entry]}
+
+
 def run_cells(cells: Sequence[Cell], study_dir: str, extract: Extract, *, runner: Runner = run_subprocess,
               dry_run: bool = False, redo: Sequence[str] = ()) -> Outcome:
   """Runs every cell whose raw JSON is not in study_dir/runs, step by step (a step whose done-file exists is
@@ -199,8 +238,12 @@ def run_cells(cells: Sequence[Cell], study_dir: str, extract: Extract, *, runner
       out.failed[cell.name] = failures[cell.name] = error
       write_json(failures_path, failures)
       continue
+    attach = extracted.pop(ATTACH, {})
     record = dict(extracted, labels=dict(cell.labels), commands=[s.command() for s in cell.steps],
-                  wall_s=wall, machine=machine(), code=code_version())
+                  wall_s=wall, machine=machine(), **provenance(cell, study_dir, redo if done_before else ()))
+    os.makedirs(os.path.join(study_dir, 'runs'), exist_ok=True)
+    for suffix, src in attach.items():  # before the raw JSON: its presence means the cell is done
+      shutil.copyfile(src, attachment_path(study_dir, cell, suffix))
     write_json(raw_path(study_dir, cell), record)
     if failures.pop(cell.name, None) is not None:
       write_json(failures_path, failures)
@@ -252,12 +295,20 @@ def study_main(f, study_dir: str, make_cells: Callable[[], Sequence[Cell]], extr
 
 
 def load_runs(study_dir: str) -> list[dict[str, Any]]:
-  """Every raw per-cell JSON of a study (sorted by file name)."""
+  """Every raw per-cell JSON of a study (sorted by file name), with 'cell' (its name) and 'attachments' (suffix ->
+  path of each file copied beside it, e.g. '.predictions.npz')."""
   runs_dir = os.path.join(study_dir, 'runs')
   if not os.path.isdir(runs_dir):
     return []
-  return [dict(read_json(os.path.join(runs_dir, n)), cell=n[:-5])
-          for n in sorted(os.listdir(runs_dir)) if n.endswith('.json')]
+  names = sorted(os.listdir(runs_dir))
+  out = []
+  for n in names:
+    if n.endswith('.json'):
+      cell = n[:-5]
+      attached = {m[len(cell):]: os.path.join(runs_dir, m) for m in names
+                  if m.startswith(cell + '.') and not m.endswith('.json')}
+      out.append(dict(read_json(os.path.join(runs_dir, n)), cell=cell, attachments=attached))
+  return out
 
 
 def define_flags(study: str, *, work_root: bool = True) -> None:
@@ -295,69 +346,3 @@ def overrides(**fields: Any) -> tuple[str, ...]:
       return '(' + ','.join(fmt(x) for x in v) + (',)' if len(v) == 1 else ')')
     return repr(v) if isinstance(v, str) and v == '' else str(v)
   return tuple(f'--config.{k.replace("__", ".")}={fmt(v)}' for k, v in fields.items())
-
-
-# ------------------------------------------------------------------------------------ sequence lengths
-
-def length_from_counts(token_counts: Sequence[int], *, quantile: float, buckets: Sequence[int],
-                       cap: int) -> int:
-  """The smallest bucket >= the `quantile` percentile of the examples' token counts, at most cap.
-
-  With quantile 99, 1% of the training examples (the longest) are truncated, and every batch pads to a
-  bucket no longer than it needs (the tokenizer already picks the smallest bucket per batch)."""
-  if len(token_counts) == 0:
-    raise ValueError('No token counts: the training split is empty.')
-  if not 0 < quantile <= 100:
-    raise ValueError(f'quantile must lie in (0, 100], got {quantile}.')
-  q = int(np.ceil(np.percentile(np.asarray(token_counts), quantile)))
-  from encoder_jax.tokenization import bucket_length
-  return bucket_length(q, cap, buckets)
-
-
-def lengths_line(cache_path: str) -> str:
-  """The chosen lengths for a README: 'minilm/tweets: 64 (99th percentile 62 tokens of 6000 examples)', and
-  for a length the study capped, '..., capped at 128: 100% of examples truncated'."""
-  cache = read_json(cache_path) if os.path.exists(cache_path) else {}
-
-  def one(key, v):
-    percentile = v['percentiles'].get(str(int(v['quantile'])), float('nan'))
-    line = (f'{key}: {v["max_seq_length"]} ({v["quantile"]:g}th percentile {percentile:.0f} tokens of '
-            f'{v["examples"]} examples')
-    if v.get('max_length'):
-      line += f', capped at {v["max_length"]}: {100 * v["truncated"]:.0f}% of examples truncated'
-    return line + ')'
-  return '; '.join(one(k, v) for k, v in sorted(cache.items())) or 'not chosen yet'
-
-
-def choose_seq_length(cache_path: str, checkpoint: str, data_fields: Mapping[str, Any], *, quantile: float = 99.0,
-                      max_length: int = 0) -> int:
-  """length_from_counts over the training split's token counts (the checkpoint's tokenizer, special tokens
-  included), rounded up to the data config's length_buckets (the lengths batches pad to), capped at the
-  model's position table and, when max_length > 0, at max_length (a study's time budget on long texts: the
-  cache then records the share of examples truncated); cached in cache_path under checkpoint/source, so that
-  every sitting of a study uses the same length (and the reader sees it). A cached entry chosen under another
-  max_length is chosen again."""
-  cache = read_json(cache_path) if os.path.exists(cache_path) else {}
-  key = f'{checkpoint}/{data_fields.get("source")}'
-  if key in cache and cache[key].get('max_length', 0) == max_length:
-    return int(cache[key]['max_seq_length'])
-  from encoder_jax.tokenization import load_tokenizer
-  from encoder_jax.config import EncoderConfig
-  from encoder_jax.hf_import import resolve
-  from pipeline import data
-  cfg = data.base_config()
-  cfg.update(dict(data_fields))
-  splits = data.load_splits(cfg)
-  tok = load_tokenizer(checkpoint)
-  texts = splits.train.texts
-  enc = tok(list(texts[0]), list(texts[1]) if len(texts) == 2 else None, truncation=False)
-  counts = [len(ids) for ids in enc['input_ids']]
-  cap = EncoderConfig.from_json_file(resolve(checkpoint) / 'config.json').max_length
-  cap = min(cap, max_length) if max_length > 0 else cap
-  length = length_from_counts(counts, quantile=quantile, buckets=tuple(cfg.length_buckets), cap=cap)
-  cache[key] = {'max_seq_length': length, 'quantile': quantile, 'examples': len(counts),
-                'percentiles': {str(p): float(np.percentile(counts, p)) for p in (50, 90, 99, 100)}}
-  if max_length > 0:
-    cache[key] |= {'max_length': max_length, 'truncated': float(np.mean(np.asarray(counts) > length))}
-  write_json(cache_path, cache)
-  return length

@@ -4,23 +4,31 @@ figures with a band over seeds, and the README skeleton.
 
 A run's raw JSON (docs/results/<study>/runs/<cell>.json) keeps from WORKDIR/results.json the per-exit
 accuracy, exit layers, eval and train sizes, steps and training time; from WORKDIR/eval/curve.json the
-device, timing settings and each point's threshold, accuracy, layer and FLOPs fraction and measured speedup.
+device, timing settings and each point's threshold, accuracy, layer and FLOPs fraction and measured speedup;
+the run's fingerprint (data and model identity), and from WORKDIR/eval/predictions.npz the hashes of the test set
+and the weights scored (the file itself is copied beside the raw JSON).
 """
 
 from __future__ import annotations
 
 import collections
+import functools
 import os
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from drivers import sweet_eval
-from experiments import common
+from drivers import predictions
+from experiments import budgets, common
 from experiments.stats import Spread
 from pipeline.reporting import markdown_table
 
 POINT_FIELDS = ('threshold', 'accuracy', 'layer_fraction', 'flops_fraction', 'measured_speedup')
+# Timed repeats per threshold: the speedup is their median (sweet_eval.measure). One timing moved by up to 36%
+# between sittings (docs/results/sweet_study_a/timing_spread.json), so cells evaluated from now on time five.
+TIMING_REPEATS = 5
+PREDICTIONS_SUFFIX = '.predictions.npz'  # runs/<cell>.predictions.npz: per-example outputs (drivers.predictions)
+SPREAD_FIELDS = ('measured_speedups',)  # every timed repeat's speedup, where eval recorded them
 CURVE_FIELDS = ('device', 'engine', 'batch_size', 'timing_examples', 'timing_repeats', 'rule')
 
 
@@ -38,12 +46,23 @@ def extract(cell: common.Cell) -> dict[str, Any]:
   """The fields the tables and figures need, from the cell's results.json and eval/curve.json."""
   res = common.read_json(os.path.join(cell.workdir, 'results.json'))
   curve = common.read_json(os.path.join(cell.workdir, 'eval', 'curve.json'))
-  return {'method': res['method'], 'seed': res['seed'], 'exit_layers': res['exit_layers'],
-          'per_exit_accuracy': res['per_exit_accuracy'], 'eval_examples': res['num_examples'],
-          'num_train_examples': res['num_train_examples'], 'steps': res['steps'],
-          'train_time_s': res['train_time_s'],
-          'curve': dict({k: curve.get(k) for k in CURVE_FIELDS},
-                        points=[{k: p[k] for k in POINT_FIELDS} for p in curve['points']])}
+  out = {'method': res['method'], 'seed': res['seed'], 'exit_layers': res['exit_layers'],
+         'per_exit_accuracy': res['per_exit_accuracy'], 'eval_examples': res['num_examples'],
+         'num_train_examples': res['num_train_examples'], 'steps': res['steps'],
+         'train_time_s': res['train_time_s'], 'fingerprint': res.get('fingerprint'),
+         'curve': dict({k: curve.get(k) for k in CURVE_FIELDS},
+                       points=[{k: p[k] for k in POINT_FIELDS + SPREAD_FIELDS if k in p} for p in curve['points']])}
+  return out | predictions_attachment(os.path.join(cell.workdir, 'eval', 'predictions.npz'))
+
+
+def predictions_attachment(path: str) -> dict[str, Any]:
+  """The hashes of an evaluation's predictions.npz (the test set and the weights scored), and the file to
+  copy beside the raw JSON as runs/<cell>.predictions.npz; {} when the evaluation wrote none."""
+  if not os.path.exists(path):
+    return {}
+  with np.load(path, allow_pickle=False) as z:
+    hashes = {'test_set_sha256': str(z['test_sha256']), 'params_sha256': str(z['params_sha256'])}
+  return {'hashes': hashes, common.ATTACH: {PREDICTIONS_SUFFIX: path}}
 
 
 def eval_thresholds(num_labels: int, count: int = 7) -> tuple[float, ...]:
@@ -78,24 +97,52 @@ def per_exit_table(runs: Sequence[dict[str, Any]], keys: Sequence[str]) -> str:
   return markdown_table([*keys, 'seeds', *(f'exit L{l}' for l in layers)], rows)
 
 
-def best_within(run: dict[str, Any], budget: float) -> float | None:
-  """The run's best accuracy among thresholds that run at most `budget` of the layers (None: none do)."""
-  return sweet_eval.best_accuracy(run['curve']['points'], 'layer_fraction', budget, at_least=False)
+def at_budget(run: dict[str, Any], budget: float, cost: str = 'layer_fraction') -> float | None:
+  """The run's accuracy at `budget` of `cost`, interpolated along its curve's frontier (experiments.budgets);
+  None below its cheapest point."""
+  return budgets.accuracy_at(curve_points(run, cost), cost, budget)
+
+
+def curve_points(run: dict[str, Any], cost: str = 'layer_fraction') -> Sequence[dict[str, Any]]:
+  """The curve a run is read from at a budget: for layer and FLOPs fractions, the dense offline sweep of its
+  stored outputs (101 thresholds, drivers.predictions.dense_curve) when it has them; else, and for measured
+  speedups (timed at the evaluated thresholds only), the evaluated points."""
+  path = run.get('attachments', {}).get(PREDICTIONS_SUFFIX)
+  return _dense_curve(path) if path and cost != 'time_fraction' else run['curve']['points']
+
+
+@functools.lru_cache(maxsize=64)
+def _dense_curve(path: str) -> tuple[dict[str, float], ...]:
+  return tuple(predictions.dense_curve(predictions.Predictions.load(path)))
 
 
 def budget_table(runs: Sequence[dict[str, Any]], keys: Sequence[str],
-                 budgets: Sequence[float] = sweet_eval.LAYER_BUDGETS) -> str:
-  """Markdown: per group, the best accuracy within each layer budget, mean ± std over the seeds that reach
-  it ('-' where no seed has a point within the budget)."""
+                 columns: Sequence[tuple[str, float]] = tuple(('layer_fraction', b) for b in (*budgets.LAYER_BUDGETS,
+                                                                                               1.0))) -> str:
+  """Markdown: per group, the accuracy at each (cost, budget) column, interpolated along each run's curve, mean ±
+  std over the seeds whose curve reaches that cheap ('-' where none does; [k/n] when only k of n do). Cost
+  'time_fraction' columns are written as the matched measured speedup 1 / budget."""
   rows = []
   for key, g in groups(runs, keys).items():
     cells = []
-    for b in budgets:
-      vals = [v for v in (best_within(r, b) for r in g) if v is not None]
+    for cost, b in columns:
+      vals = [v for v in (at_budget(r, b, cost) for r in g) if v is not None]
       cells.append(Spread.of(vals).fmt() + ('' if len(vals) == len(g) else f' [{len(vals)}/{len(g)}]')
                    if vals else '-')
     rows.append([*key, len(g), *cells])
-  return markdown_table([*keys, 'seeds', *(f'layers <= {b:g}' for b in budgets)], rows)
+  names = {'layer_fraction': 'layers', 'flops_fraction': 'FLOPs'}
+  heads = [f'{1 / b:g}x measured' if cost == 'time_fraction' else f'{names[cost]} {budgets.budget_label(b)}'
+           for cost, b in columns]
+  return markdown_table([*keys, 'seeds', *heads], rows)
+
+
+def area_table(runs: Sequence[dict[str, Any]], keys: Sequence[str], cost: str = 'layer_fraction') -> str:
+  """Markdown: per group, the mean accuracy over the budgets every run of the table covers (the area under
+  each run's interpolated curve over that range, divided by its width), mean ± std over seeds."""
+  lo, hi = budgets.common_range([curve_points(r, cost) for r in runs], cost)
+  rows = [[*key, len(g), Spread.of([budgets.mean_accuracy(curve_points(r, cost), cost, lo, hi) for r in g]).fmt()]
+          for key, g in groups(runs, keys).items()]
+  return markdown_table([*keys, 'seeds', f'mean accuracy over {cost} {lo:.3f}-{hi:g}'], rows)
 
 
 def curve_band(g: Sequence[dict[str, Any]], x_key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -156,7 +203,14 @@ def results_sections(runs: Sequence[dict[str, Any]], keys: Sequence[str], study_
     name = f'{value}.png'.replace('/', '_')
     plot_task(g, f'{title}: {value}', os.path.join(study_dir, name))
     figures.append(f'![{value}]({name})')
+  at_cost = [('layer_fraction', b) for b in budgets.LAYER_BUDGETS] + [
+      ('flops_fraction', b) for b in budgets.LAYER_BUDGETS] + [('time_fraction', 1 / s) for s in budgets.SPEEDUPS]
   return [('Per-exit accuracy (mean ± std over seeds)', per_exit_table(runs, keys)),
-          ('Best accuracy within each layer budget (mean ± std over seeds)', budget_table(runs, keys)),
+          ('Accuracy at matched cost (mean ± std over seeds)',
+           'Each run\'s accuracy interpolated along its curve at fixed fractions of the layers and of the FLOPs '
+           'run, and at matched measured speedups (experiments/budgets.py: between two thresholds the '
+           'accuracy is interpolated linearly in the cost, which routing a share of the examples through each '
+           'reaches); not the best grid point within a budget.\n\n' + budget_table(runs, keys, at_cost)),
+          ('Area under the curve', area_table(runs, keys)),
           ('Speed-accuracy curves', '\n\n'.join(figures) + '\n')]
 

@@ -26,7 +26,7 @@ from typing import Any, Sequence
 from absl import app, flags
 import numpy as np
 
-from experiments import common, report, sweet_study_a, sweet_study_b
+from experiments import common, report, sweet_study_a, sweet_study_b, token_lengths
 from pipeline.reporting import markdown_table
 
 STUDY = 'gradient_conflict'
@@ -49,8 +49,16 @@ def extract(cell: common.Cell) -> dict[str, Any]:
 
 
 def shared_mean(report_: dict[str, Any]) -> float:
-  """Mean over layer groups of the mean pairwise cosine (groups no two exits reach are left out)."""
+  """Mean over layer groups of each group's mean pairwise cosine (groups no two exits reach are left out): a
+  group shared by few pairs (a late layer) weighs as much as one shared by all."""
   vals = [v for v in report_['mean_cosine'].values() if v is not None]
+  return float(np.mean(vals)) if vals else float('nan')
+
+
+def pairs_mean(report_: dict[str, Any]) -> float:
+  """Mean over every (layer group, pair of exits) cosine: each pair on each shared layer weighs the same."""
+  vals = [c for g in report_['groups'] for i, row in enumerate(report_['cosine'][g]) for j, c in enumerate(row)
+          if j > i and c is not None]
   return float(np.mean(vals)) if vals else float('nan')
 
 
@@ -111,9 +119,10 @@ def sentences(runs: Sequence[dict[str, Any]]) -> list[str]:
   out = []
   for r in runs:
     neg = {s: sum(1 for v in r[s]['mean_cosine'].values() if v is not None and v < 0) for s in STAGES}
-    out.append(f'- {r["labels"]["model"]}: exits\' gradients on the shared layers have mean cosine '
-               f'{shared_mean(r["pretrained"]):+.3f} at the pretrained start and {shared_mean(r["trained"]):+.3f} '
-               f'after Early-Exit training; layer groups with a negative mean (conflict): {neg["pretrained"]} and '
+    out.append(f'- {r["labels"]["model"]}: exits\' gradients on the shared layers have mean cosine (over every '
+               f'layer group and pair of exits) {pairs_mean(r["pretrained"]):+.3f} at the pretrained start and '
+               f'{pairs_mean(r["trained"]):+.3f} after Early-Exit training (mean over layer groups of each group\'s '
+               f'pair mean: {shared_mean(r["pretrained"]):+.3f} and {shared_mean(r["trained"]):+.3f}); layer groups with a negative mean (conflict): {neg["pretrained"]} and '
                f'{neg["trained"]} of {len(r["trained"]["groups"])}; most negative pair: '
                + '; '.join(f'{s} {_pair(most_negative(r[s]))}' for s in STAGES)
                + f' (single measurement over {r["trained"]["batches"]} batches: no spread, so no verdict).')
@@ -138,13 +147,13 @@ def cells(models: Sequence[str], work_roots: dict[str, str], mpnet_config: str) 
   out = []
   root = common.RESULTS_ROOT
   if 'minilm' in models:
-    seq = common.choose_seq_length(os.path.join(root, sweet_study_a.STUDY, 'seq_lengths.json'),
+    seq = token_lengths.choose_seq_length(os.path.join(root, sweet_study_a.STUDY, 'seq_lengths.json'),
                                    sweet_study_a.CHECKPOINT, sweet_study_a.data_fields('movie_reviews'))
     grid = sweet_study_a.cells(sweet_study_a.CONFIGS, {'movie_reviews': seq, 'tweets': seq}, movie_seeds=1,
                                tweet_seeds=0, work_root=work_roots['minilm'])
     out.append(analysis_cell('minilm', next(c for c in grid if c.name == 'movie_reviews_mean_early_exit_s42')))
   if 'mpnet' in models:
-    seq = common.choose_seq_length(os.path.join(root, sweet_study_b.STUDY, 'seq_lengths.json'),
+    seq = token_lengths.choose_seq_length(os.path.join(root, sweet_study_b.STUDY, 'seq_lengths.json'),
                                    sweet_study_b.CHECKPOINT, sweet_study_a.data_fields(sweet_study_b.TASK))
     grid = sweet_study_b.cells({'early_exit': mpnet_config}, seq, seeds=1,
                                work_root=work_roots['mpnet'])

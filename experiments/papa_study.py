@@ -17,7 +17,7 @@ config.papa.ks = k constant heads for the fractions 0, 1/8, 1/4, 1/2, 3/4, 1 of 
 first). Everything else is papa_demo's: 3,000 training and 1,000 eval examples (BBC News has 1,780 and 445:
 its 2,225 articles, 20% carved out for eval), 15 probe epochs, a 120-step ranking run. Layout length
 (config.papa.length): the 99th percentile of the training split's token counts under the model's tokenizer,
-rounded up to the next padding bucket (common.choose_seq_length), at most TASK_MAX_LENGTH. PAPA's layout
+rounded up to the next padding bucket (token_lengths.choose_seq_length), at most TASK_MAX_LENGTH. PAPA's layout
 gives a single text the first half of the slots (L/2 - 1 word pieces after [CLS]), which this rule, made for
 whole-length inputs, does not count: at L = 64 it cuts 27% of the movie-review sentences and 49% of the
 tweets (8.7% and 15.9% of their word pieces, under either tokenizer), as the reference's L = 64 would.
@@ -33,7 +33,8 @@ Claims (thresholds stated in each sentence): every head constant costs a small r
 paper averages ~8% over tasks for BERT-base); half the heads constant cost little or none (< 2%); the better
 model (higher k = 0 accuracy) loses more with every head constant.
 Outputs: docs/results/papa_study/{README.md, accuracy_vs_constant.png, constants_<model>_<task>.png (the
-head-averaged constant matrix of every layer, seed 42), runs/<cell>.json}.
+head-averaged constant matrix of every layer, seed 42; its neighbourhood in numbers, constants_summary, in the
+seed-42 raw JSON), runs/<cell>.json, runs/<cell>.predictions.npz}.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from typing import Any, Sequence
 from absl import app, flags
 import numpy as np
 
-from experiments import common, exit_study, report
+from experiments import common, exit_study, paired, report, stats, token_lengths
 from experiments.stats import Spread, claim_sentence, difference
 from pipeline.reporting import markdown_table
 
@@ -97,14 +98,33 @@ def extract(cell: common.Cell) -> dict[str, Any]:
   if cell.labels['seed'] == SEEDS[0]:
     from papa_jax import averages
     model, task = cell.labels['model'], cell.labels['task']
-    plot_constants(averages.load_constants(os.path.join(cell.workdir, 'papa', 'averages.npz')),
-                   f'{model}, {task} (seed {SEEDS[0]})',
+    consts = averages.load_constants(os.path.join(cell.workdir, 'papa', 'averages.npz'))
+    plot_constants(consts, f'{model}, {task} (seed {SEEDS[0]})',
                    os.path.join(common.RESULTS_ROOT, STUDY, f'constants_{model}_{task}.png'))
-  return {'model': res['model'], 'length': res['length'], 'num_heads': res['num_heads'],
-          'eval_examples': res['data']['num_eval'], 'num_train': res['data']['num_train'],
-          'baseline_accuracy': res['baseline_accuracy'],
-          'results': [{k: r[k] for k in ('k', 'num_constant_heads', 'fraction_constant', 'accuracy', 'relative_drop')}
-                      for r in res['results']]}
+    summary = {'constants_summary': constants_summary(consts)}  # the numbers the discussion quotes
+  else:
+    summary = {}
+  out = {'model': res['model'], 'length': res['length'], 'num_heads': res['num_heads'],
+         'eval_examples': res['data']['num_eval'], 'num_train': res['data']['num_train'],
+         'baseline_accuracy': res['baseline_accuracy'], 'fingerprint': res.get('fingerprint'),
+         'results': [{k: r[k] for k in ('k', 'num_constant_heads', 'fraction_constant', 'accuracy', 'relative_drop')}
+                     for r in res['results']]}
+  return summary | out | exit_study.predictions_attachment(os.path.join(cell.workdir, 'papa', 'predictions.npz'))
+
+
+def constants_summary(averages, slots: int = 19) -> dict[str, Any]:
+  """The neighbourhood of PAPA's constant matrices, averaged over heads, for query slots 1..slots (at most
+  L - 2): per layer the mean weight on the previous slot, on the slot itself, on the next slot and on the
+  first token (slot 0), and the range of the first token's weight over those rows.
+
+  averages: [layers, heads, L, L] (query rows, key columns)."""
+  a = np.asarray(averages, np.float64).mean(1)  # [layers, L, L]
+  slots = min(slots, a.shape[-1] - 2)
+  q = np.arange(1, slots + 1)
+  per_layer = [{'layer': l + 1, 'previous': float(a[l, q, q - 1].mean()), 'self': float(a[l, q, q].mean()),
+                'next': float(a[l, q, q + 1].mean()), 'first_token': float(a[l, q, 0].mean()),
+                'first_token_rows': [float(a[l, q, 0].min()), float(a[l, q, 0].max())]} for l in range(len(a))]
+  return {'query_slots': [1, slots], 'per_layer': per_layer}
 
 
 def plot_constants(constants: np.ndarray, title: str, path: str) -> None:
@@ -160,28 +180,63 @@ def relative_drop(g: Sequence[dict[str, Any]], fraction: float) -> tuple[float, 
   return est / base, se / base, n
 
 
+def _drop_per_example(fraction: float, base: float) -> paired.PerExample:
+  """Per example: (right with no head constant - right at `fraction` constant) / base, whose mean over the
+  examples is the relative drop from the accuracy `base` (the variants are the ks of FRACTIONS, in order)."""
+  def fn(p):
+    if len(p.variants) != len(FRACTIONS):
+      raise ValueError(f'Stored PAPA outputs have {len(p.variants)} probes; the study has {len(FRACTIONS)}.')
+    c = p.correct().astype(np.float64)
+    return (c[0] - c[FRACTIONS.index(fraction)]) / base
+  return fn
+
+
+def _paired_drop(g: Sequence[dict[str, Any]], fraction: float, base: float) -> stats.Paired | None:
+  """The relative drop at `fraction`, bootstrapped paired over examples and seeds; None without stored outputs."""
+  drop = paired.correctness(g, _drop_per_example(fraction, base))
+  return None if drop is None else stats.paired_bootstrap(drop[0], np.zeros_like(drop[0]))
+
+
 def claims(runs: Sequence[dict[str, Any]]) -> list[str]:
-  out, all_drops = [], {}
+  """Every head constant: a relative drop below SMALL_DROP; half the heads: below LITTLE_DROP (both one-sided
+  margins: non-inferiority when tested paired); the better model loses more. Paired on stored outputs where
+  every run has them (judged together under Holm's rule), else from the accuracies."""
+  out, all_drops, drops_paired = [], {}, {}
   for (model, task), g in exit_study.groups(runs, ['model', 'task']).items():
+    base = float(np.mean(per_fraction(g, 'accuracy').get(0.0, [np.nan])))
     for fraction, bound, what in ((1.0, SMALL_DROP, 'every head constant: a small relative drop'),
                                   (0.5, LITTLE_DROP, 'half the heads constant: little or no relative drop')):
       d = relative_drop(g, fraction)
       if d is None:
         continue
       if fraction == 1.0:
-        all_drops[model, task] = (*d, float(np.mean(per_fraction(g, 'accuracy')[0.0])))
-      out.append(claim_sentence(f'{model}, {task}: {what} (< {100 * bound:g}%; minus the drop, in %)',
-                                -d[0], d[1], threshold=-bound, seeds=d[2], scale=100, unit='%'))
+        all_drops[model, task] = (*d, base)
+      text = lambda how: f'{model}, {task}: {what} (< {100 * bound:g}%; {how}, in %)'
+      result = _paired_drop(g, fraction, base)
+      if result is not None:
+        drops_paired[model, task, fraction] = (g, base)
+        out.append(stats.Claim(text('the drop'), result, 'within', upper=bound, unit='%'))
+        continue
+      out.append(claim_sentence(text('minus the drop'), -d[0], d[1], threshold=-bound,
+                                seeds=d[2], scale=100, unit='%'))
   for task in TASKS:
     got = {m: all_drops[m, task] for m in MODELS if (m, task) in all_drops}
     if len(got) < 2:
       continue
     (better, b), (worse, w) = sorted(got.items(), key=lambda kv: -kv[1][3])
-    out.append(claim_sentence(
-        f'{task}: the better model ({better}, k = 0 accuracy {b[3]:.3f} against {worse}\'s {w[3]:.3f}) loses '
-        'more with every head constant (difference of relative drops, in %)', b[0] - w[0], float(np.hypot(b[1], w[1])),
-        seeds=min(b[2], w[2]), scale=100, unit='%'))
-  return out
+    text = (f'{task}: the better model ({better}, k = 0 accuracy {b[3]:.3f} against {worse}\'s {w[3]:.3f}) loses '
+            'more with every head constant (difference of relative drops, in %)')
+    if (better, task, 1.0) in drops_paired and (worse, task, 1.0) in drops_paired:
+      gb, gw = exit_study.common_seeds(drops_paired[better, task, 1.0][0], drops_paired[worse, task, 1.0][0])
+      db = paired.correctness(gb, _drop_per_example(1.0, b[3]))
+      dw = paired.correctness(gw, _drop_per_example(1.0, w[3]))
+      if db[1] != dw[1]:
+        raise ValueError(f'{task}: the two models were scored on different test sets.')
+      out.append(stats.Claim(text, stats.paired_bootstrap(db[0], dw[0]), unit='%'))
+      continue
+    out.append(claim_sentence(text, b[0] - w[0], float(np.hypot(b[1], w[1])), seeds=min(b[2], w[2]), scale=100,
+                              unit='%'))
+  return paired.render(out)
 
 
 def plot_curves(runs: Sequence[dict[str, Any]], path: str) -> None:
@@ -209,7 +264,7 @@ def plot_curves(runs: Sequence[dict[str, Any]], path: str) -> None:
 def write_report(study_dir: str, work_root: str) -> str:
   runs = common.load_runs(study_dir)
   lengths_path = os.path.join(study_dir, 'seq_lengths.json')
-  lengths = common.lengths_line(lengths_path)
+  lengths = token_lengths.lengths_line(lengths_path)
   sections = []
   if runs:
     plot_curves(runs, os.path.join(study_dir, 'accuracy_vs_constant.png'))
@@ -239,7 +294,7 @@ def main(argv):
   models = {m: MODELS[m] for m in f.models}
 
   def make_cells():
-    lengths = {(m, t): common.choose_seq_length(os.path.join(study_dir, 'seq_lengths.json'), c,
+    lengths = {(m, t): token_lengths.choose_seq_length(os.path.join(study_dir, 'seq_lengths.json'), c,
                                                 DATA_FIELDS | {'source': t}, max_length=TASK_MAX_LENGTH.get(t, 0))
                for m, c in models.items() for t in TASKS}
     return cells(models, {m: total_heads(c) for m, c in models.items()}, lengths, seeds=f.seeds,

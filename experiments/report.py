@@ -1,6 +1,6 @@
 """docs/results/<study>/README.md, generated from the raw runs on disk: settings and the command, the
-tables and figures a study passes in, per claim a sentence with its numbers, the machine and wall time of
-every cell, and the cells that failed. Rerunning a study's report rewrites it from the same files."""
+tables and figures a study passes in, per claim a sentence with its numbers, the study's hand-written
+discussion (notes.md, when present), the machine and wall time of every cell, and the cells that failed. Rerunning a study's report rewrites it from the same files."""
 
 from __future__ import annotations
 
@@ -10,11 +10,13 @@ from typing import Any, Sequence
 from experiments import common
 from pipeline.reporting import markdown_table
 
+NOTES = 'notes.md'  # docs/results/<study>/notes.md: hand-written discussion the report includes after its claims
+
 
 def timing_table(runs: Sequence[dict[str, Any]]) -> str:
   """Markdown: per cell, the wall time of each step this runner ran (steps done in an earlier sitting whose
   time was not recorded show '-'), the machine and the code's commit ('+' when tracked files differed from it;
-  '-' for cells recorded before commits were)."""
+  '-' for cells recorded before commits were): the one the cell trained on, then each later rerun's."""
   steps = sorted({s for r in runs for s in r.get('wall_s', {})})
   rows = []
   for r in runs:
@@ -24,6 +26,8 @@ def timing_table(runs: Sequence[dict[str, Any]]) -> str:
     device = (r.get('curve') or {}).get('device') or ''
     code = r.get('code') or {}
     commit = code.get('commit', '-')[:10] + ('+' if code.get('dirty') else '')
+    for again in r.get('redone', []):  # later re-timings or re-scorings keep the training commit first
+      commit += f'; {"+".join(again["steps"])} again at {again["code"].get("commit", "-")[:10]}'
     rows.append([r['cell'], *(f'{r["wall_s"][s]:.0f}' if s in r.get('wall_s', {}) else '-' for s in steps),
                  where + (f'; jax {device}' if device else ''), commit])
   return markdown_table(['cell', *(f'{s} (s)' for s in steps), 'machine', 'commit'], rows)
@@ -50,6 +54,10 @@ def write_readme(study_dir: str, title: str, settings: str, sections: Sequence[t
   else:
     parts.append('## Claims\n')
     parts.append('\n'.join(claims) + '\n' if claims else 'No claim could be judged from the cells done so far.\n')
+    notes = os.path.join(study_dir, NOTES)
+    if os.path.exists(notes):  # the hand-written discussion; the sections below are generated
+      with open(notes) as f:
+        parts += ['## Discussion\n', f.read().rstrip() + '\n']
     for heading, body in sections:
       parts += [f'## {heading}\n', body]
     parts += ['## Machine and wall time per cell\n', timing_table(runs)]

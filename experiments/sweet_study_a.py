@@ -21,17 +21,19 @@ Grid (15 cells with the default --tweet_seeds=1, 21 with 3):
             hyper-parameters.
 Evaluation settings (cheaper than the demo's 11 thresholds x 3 timing repeats): 7 confidence thresholds
 from just above chance to 1 (exit_study.eval_thresholds: 0.51 ... 1 binary, 0.34 ... 1 three classes),
-config.eval.timing_repeats=1 on the default 512 timed examples.
+config.eval.timing_repeats=5 (exit_study.TIMING_REPEATS; the committed cells were timed once, with
+repeats 1) on the default 512 timed examples.
 Sequence length per task: the 99th percentile of the training split's token counts (MiniLM's tokenizer,
 special tokens included), rounded up to the tokenizer's next padding bucket (32, 64, 128, ...); cached with
-the percentiles in docs/results/sweet_study_a/seq_lengths.json (common.choose_seq_length).
+the percentiles in docs/results/sweet_study_a/seq_lengths.json (token_lengths.choose_seq_length).
 Measured per cell on 2 CPU cores (AMD EPYC, nothing else running; 2026-12-01): SWEET and Early-Exit training
 5.3-5.5 min, Multi-Model 12 min, eval 1.3-2 min with these settings; so the whole CPU grid ~2 h (~2.7 h with
 --tweet_seeds=3, the tweets' cells scaled, not measured). Another job on the same cores doubles these.
 Claims judged per task on mean pooling (stats.verdict: holds / does not hold when the estimate is 2 standard
 errors past 0, else inconclusive): SWEET's first exit beats Early-Exit's; Early-Exit's last exit beats
 SWEET's; averaged over the exits, SWEET's and Multi-Model's classifiers beat Early-Exit's (the abstract's
-+1.1 and +2.3); within 0.25, 0.33 and 0.5 of the layers (best threshold of each), SWEET beats Early-Exit and
++1.1 and +2.3); at 0.25, 1/3 and 0.5 of the layers (each curve interpolated at the budget, experiments.budgets)
+and on average over the budgets both curves cover (area under the curve), SWEET beats Early-Exit and
 Multi-Model, and Early-Exit beats Multi-Model;
 and on movie reviews, Early-Exit's first exit learns more with mean than with [CLS] pooling (one seed).
 Outputs: docs/results/sweet_study_a/{README.md, *.png, runs/<cell>.json, seq_lengths.json, failures.json};
@@ -41,12 +43,12 @@ workdirs (checkpoints, logs) under runs/studies/sweet_study_a/ (not committed).
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from absl import app, flags
 import numpy as np
 
-from experiments import common, exit_study, report
+from experiments import budgets, common, exit_study, paired, report, stats, token_lengths
 from experiments.stats import claim_sentence, difference
 
 STUDY = 'sweet_study_a'
@@ -81,7 +83,7 @@ def cells(configs: dict[str, str], seq_lengths: dict[str, int], *, movie_seeds: 
           flags_ = common.overrides(
               method=method, model__exit_layers=EXIT_LAYERS, model__pooling=pooling, train__seed=seed,
               data__max_seq_length=seq_lengths[task], eval__thresholds=exit_study.eval_thresholds(num_labels),
-              eval__timing_repeats=1, **{f'data__{k}': v for k, v in data_fields(task).items()})
+              eval__timing_repeats=exit_study.TIMING_REPEATS, **{f'data__{k}': v for k, v in data_fields(task).items()})
           labels = {'task': task, 'pooling': pooling, 'method': method, 'seed': seed,
                     'panel': f'{task}_{pooling}'}
           out.append(exit_study.exit_cell(f'{task}_{pooling}_{method}_s{seed}', config_path, flags_, labels,
@@ -105,66 +107,88 @@ def claims(runs: Sequence[dict[str, Any]]) -> list[str]:
                               exit_study.eval_examples(mean, cls))
       out.append(claim_sentence('movie_reviews: Early-Exit\'s first exit learns more with mean pooling than '
                                 'with [CLS] pooling (accuracy points, mean minus cls)', est, se, seeds=n, scale=100))
-  return out
+  return paired.render(out)
+
+
+def compare(text: str, a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]], per_example: paired.PerExample,
+            summary: Callable[[dict[str, Any]], float]) -> str | stats.Claim:
+  """'a is more accurate than b' (runs paired by seed): a paired claim on the stored per-example outputs when
+  every run has them (judged later, with the report's other claims, by paired.render), else a sentence judged
+  from each run's summary number (stats.difference: seeds plus both binomial errors)."""
+  c = paired.claim(text, a, b, per_example)
+  if c is not None:
+    return c
+  est, se, n = difference([summary(r) for r in a], [summary(r) for r in b], exit_study.eval_examples(a, b))
+  return claim_sentence(text, est, se, seeds=n, scale=100)
 
 
 def method_claims(task: str, by: dict[str, list[dict[str, Any]]],
-                  budgets: Sequence[float] = (0.25, 0.33, 0.5)) -> list[str]:
+                  budgets_: Sequence[float] = (0.25, 1 / 3, 0.5)) -> list[str | stats.Claim]:
   """SWEET's first exit beats Early-Exit's; Early-Exit's last exit beats SWEET's; averaged over exits, SWEET
   and Multi-Model beat Early-Exit; and the budget claims. by: method -> its runs (one task, one pooling)."""
   out = []
   if by.get('sweet') and by.get('early_exit'):
     sw, ee = exit_study.common_seeds(by['sweet'], by['early_exit'])
     if sw:
-      n_eval = exit_study.eval_examples(sw, ee)
       for name, e, a, b in (('SWEET\'s first exit is more accurate than Early-Exit\'s', 0, sw, ee),
                             ('Early-Exit\'s last exit is more accurate than SWEET\'s', -1, ee, sw)):
-        est, se, n = difference(exit_study.exit_accuracies(a, e), exit_study.exit_accuracies(b, e), n_eval)
-        out.append(claim_sentence(f'{task}: {name} (accuracy points)', est, se, seeds=n, scale=100))
+        out.append(compare(f'{task}: {name} (accuracy points)', a, b, paired.exit_correct(e),
+                           lambda r, e=e: r['per_exit_accuracy'][e]))
   # The paper's abstract: averaged over the exits, SWEET's classifiers beat Early-Exit's by 1.1 points and
   # Multi-Model's by 2.3 (BERT-base and DeBERTa on MNLI and others).
   for method, name, paper in (('sweet', 'SWEET', 1.1), ('multi_model', 'Multi-Model', 2.3)):
     a, b = exit_study.common_seeds(by.get(method, []), by.get('early_exit', []))
     if a:  # some seed has both
-      est, se, n = difference([float(np.mean(r['per_exit_accuracy'])) for r in a],
-                              [float(np.mean(r['per_exit_accuracy'])) for r in b], exit_study.eval_examples(a, b))
-      out.append(claim_sentence(f'{task}: {name}\'s exits are more accurate than Early-Exit\'s on average over '
-                                f'the exits (accuracy points; paper: +{paper})', est, se, seeds=n, scale=100))
-  return out + budget_claims(task, by, budgets)
+      out.append(compare(f'{task}: {name}\'s exits are more accurate than Early-Exit\'s on average over the exits '
+                         f'(accuracy points; paper: +{paper})', a, b, paired.mean_over_exits,
+                         lambda r: float(np.mean(r['per_exit_accuracy']))))
+  return out + budget_claims(task, by, budgets_)
 
 
 NAMES = {'sweet': 'SWEET', 'early_exit': 'Early-Exit', 'multi_model': 'Multi-Model'}
 
 
-def budget_claims(task: str, by: dict[str, list[dict[str, Any]]], budgets: Sequence[float]) -> list[str]:
-  """Within each layer budget (best threshold of each run): SWEET beats Early-Exit and Multi-Model (the
-  paper: SWEET is best at fast speeds), and Early-Exit beats Multi-Model (the paper: Multi-Model's cascade
-  overhead outweighs its better classifiers)."""
+def budget_claims(task: str, by: dict[str, list[dict[str, Any]]], budgets_: Sequence[float]
+                  ) -> list[str | stats.Claim]:
+  """At each layer budget (each run's accuracy interpolated along its curve, experiments.budgets) and over the
+  range of budgets both curves cover (mean accuracy, the area under the curve): SWEET beats Early-Exit and
+  Multi-Model (the paper: SWEET is best at fast speeds), and Early-Exit beats Multi-Model (the paper:
+  Multi-Model's cascade overhead outweighs its better classifiers)."""
   out = []
   for first, second in (('sweet', 'early_exit'), ('sweet', 'multi_model'), ('early_exit', 'multi_model')):
     if not (by.get(first) and by.get(second)):
       continue
     fs, ss = exit_study.common_seeds(by[first], by[second])
-    for b in budgets:
-      a = [exit_study.best_within(r, b) for r in fs]
-      c = [exit_study.best_within(r, b) for r in ss]
-      if not fs or None in a or None in c:
-        out.append(f'- {task}: {NAMES[first]} against {NAMES[second]} within {b:g} of the layers: not judged (a '
-                   'run has no threshold within this budget).')
+    if not fs:
+      continue
+    n_eval = exit_study.eval_examples(fs, ss)
+    for b in budgets_:
+      label = budgets.budget_label(b)
+      if None in [exit_study.at_budget(r, b) for r in fs + ss]:
+        out.append(f'- {task}: {NAMES[first]} against {NAMES[second]} at {label} of the layers: not judged (a run\'s '
+                   'curve does not reach down to this budget).')
         continue
-      est, se, n = difference(a, c, exit_study.eval_examples(fs, ss))
-      out.append(claim_sentence(f'{task}: {NAMES[first]} is more accurate than {NAMES[second]} within {b:g} of '
-                                'the layers (best threshold each, accuracy points)', est, se, seeds=n, scale=100))
+      out.append(compare(f'{task}: {NAMES[first]} is more accurate than {NAMES[second]} at {label} of the layers '
+                         '(interpolated along each curve, accuracy points)', fs, ss, paired.at_budget(b),
+                         lambda r, b=b: exit_study.at_budget(r, b)))
+    curves = [exit_study.curve_points(r) for r in fs + ss]
+    lo, hi = budgets.common_range(curves, 'layer_fraction')
+    area = lambda g: [budgets.mean_accuracy(exit_study.curve_points(r), 'layer_fraction', lo, hi) for r in g]
+    est, se, n = difference(area(fs), area(ss), n_eval)
+    out.append(claim_sentence(f'{task}: {NAMES[first]}\'s curve lies above {NAMES[second]}\'s on average over '
+                              f'{lo:.2f}-{hi:g} of the layers (area under the curve, accuracy points)', est, se,
+                              seeds=n, scale=100))
   return out
 
 
 def settings(configs: dict[str, str], work_root: str, seq_lengths_path: str) -> str:
   return (f'MiniLM (`{CHECKPOINT}`), exits after layers {EXIT_LAYERS}, {TRAIN_EXAMPLES} training examples, '
           f'seeds {SEEDS} (train.seed), configs {configs}; see the runner\'s docstring for the grid and the '
-          'evaluation settings (7 thresholds, 1 timing repeat).\n\n'
+          'evaluation settings (7 thresholds; speedups the median of 5 timed repeats, 1 in the cells committed before '
+          'issue 24).\n\n'
           f'Command: `python -m experiments.sweet_study_a` (workdirs under `{work_root}`; each cell\'s exact '
           'commands are in its raw JSON).\n\nSequence lengths (99th percentile of the training split\'s token '
-          f'counts, rounded up to a padding bucket): {common.lengths_line(seq_lengths_path)}.\n')
+          f'counts, rounded up to a padding bucket): {token_lengths.lengths_line(seq_lengths_path)}.\n')
 
 
 def write_report(study_dir: str, configs: dict[str, str], work_root: str) -> str:
@@ -191,7 +215,7 @@ def main(argv):
   lengths_path = os.path.join(study_dir, 'seq_lengths.json')
 
   def make_cells():
-    seq = {t: common.choose_seq_length(lengths_path, CHECKPOINT, data_fields(t)) for t in TASKS}
+    seq = {t: token_lengths.choose_seq_length(lengths_path, CHECKPOINT, data_fields(t)) for t in TASKS}
     return cells(configs, seq, movie_seeds=f.movie_seeds, tweet_seeds=f.tweet_seeds, work_root=f.work_root)
   common.study_main(f, study_dir, make_cells, exit_study.extract,
                     lambda: write_report(study_dir, configs, f.work_root))

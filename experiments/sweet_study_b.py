@@ -15,9 +15,10 @@ configs/sweet_demo_mpnet.py, configs/early_exit_demo_mpnet.py, configs/multi_mod
 (--seeds=1 on CPU; up to 3: 42, 43, 44). Overridden on every cell, whatever the configs say: exits
 (1, 4, 6, 12), source movie_reviews, 6,000 training examples, data.seed 42, train.seed, the sequence length.
 Evaluation settings as study A: 7 confidence thresholds 0.51 ... 1 (exit_study.eval_thresholds),
-config.eval.timing_repeats=1 on 512 timed examples.
+config.eval.timing_repeats=5 (exit_study.TIMING_REPEATS; the committed cells were timed once) on 512 timed
+examples.
 Sequence length: the 99th percentile of the training split's token counts under MPNet's tokenizer, rounded up
-to the next padding bucket (common.choose_seq_length; cached in docs/results/sweet_study_b/seq_lengths.json).
+to the next padding bucket (token_lengths.choose_seq_length; cached in docs/results/sweet_study_b/seq_lengths.json).
 Time per cell on 2 CPU cores, measured (2026-12-01, niced unit tests sharing the cores): SWEET and
 Early-Exit train in 31-32 min and evaluate in 6.5-7 min; Multi-Model (23 layers) about twice the training.
 Claims: SWEET's last exit against Early-Exit's on MPNet; and, when study A's movie-review runs are on disk,
@@ -31,7 +32,7 @@ from typing import Any, Sequence
 
 from absl import app, flags
 
-from experiments import common, exit_study, report, sweet_study_a
+from experiments import common, exit_study, paired, report, sweet_study_a, token_lengths
 from experiments.stats import claim_sentence, difference
 
 STUDY = 'sweet_study_b'
@@ -48,7 +49,7 @@ def cells(configs: dict[str, str], seq_length: int, *, seeds: int, work_root: st
     for seed in sweet_study_a.SEEDS[:seeds]:
       flags_ = common.overrides(
           method=method, model__exit_layers=EXIT_LAYERS, train__seed=seed, data__max_seq_length=seq_length,
-          eval__thresholds=exit_study.eval_thresholds(2), eval__timing_repeats=1,
+          eval__thresholds=exit_study.eval_thresholds(2), eval__timing_repeats=exit_study.TIMING_REPEATS,
           **{f'data__{k}': v for k, v in sweet_study_a.data_fields(TASK).items()})
       labels = {'task': TASK, 'method': method, 'seed': seed, 'panel': f'mpnet_{TASK}'}
       out.append(exit_study.exit_cell(f'{TASK}_{method}_s{seed}', config_path, flags_, labels, work_root))
@@ -77,17 +78,17 @@ def claims(runs: Sequence[dict[str, Any]], study_a_runs: Sequence[dict[str, Any]
         '6 layers) than on the 6-layer MiniLM (2 layers): MiniLM gap minus MPNet gap, accuracy points',
         gap_a - gap_b, (se_a ** 2 + se_b ** 2) ** 0.5, seeds=min(n_a, n_b), scale=100,
         detail=f'MiniLM gap {100 * gap_a:+.1f} ({n_a} seeds), MPNet gap {100 * gap_b:+.1f} ({n_b})'))
-  return out
+  return paired.render(out)
 
 
 def write_report(study_dir: str, configs: dict[str, str], work_root: str) -> str:
   runs = common.load_runs(study_dir)
   study_a_runs = common.load_runs(os.path.join(common.RESULTS_ROOT, sweet_study_a.STUDY))
   lengths_path = os.path.join(study_dir, 'seq_lengths.json')
-  lengths = common.lengths_line(lengths_path)
+  lengths = token_lengths.lengths_line(lengths_path)
   settings = (f'all-mpnet-base-v2 (`{CHECKPOINT}`), exits after layers {EXIT_LAYERS}, {TASK}, '
               f'{sweet_study_a.TRAIN_EXAMPLES} training examples, configs {configs}; evaluation: 7 thresholds, '
-              f'1 timing repeat (see the runner\'s docstring).\n\nCommand: `python -m experiments.sweet_study_b` '
+              f'5 timing repeats, 1 in the committed cells (see the runner\'s docstring).\n\nCommand: `python -m experiments.sweet_study_b` '
               f'(workdirs under `{work_root}`).\n\nSequence length: {lengths}.\n')
   sections = exit_study.results_sections(runs, ['method'], study_dir, 'panel', 'MPNet-base, exits 1/4/6/12') \
       if runs else []
@@ -113,7 +114,7 @@ def main(argv):
   configs = common.parse_configs(items, must_exist=not f.report_only)
 
   def make_cells():
-    seq = common.choose_seq_length(os.path.join(study_dir, 'seq_lengths.json'), CHECKPOINT,
+    seq = token_lengths.choose_seq_length(os.path.join(study_dir, 'seq_lengths.json'), CHECKPOINT,
                                    sweet_study_a.data_fields(TASK))
     return cells(configs, seq, seeds=f.seeds, work_root=f.work_root)
   common.study_main(f, study_dir, make_cells, exit_study.extract,

@@ -331,17 +331,22 @@ def _jit_predict(predict_fn: PredictFn):
   return jax.jit(predict_fn)
 
 
-def evaluate(params: Params, frozen: Any, predict_fn: PredictFn, batches: Iterable[Batch]) -> dict[str, float]:
-  """Accuracy and example count over batches (padding rows, example_mask 0, are not counted)."""
+def evaluate(params: Params, frozen: Any, predict_fn: PredictFn, batches: Iterable[Batch]) -> dict[str, Any]:
+  """Accuracy and example count over batches (padding rows, example_mask 0, are not counted), and each real
+  row's predicted label and confidence (max softmax), int32 / float32 [examples], in batch order."""
   predict = _jit_predict(predict_fn)
   frozen = jax.device_put(frozen)
-  correct, total = 0.0, 0.0
+  correct, total, preds, confs = 0.0, 0.0, [], []
   for batch in batches:
-    logits = np.asarray(predict(params, frozen, batch))
+    logits = np.asarray(predict(params, frozen, batch), np.float32)
     w = np.asarray(batch['example_mask'], np.float64)
     correct += float(((logits.argmax(-1) == np.asarray(batch['labels'])) * w).sum())
     total += float(w.sum())
-  return {'accuracy': correct / max(total, 1.0), 'num_examples': int(total)}
+    preds.append(logits.argmax(-1)[w > 0].astype(np.int32))
+    confs.append(np.asarray(jax.nn.softmax(logits[w > 0], axis=-1)).max(-1))
+  return {'accuracy': correct / max(total, 1.0), 'num_examples': int(total),
+          'predictions': np.concatenate(preds) if preds else np.zeros(0, np.int32),
+          'confidence': np.concatenate(confs) if confs else np.zeros(0, np.float32)}
 
 
 def time_steps(params: Params, frozen: Any, loss_fn: LossFn, batches: Iterable[Batch], *,

@@ -12,7 +12,7 @@ from ml_collections import config_flags
 import numpy as np
 import pytest
 
-from experiments import common, exit_study, gradient_conflict, papa_study, report, stats, sweet_study_a
+from experiments import common, exit_study, gradient_conflict, papa_study, report, stats, sweet_study_a, token_lengths
 
 
 def _run(method, seed, accs, points, task='movie_reviews', pooling='mean', n_eval=1000):
@@ -68,14 +68,22 @@ def test_per_exit_and_budget_tables_by_hand():
   # early_exit sorts first; exit L1: mean(0.60, 0.61) = 0.605, std |0.60 - 0.61| / sqrt(2) = 0.00707.
   assert '| early_exit | 2 | 0.605 ± 0.007 | 0.705 ± 0.007 | 0.805 ± 0.007 | 0.820 ± 0.000 |' in table
   assert '| sweet | 2 | 0.710 ± 0.014 | 0.760 ± 0.014 | 0.800 ± 0.000 | 0.820 ± 0.014 |' in table
-  # Within 0.5 of the layers: sweet seed 42 best of (0.70 @0.25, 0.78 @0.40) = 0.78, seed 43 0.76 -> 0.770 ± 0.014;
-  # early_exit only its 0.25 points: 0.60, 0.61. Within 0.25: the same for early_exit, 0.70/0.72 for sweet.
-  budget = exit_study.budget_table(runs, ['method'], budgets=(0.2, 0.25, 0.5, 1.0))
-  assert '| sweet | 2 | - | 0.710 ± 0.014 | 0.770 ± 0.014 | 0.820 ± 0.014 |' in budget
-  assert '| early_exit | 2 | - | 0.605 ± 0.007 | 0.605 ± 0.007 | 0.820 ± 0.000 |' in budget
-  # A seed without a point in the budget is counted out and marked.
+  # Interpolated along each curve. At 0.5 of the layers: sweet s42 between (0.40, 0.78) and (1.0, 0.81):
+  # 0.78 + 0.03 x 0.1 / 0.6 = 0.785; s43 between (0.45, 0.76) and (1.0, 0.83): 0.76 + 0.07 x 0.05 / 0.55.
+  sweet_half = [0.785, 0.76 + 0.07 * 0.05 / 0.55]
+  ee_half = [0.60 + 0.14 * 0.25 / 0.35, 0.61 + 0.09 * 0.25 / 0.30]  # 0.70 and 0.685
+  cols = [('layer_fraction', b) for b in (0.2, 0.25, 0.5, 1.0)]
+  budget = exit_study.budget_table(runs, ['method'], cols)
+  fmt = lambda v: stats.Spread.of(v).fmt()
+  assert f'| sweet | 2 | - | 0.710 ± 0.014 | {fmt(sweet_half)} | 0.820 ± 0.014 |' in budget
+  assert f'| early_exit | 2 | - | 0.605 ± 0.007 | {fmt(ee_half)} | 0.820 ± 0.000 |' in budget
+  assert fmt(sweet_half) == '0.776 ± 0.013'
+  assert '| method | seeds | layers 0.2 | layers 0.25 | layers 0.5 | layers 1 |' in budget
+  # Matched measured speedup 2x (time fraction 0.5; these runs' speedup is 1 / layer fraction): as above.
+  assert fmt(sweet_half) in exit_study.budget_table(runs, ['method'], [('time_fraction', 0.5)])
+  # A seed whose curve does not reach down to the budget is counted out and marked.
   runs[1]['curve']['points'][0]['layer_fraction'] = 0.3
-  assert '0.700 (1 run) [1/2]' in exit_study.budget_table(runs, ['method'], budgets=(0.25,))
+  assert '0.700 (1 run) [1/2]' in exit_study.budget_table(runs, ['method'], [('layer_fraction', 0.25)])
 
 
 def test_curve_band_by_hand():
@@ -87,8 +95,8 @@ def test_curve_band_by_hand():
 
 def test_study_a_claims_by_hand():
   by = {m: [r for r in _study_a_runs() if r['method'] == m] for m in ('sweet', 'early_exit')}
-  out = sweet_study_a.method_claims('movie_reviews', by, budgets=(0.5,))
-  assert len(out) == 4
+  out = sweet_study_a.method_claims('movie_reviews', by, budgets_=(0.5,))
+  assert len(out) == 5
   # Averaged over exits: sweet 0.765, 0.78; early_exit 0.73, 0.7375 -> differences 0.035, 0.0425 -> +3.9.
   avg = out.pop(2)
   assert "SWEET's exits are more accurate than Early-Exit's on average" in avg and 'paper: +1.1' in avg
@@ -101,14 +109,22 @@ def test_study_a_claims_by_hand():
   assert f'+10.5 ± {100 * se:.1f} standard error' in out[0] and '**holds here**' in out[0]
   # Last exit: early_exit - sweet = 0.01, -0.01 -> 0.0: inconclusive.
   assert 'estimate +0.0' in out[1] and 'inconclusive within spread' in out[1]
-  # Within half the layers: 0.78 - 0.60, 0.76 - 0.61 -> +16.5 points.
-  assert 'within 0.5 of the layers' in out[2] and '+16.5' in out[2] and '**holds here**' in out[2]
-  # Early-Exit against Multi-Model within half the layers: 0.60 - 0.65, 0.61 - 0.62 -> -3.0 points.
+  # At half the layers, interpolated: 0.785 - 0.70, 0.7664 - 0.685 -> +8.3 points (the best grid point within
+  # the budget, 0.78 - 0.60 and 0.76 - 0.61, would say +16.5).
+  assert 'at 0.5 of the layers' in out[2] and '+8.3' in out[2] and '**holds here**' in out[2]
+  # Area: both curves start at 0.25; sweet s42's mean over 0.25-1 by trapezoids, by hand.
+  sweet_area = ((0.70 + 0.78) / 2 * 0.15 + (0.78 + 0.81) / 2 * 0.6) / 0.75
+  assert exit_study.budgets.mean_accuracy(by['sweet'][0]['curve']['points'], 'layer_fraction', 0.25, 1.0) == \
+      pytest.approx(sweet_area)
+  assert 'on average over 0.25-1 of the layers' in out[3]
+  # Early-Exit against Multi-Model at half the layers. Multi-Model's points (0.3, a) and (1.5, 0.8): at 0.5,
+  # a + (0.8 - a) x 0.2 / 1.2 = 0.675 and 0.65, against Early-Exit's 0.70 and 0.685 -> +3.0 points. Its grid
+  # point within the budget (0.65, 0.62) would have said -3.0.
   by['multi_model'] = [_run('multi_model', s, [0.7] * 4, [(0.5, a, 0.3), (1.0, 0.8, 1.5)])
                        for s, a in ((42, 0.65), (43, 0.62))]
-  ee_mm = sweet_study_a.budget_claims('movie_reviews', by, (0.5,))[-1]
-  assert ee_mm.startswith('- movie_reviews: Early-Exit is more accurate than Multi-Model within 0.5 of the layers')
-  assert 'estimate -3.0' in ee_mm
+  ee_mm = sweet_study_a.budget_claims('movie_reviews', by, (0.5,))[-2]
+  assert ee_mm.startswith('- movie_reviews: Early-Exit is more accurate than Multi-Model at 0.5 of the layers')
+  assert 'estimate +3.0' in ee_mm
 
 
 def test_study_readme_and_figures(tmp_path):
@@ -121,7 +137,16 @@ def test_study_readme_and_figures(tmp_path):
   assert '4 cells done.' in text and '**holds here**' in text and 'tweets_mean_sweet_s42' in text
   assert '| movie_reviews_mean_sweet_s42 | 180 | 600 | Test CPU (2 cores); jax cpu x1 | abcdef0123 |' in text
   assert '| movie_reviews_mean_sweet_s43 | 180 | 600 | Test CPU (2 cores); jax cpu x1 | abcdef0123+ |' in text
+  runs = _study_a_runs()
+  runs[0]['redone'] = [{'steps': ['eval'], 'code': {'commit': '0123456789abcdef'}}]
+  assert '| abcdef0123; eval again at 0123456789 |' in report.timing_table(
+      [dict(r, cell=r['cell']) for r in runs])
   assert (study_dir / 'movie_reviews_mean.png').stat().st_size > 0
+  assert '## Discussion' not in text
+  (study_dir / 'notes.md').write_text('Hand-written: SWEET wins here.\n')
+  text = sweet_study_a.write_report(str(study_dir), sweet_study_a.CONFIGS, 'runs/x')
+  assert text.index('## Claims') < text.index('## Discussion\n\nHand-written: SWEET wins here.') < text.index(
+      '## Per-exit accuracy')
   empty = report.write_readme(str(tmp_path / 'empty'), 'T', 'S', [], [], [])
   assert 'No results yet' in empty and '## Claims' not in empty
 
@@ -168,7 +193,8 @@ def test_gradient_conflict_summary_by_hand():
          'trained': rep([-0.2, 0.1, None])}
   assert gradient_conflict.shared_mean(run['pretrained']) == pytest.approx(0.4)
   text = gradient_conflict.sentences([run])[0]
-  assert 'mean cosine +0.400 at the pretrained start and -0.050 after' in text
+  assert ('mean cosine (over every layer group and pair of exits) +0.400 at the pretrained start and -0.050 '
+          'after') in text
   assert 'negative mean (conflict): 0 and 1 of 3' in text
   assert ('most negative pair: pretrained +0.300 (exits after layers 1 and 2, layers_0); trained -0.200 (exits '
           'after layers 1 and 2, embeddings)') in text
@@ -176,6 +202,9 @@ def test_gradient_conflict_summary_by_hand():
       'embeddings': np.array([[1, .9, -.6, -.5], [.9, 1, -.7, -.4], [-.6, -.7, 1, .95], [-.5, -.4, .95, 1]]).tolist(),
       'layers_0': [[None] * 4, [None, 1, -.8, .1], [None, -.8, 1, .2], [None, .1, .2, 1]]}}
   assert gradient_conflict.most_negative(four) == (-.8, 'layers_0', 2, 4)  # skips the Nones of exit 1
+  # Over all 9 (group, pair) cosines: embeddings' six sum to -0.35, layers_0's three to -0.5. The mean over the
+  # two groups' pair means, (-0.35 / 6 - 0.5 / 3) / 2 = -0.1125, weighs layers_0's three pairs as much as six.
+  assert gradient_conflict.pairs_mean(four) == pytest.approx(-0.85 / 9)
   assert '| minilm | layers_1 | - | - |' in gradient_conflict.table([run])
 
 
@@ -240,6 +269,34 @@ def test_run_cells_skips_done_cells_and_steps_and_records_failures(tmp_path):
     common.run_cells(_cells(work, ['a', 'a']), str(study), extract, runner=_fake_runner([]))
 
 
+def test_provenance_survives_redo_and_attachments_are_copied(tmp_path, monkeypatch):
+  study, work = tmp_path / 'study', tmp_path / 'work'
+  cells = _cells(work, ['a'])
+  (tmp_path / 'p.npz').write_bytes(b'outputs')
+  extract = lambda cell: {'value': 1, common.ATTACH: {'.predictions.npz': str(tmp_path / 'p.npz')}}
+  commit = {'now': 'trained-here'}
+  monkeypatch.setattr(common, 'code_version', lambda root=common.ROOT: {'commit': commit['now'], 'dirty': False})
+  common.run_cells(cells, str(study), extract, runner=_fake_runner([]))
+  first = json.loads((study / 'runs' / 'a.json').read_text())
+  assert first['code']['commit'] == 'trained-here' and first['redone'] == [] and common.ATTACH not in first
+  assert first['versions']['jax'] not in ('', 'not installed') and 'python' in first['versions']
+  assert (study / 'runs' / 'a.predictions.npz').read_bytes() == b'outputs'
+  # Two re-timings on later commits: the training commit stays, each re-timing is appended with its own.
+  for later in ('retimed-1', 'retimed-2'):
+    commit['now'] = later
+    common.run_cells(cells, str(study), extract, runner=_fake_runner([]), redo=['eval'])
+  record = json.loads((study / 'runs' / 'a.json').read_text())
+  assert record['code']['commit'] == 'trained-here' and record['versions'] == first['versions']
+  assert [(r['code']['commit'], r['steps']) for r in record['redone']] == [('retimed-1', ['eval']),
+                                                                            ('retimed-2', ['eval'])]
+  assert record['redone'][0]['when'].endswith('Z') and 'jax' in record['redone'][0]['versions']
+  # Retraining (the first step redone) starts the provenance afresh.
+  commit['now'] = 'retrained'
+  common.run_cells(cells, str(study), extract, runner=_fake_runner([]), redo=['train', 'eval'])
+  record = json.loads((study / 'runs' / 'a.json').read_text())
+  assert record['code']['commit'] == 'retrained' and record['redone'] == []
+
+
 def test_code_version_ignores_the_studies_own_outputs(tmp_path):
   git = lambda *a: subprocess.run(['git', '-c', 'user.name=t', '-c', 'user.email=t@t', *a], cwd=tmp_path,
                                   check=True, capture_output=True, text=True).stdout.strip()
@@ -270,14 +327,14 @@ def test_select_cells_orders_by_pattern_and_refuses_unknown_patterns(tmp_path):
 def test_length_from_counts_by_hand():
   buckets = (32, 64, 128)
   # 99th percentile of 1..100 (linear interpolation) is 99.01 -> 100 tokens -> bucket 128.
-  assert common.length_from_counts(list(range(1, 101)), quantile=99, buckets=buckets, cap=512) == 128
-  assert common.length_from_counts(list(range(1, 101)), quantile=99, buckets=buckets, cap=64) == 64
+  assert token_lengths.length_from_counts(list(range(1, 101)), quantile=99, buckets=buckets, cap=512) == 128
+  assert token_lengths.length_from_counts(list(range(1, 101)), quantile=99, buckets=buckets, cap=64) == 64
   # One outlier in 100: the percentile sits at 10 + 0.01 * 190 = 11.9 -> 12 tokens -> bucket 32.
-  assert common.length_from_counts([10] * 99 + [200], quantile=99, buckets=buckets, cap=512) == 32
+  assert token_lengths.length_from_counts([10] * 99 + [200], quantile=99, buckets=buckets, cap=512) == 32
   # The maximum, 200 tokens, fits no bucket: the cap.
-  assert common.length_from_counts([10] * 99 + [200], quantile=100, buckets=buckets, cap=512) == 512
+  assert token_lengths.length_from_counts([10] * 99 + [200], quantile=100, buckets=buckets, cap=512) == 512
   with pytest.raises(ValueError, match='empty'):
-    common.length_from_counts([], quantile=99, buckets=buckets, cap=512)
+    token_lengths.length_from_counts([], quantile=99, buckets=buckets, cap=512)
 
 
 def test_choose_seq_length_caps_and_counts_the_truncated(tmp_path):
@@ -289,12 +346,12 @@ def test_choose_seq_length_caps_and_counts_the_truncated(tmp_path):
   fields = {'source': 'files', 'train_path': str(tmp_path / 'train.jsonl'), 'eval_path': str(tmp_path / 'eval.jsonl'),
             'calibration_size': 0, 'length_buckets': (16, 32, 64, 128)}
   cache = str(tmp_path / 'lengths.json')
-  assert common.choose_seq_length(cache, 'minilm', fields) == 128  # 99th percentile 102 tokens
-  assert common.choose_seq_length(cache, 'minilm', fields, max_length=32) == 32
+  assert token_lengths.choose_seq_length(cache, 'minilm', fields) == 128  # 99th percentile 102 tokens
+  assert token_lengths.choose_seq_length(cache, 'minilm', fields, max_length=32) == 32
   entry = common.read_json(cache)['minilm/files']
   assert entry['truncated'] == 0.4 and entry['percentiles']['50'] == 5  # 40 of 100 rows exceed 32 tokens
-  assert common.lengths_line(cache).endswith('capped at 32: 40% of examples truncated)')
-  assert common.choose_seq_length(cache, 'minilm', fields) == 128  # another cap: chosen again
+  assert token_lengths.lengths_line(cache).endswith('capped at 32: 40% of examples truncated)')
+  assert token_lengths.choose_seq_length(cache, 'minilm', fields) == 128  # another cap: chosen again
 
 
 def _parse(argv):
@@ -316,7 +373,7 @@ def test_cell_commands_parse_against_their_configs(tmp_path):
   cfg = _parse(cell.steps[0].argv)
   assert cfg.method == 'multi_model' and tuple(cfg.model.exit_layers) == (1, 2, 4, 6)
   assert cfg.data.source == 'tweets' and cfg.data.max_seq_length == 32 and cfg.data.max_eval_samples == 2000
-  assert tuple(cfg.eval.thresholds) == exit_study.eval_thresholds(3) and cfg.eval.timing_repeats == 1
+  assert tuple(cfg.eval.thresholds) == exit_study.eval_thresholds(3) and cfg.eval.timing_repeats == 5
   assert cell.steps[1].argv[1:] == cell.steps[0].argv[1:]  # eval sees the same config
   cls = [c for c in grid if c.labels['pooling'] == 'cls']
   assert len(cls) == 3 and all(_parse(c.steps[0].argv).model.pooling == 'cls' for c in cls)
@@ -337,12 +394,12 @@ def test_extract_keeps_only_the_fields_the_tables_need(tmp_path, monkeypatch):
       'method': 'sweet', 'seed': 42, 'exit_layers': [1, 2], 'per_exit_accuracy': [0.6, 0.7], 'num_examples': 20,
       'num_train_examples': 48, 'steps': 6, 'train_time_s': 3.5, 'config': {'big': 'x' * 1000}})
   point = {'threshold': 0.5, 'accuracy': 0.7, 'layer_fraction': 0.75, 'flops_fraction': 0.8, 'measured_speedup': 1.2,
-           'exit_counts': [5, 15], 'engine_agreement': 1.0}
+           'measured_speedups': [1.1, 1.2, 1.3], 'exit_counts': [5, 15], 'engine_agreement': 1.0}
   common.write_json(str(work / 'eval' / 'curve.json'), {'device': 'cpu x1', 'timing_repeats': 1, 'points': [point]})
   out = exit_study.extract(common.Cell('c', str(work), (common.Step('train', ('train.py',), 'results.json'),), {}))
   assert out['per_exit_accuracy'] == [0.6, 0.7] and out['eval_examples'] == 20 and 'config' not in out
   assert out['curve']['points'] == [{'threshold': 0.5, 'accuracy': 0.7, 'layer_fraction': 0.75, 'flops_fraction': 0.8,
-                                     'measured_speedup': 1.2}]
+                                     'measured_speedup': 1.2, 'measured_speedups': [1.1, 1.2, 1.3]}]
   assert out['curve']['device'] == 'cpu x1' and out['curve']['timing_repeats'] == 1
 
   from papa_jax import averages
@@ -363,4 +420,135 @@ def test_extract_keeps_only_the_fields_the_tables_need(tmp_path, monkeypatch):
   out = papa_study.extract(cell)
   assert out['results'] == [{k: v for k, v in rows[0].items() if k not in ('label', 'best_accuracy')}]
   assert out['eval_examples'] == 13 and 'slot_coverage' not in out
+  assert out['constants_summary']['query_slots'] == [1, 10]  # L = 12: rows 1..10 have a next slot
   assert (tmp_path / 'results' / papa_study.STUDY / 'constants_tiny_movie_reviews.png').stat().st_size > 0
+
+
+def _predictions_run(tmp_path, method, seed, first_exit_right, rng):
+  """A study-A run with stored outputs: 400 examples, 4 exits; exit 0 right on `first_exit_right` of them,
+  the later exits right on 80%; confidences random, so the dense sweep moves examples between exits."""
+  from drivers.predictions import Predictions
+  n = 400
+  labels = rng.integers(0, 2, n).astype(np.int8)
+  right = np.stack([np.arange(n) < first_exit_right] + [rng.random(n) < 0.8 for _ in range(3)])
+  pred = np.where(right, labels, 1 - labels).astype(np.int8)
+  conf = rng.uniform(0.5, 1.0, (4, n)).astype(np.float32)
+  layers = np.array([1, 2, 4, 6], np.int32)
+  p = Predictions(pred, conf, labels, np.arange(n, dtype=np.int32), layers, 'exit_layer', 'test-set-hash',
+                  method=method, layers_run=layers, exit_flops=np.repeat(layers[:, None], n, 1).astype(float),
+                  full_flops=np.full(n, 6.0))
+  path = tmp_path / f'{method}_{seed}.predictions.npz'
+  p.save(str(path))
+  run = _run(method, seed, p.correct().mean(1).tolist(), [(0.5, 0.7, 0.2), (1.0, 0.8, 1.0)], n_eval=n)
+  return dict(run, attachments={'.predictions.npz': str(path)}), p
+
+
+def test_study_claims_are_paired_on_stored_predictions(tmp_path):
+  from drivers import predictions
+  from experiments import budgets, paired
+  rng = np.random.default_rng(0)
+  sw = [_predictions_run(tmp_path, 'sweet', s, 300, rng) for s in (42, 43)]
+  ee = [_predictions_run(tmp_path, 'early_exit', s, 240, rng) for s in (42, 43)]
+  by = {'sweet': [r for r, _ in sw], 'early_exit': [r for r, _ in ee]}
+  items = sweet_study_a.method_claims('movie_reviews', by, budgets_=(0.5,))
+  assert all(isinstance(c, stats.Claim) for c in items[:4])  # every comparison is paired; the area stays a sentence
+  first = items[0]
+  # By hand: exit 0 is right on 300 and 240 of the 400 examples in both seeds: +15 points.
+  assert first.result.effect == pytest.approx(0.15) and first.result.seeds == 2 and first.result.examples == 400
+  # At half the layers, the paired effect is the difference of the dense curves' interpolated accuracies.
+  want = np.mean([budgets.accuracy_at(predictions.dense_curve(a), 'layer_fraction', 0.5)
+                  - budgets.accuracy_at(predictions.dense_curve(b), 'layer_fraction', 0.5)
+                  for (_, a), (_, b) in zip(sw, ee)])
+  assert items[3].result.effect == pytest.approx(want, abs=1e-12)
+  lines = paired.render(items)
+  assert lines[0].startswith("- movie_reviews: SWEET's first exit is more accurate than Early-Exit's (accuracy "
+                             'points): **holds** (+15.0 points, 95% interval')
+  assert 'paired bootstrap' in lines[0] and 'n = 400 x 2' in lines[0]
+  assert isinstance(items[4], str) and items[4] == lines[4]
+  # The summary tables read the same dense sweep, not the runs' two evaluated points.
+  assert exit_study.at_budget(sw[0][0], 0.5) == pytest.approx(
+      budgets.accuracy_at(predictions.dense_curve(sw[0][1]), 'layer_fraction', 0.5))
+  assert exit_study.at_budget(sw[0][0], 0.5) != budgets.accuracy_at(sw[0][0]['curve']['points'], 'layer_fraction', 0.5)
+  # A run without stored outputs: that comparison falls back to the summary rule.
+  del by['sweet'][1]['attachments']['.predictions.npz']
+  assert isinstance(sweet_study_a.method_claims('movie_reviews', by, budgets_=(0.5,))[0], str)
+  # Runs scored on different test sets are refused.
+  other = dict(ee[0][0], attachments={'.predictions.npz': str(tmp_path / 'other.npz')})
+  p = ee[0][1]
+  import dataclasses
+  dataclasses.replace(p, test_sha256='another-test-set').save(str(tmp_path / 'other.npz'))
+  with pytest.raises(ValueError, match='different test sets'):
+    paired.correctness([ee[1][0], other], paired.exit_correct(0))
+
+
+def test_artifacts_truncation_and_timing_spread_by_hand(monkeypatch):
+  from experiments import artifacts
+  # Room for 3 word pieces: texts of 2, 3, 5 and 8 pieces; two are cut, losing 2 + 5 of the 18 pieces.
+  t = artifacts.truncation([2, 3, 5, 8], 3)
+  assert t['texts_truncated'] == 0.5 and t['word_pieces_cut'] == pytest.approx(7 / 18) and t['word_pieces'] == 18
+  points = lambda speeds, acc=0.8: {'curve': {'points': [
+      {'threshold': th, 'accuracy': acc, 'layer_fraction': 0.5, 'measured_speedup': s}
+      for th, s in zip((0.5, 0.9), speeds)]}}
+  versions = {artifacts.TIMED_FIRST: points((2.0, 1.8)), artifacts.TIMED_AGAIN: points((2.2, 1.15))}
+  monkeypatch.setattr(artifacts, '_git_json', lambda commit, path: versions[commit])
+  spread = artifacts.timing_spread(['c'])
+  assert spread['largest_change']['relative_change'] == pytest.approx(1.15 / 1.8 - 1)  # -36%, not the +10%
+  assert spread['largest_change']['threshold'] == 0.9 and len(spread['cells']['c']) == 2
+  versions[artifacts.TIMED_AGAIN] = points((2.2, 1.15), acc=0.7)
+  with pytest.raises(ValueError, match='different outputs'):
+    artifacts.timing_spread(['c'])
+
+
+def _papa_with_outputs(tmp_path, model, seed, right_per_k, heads, labels):
+  """A PAPA run with stored outputs: probe k is right on the first right_per_k[k] of the 1,000 examples."""
+  from drivers.predictions import Predictions
+  n = len(labels)
+  right = np.stack([np.arange(n) < r for r in right_per_k])
+  p = Predictions(np.where(right, labels, 1 - labels).astype(np.int8), np.full(right.shape, 0.9, np.float32),
+                  labels, np.arange(n, dtype=np.int32), np.array(papa_study.ks_for(heads), np.int32),
+                  'constant_heads', 'same-test-set', method='papa')
+  path = tmp_path / f'{model}_{seed}.predictions.npz'
+  p.save(str(path))
+  return dict(_papa_run(model, seed, [r / n for r in right_per_k], heads=heads),
+              attachments={'.predictions.npz': str(path)})
+
+
+def test_papa_claims_paired_on_stored_outputs(tmp_path):
+  labels = np.random.default_rng(0).integers(0, 2, 1000).astype(np.int8)
+  # MiniLM: half the heads constant loses 4 of 800 right answers in each seed (a 0.5% relative drop), every head
+  # 40 of 800 (5%). MPNet: 900 right, every head constant 810 (10%).
+  runs = [_papa_with_outputs(tmp_path, 'minilm', s, [800, 800, 800, 796, 790, 760], 72, labels) for s in (42, 43)]
+  runs += [_papa_with_outputs(tmp_path, 'mpnet', s, [900, 900, 890, 880, 860, 810], 144, labels) for s in (42, 43)]
+  # The summary rule cannot decide 'half the heads cost < 2%' at 1,000 examples: its binomial error alone is
+  # ~2.5% of the baseline.
+  d = papa_study.relative_drop(runs[:2], 0.5)
+  assert d[0] == pytest.approx(0.005) and stats.verdict(-d[0], d[1], -0.02) == 'inconclusive within spread'
+  out = papa_study.claims(runs)
+  # Paired: the two probes disagree on 4 examples only, so the drop's interval is tight: the margin holds.
+  half = next(line for line in out if line.startswith('- minilm, movie_reviews: half the heads'))
+  assert '**holds** (+0.5%,' in half and 'margin: below +2.0%' in half and 'n = 1000 x 2' in half
+  every = next(line for line in out if line.startswith('- minilm, movie_reviews: every head'))
+  assert '**holds** (+5.0%,' in every and 'margin: below +10.0%' in every
+  # MPNet's drop with every head, 10.0%, sits on the 10% margin: not shown to lie below it.
+  assert '**inconclusive** (+10.0%,' in next(line for line in out if line.startswith('- mpnet, movie_reviews: every'))
+  # The better model (mpnet) loses 10.0% - 5.0% = +5.0 points more: paired over the same examples, holds.
+  better = out[-1]
+  assert better.startswith('- movie_reviews: the better model (mpnet') and '**holds** (+5.0%,' in better
+
+
+def test_constants_summary_by_hand():
+  # 2 layers, 2 heads, L = 6; query slots 1..3. Layer 1: head 0 puts 0.4 on the previous slot, head 1 0.2;
+  # mean 0.3. Every head puts 0.1 on itself, 0.05 on the next slot, and 0.5 + 0.1 q on the first token.
+  a = np.zeros((2, 2, 6, 6))
+  for q in range(1, 5):
+    a[:, 0, q, q - 1], a[:, 1, q, q - 1] = 0.4, 0.2
+    a[:, :, q, q], a[:, :, q, q + 1] = 0.1, 0.05
+    a[:, :, q, 0] = 0.5 + 0.1 * q
+  out = papa_study.constants_summary(a, slots=3)
+  first = out['per_layer'][0]
+  # Slot 1's previous slot is the first token, set last to 0.6: previous (0.6 + 0.3 + 0.3) / 3.
+  assert first['previous'] == pytest.approx(0.4) and first['self'] == pytest.approx(0.1)
+  assert first['next'] == pytest.approx(0.05)
+  assert first['first_token'] == pytest.approx((0.6 + 0.7 + 0.8) / 3)
+  assert first['first_token_rows'] == pytest.approx([0.6, 0.8])
+  assert out['per_layer'][1]['layer'] == 2 and out['query_slots'] == [1, 3]
