@@ -291,7 +291,8 @@ def run_arch(args, arch) -> dict:
   out = {'times': [{'seq': seq, 'task': task, 'side': name, 'median_s': statistics.median(ts), 'min_s': min(ts),
                     'max_s': max(ts)} for (seq, task, name), ts in results.items()],
          'mfu': [row for name in jax_sides for row in mfu(args, results, name)], 'ratios': {}}
-  for first, other in [(jax_sides[0], n) for n in jax_sides[1:]] + [('torch', n) for n in jax_sides if 'torch' in sides]:
+  pairs = [(jax_sides[0], n) for n in jax_sides[1:]] + [('torch', n) for n in jax_sides if 'torch' in sides]
+  for first, other in pairs:
     ratios = {f'seq{seq} {task}': statistics.median(results[(seq, task, first)]) /
               statistics.median(results[(seq, task, other)]) for seq in args.seqs for task in ('forward', 'train')}
     out['ratios'][f'{first}/{other}'] = ratios

@@ -9,7 +9,6 @@ mixed heads in one model; 'auto' resolves by the platform a program is lowered f
 """
 
 import functools
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -17,20 +16,12 @@ import numpy as np
 import pytest
 
 import encoder_jax
+from tests.test_architectures import _fixture  # (config, params, reference arrays, inputs) of a fixture
 
-FIXTURES = Path(__file__).parent / 'fixtures'
 KINDS = ['bert', 'roberta', 'mpnet', 'deberta_v1', 'deberta_v2', 'deberta_v2_sep']  # every family, v2 both ways
 FORMS = ('cpu_tuned', 'portable')
 TOL = 1e-5
 encode = jax.jit(encoder_jax.encode, static_argnums=0)
-
-
-def _fixture(kind):
-  config, params = encoder_jax.load_pretrained(FIXTURES / f'{kind}_tiny')
-  with np.load(FIXTURES / f'{kind}_tiny.npz', allow_pickle=False) as f:
-    ref = {k: f[k] for k in f.files}
-  types = ref['token_type_ids'] if config.type_vocab_size else None
-  return config, params, ref, (ref['input_ids'], ref['attention_mask'], types)
 
 
 @pytest.mark.parametrize('kind', KINDS)
@@ -54,7 +45,9 @@ def _skewed_batch(config, seed, n=5, seq=13):
   lengths[0] = seq
   mask = (np.arange(seq)[None] < lengths[:, None]).astype(np.int32)
   ids = np.where(mask > 0, rng.integers(config.pad_token_id + 1, config.vocab_size, (n, seq)), config.pad_token_id)
-  types = rng.integers(0, config.type_vocab_size, (n, seq)).astype(np.int32) * mask if config.type_vocab_size else None
+  types = None
+  if config.type_vocab_size:
+    types = rng.integers(0, config.type_vocab_size, (n, seq)).astype(np.int32) * mask
   return ids.astype(np.int32), mask, types
 
 
