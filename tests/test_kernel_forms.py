@@ -121,3 +121,15 @@ def test_auto_picks_by_the_platform_lowered_for():
 def test_an_unknown_form_is_refused_naming_the_field():
   with pytest.raises(ValueError, match='kernels must be one of'):
     encoder_jax.EncoderConfig(kernels='gpu')
+
+
+@pytest.mark.parametrize('kernels', ['portable', 'cpu_tuned'])
+def test_the_config_file_field_reaches_the_encoder(tiny_bert, kernels):
+  """`--config.model.kernels=...` is the encoder's kernel form; the config files default to 'auto'."""
+  from configs import sweet_demo
+  from drivers import methods
+  config = sweet_demo.get_config()
+  assert config.model.kernels == 'auto'
+  config.model.checkpoint, config.model.exit_layers = str(tiny_bert), (1, 3)
+  config.model.kernels = kernels
+  assert methods.build(config, num_labels=2).encoder_config.kernels == kernels
