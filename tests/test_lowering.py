@@ -4,8 +4,8 @@ A change that only a TPU or GPU compiler would refuse (an op with no lowering th
 with no portable twin: encoder_jax.tuning.pick) fails here, without the hardware. Each program is traced
 once on tiny shapes and lowered for both platforms in one go (`lowering_platforms`): the train step of each
 exit method and of the PAPA probe in float32 and bfloat16, the evaluation step, PAPA's attention averaging,
-and the evaluation forward the predictor's workdir is scored with. The adaptive engine's own programs are
-lowered in tests/test_engine_lowering.py.
+and the all-exit forward eval.py scores a workdir with (drivers.sweet_eval.forward_fn). The adaptive engine's
+own programs, which the predictor runs, are the engine's tests to lower.
 """
 
 import functools
