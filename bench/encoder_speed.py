@@ -4,6 +4,7 @@
   PYTHONPATH=. .venv/bin/python bench/encoder_speed.py --arch bert,mpnet,deberta-v3   # each architecture
   PYTHONPATH=. .venv/bin/python bench/encoder_speed.py --dtype bfloat16
   PYTHONPATH=. .venv/bin/python bench/encoder_speed.py --layers 12 --hidden 768 --seq 128 --reps 3  # BERT-base
+  PYTHONPATH=. .venv/bin/python bench/encoder_speed.py --only jax --kernels cpu_tuned,portable --json out.json
 
 Both sides run the same model: an encoder of the architecture (--arch: bert; mpnet, with its relative
 attention bias; deberta-v3, with disentangled attention: shared key, 256 log buckets, normed relative
@@ -20,11 +21,15 @@ torch alternate within each repetition, so both see the same background load (wh
 slows them alike: torch's threads suffer more when another job holds a core; see bench/RESULTS.md). The
 table gives medians over the repetitions after warm-up, and the last line the ratios torch time / JAX
 time (above 1 means JAX is faster). Needs torch, which only bench/ and the fixture script may import.
+--kernels times each kernel form (EncoderConfig.kernels) as its own JAX side, all alternating in one run,
+and prints each form's time over the first's. --json writes the machine, the medians and the model FLOPs
+utilisation (analytic FLOPs over the median time, against the device's peak from bench/machine.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import time
@@ -70,6 +75,9 @@ def parse_args(argv=None):
   p.add_argument('--warmup', type=int, default=2)
   p.add_argument('--threads', type=int, default=0, help='torch threads; default: cores available')
   p.add_argument('--only', choices=('both', 'jax', 'torch'), default='both')
+  p.add_argument('--kernels', default='auto', help="comma-separated EncoderConfig.kernels forms, each a JAX side: "
+                 "'auto', 'portable', 'cpu_tuned'")
+  p.add_argument('--json', default='', help='also write the results to this JSON file')
   p.add_argument('--xla_options', choices=('library', 'none'), default='library',
                  help="library: jit with encoder_jax.compiler_options(); none: XLA's defaults")
   args = p.parse_args(argv)
@@ -77,6 +85,10 @@ def parse_args(argv=None):
   args.seqs = [int(s) for s in args.seq.split(',')]
   args.threads = args.threads or len(os.sched_getaffinity(0))
   args.archs = args.arch.split(',')
+  args.forms = args.kernels.split(',')
+  bad = set(args.forms) - set(encoder_jax.tuning.KERNEL_FORMS)
+  if bad:
+    p.error(f'unknown --kernels {sorted(bad)}; choose from {encoder_jax.tuning.KERNEL_FORMS}')
   unknown = set(args.archs) - set(ARCHS)
   if unknown:
     p.error(f'unknown --arch {sorted(unknown)}; choose from {sorted(ARCHS)}')
@@ -98,11 +110,11 @@ def make_batch(args, seq, seed=0):
 # ----------------------------------------------------------------------------------------------------- JAX
 
 class JaxSide:
-  def __init__(self, args, arch='bert'):
+  def __init__(self, args, arch='bert', kernels='auto'):
     self.config = EncoderConfig(
         vocab_size=args.vocab, hidden_size=args.hidden, num_layers=args.layers, num_heads=args.heads,
         intermediate_size=args.intermediate, hidden_dropout=0.0, attention_dropout=0.0, dtype=args.dtype,
-        **ARCHS[arch][0])
+        kernels=kernels, **ARCHS[arch][0])
     k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
     h = args.hidden
     init = jax.nn.initializers.normal(0.02)
@@ -221,69 +233,91 @@ def model_flops(args, seq: int) -> tuple[float, float]:
   return float(forward), 3.0 * forward
 
 
-def print_mfu(args, results) -> None:
-  """Achieved FLOP/s of the JAX side, and its model FLOPs utilisation where the device's peak is known.
-
-  The FLOPs are BERT's for every architecture (MPNet's and DeBERTa's relative score terms come on top).
-  """
+def mfu(args, results, side: str) -> list[dict]:
+  """Achieved FLOP/s of a JAX side, and its model FLOPs utilisation where the device's peak is known; printed
+  and returned as rows. The FLOPs are BERT's for every architecture (MPNet's and DeBERTa's relative score
+  terms come on top)."""
   peak, kind = peak_flops(args.dtype)
   if peak is None:
     print(f'# MFU: peak FLOP/s of {kind!r} unknown, not reported')
+  rows = []
   for seq in args.seqs:
     for task, flops in zip(('forward', 'train'), model_flops(args, seq)):
-      rate = flops / statistics.median(results[(seq, task, 'jax')])
-      mfu = f' of {peak / 1e12:.0f} peak = {rate / peak:.1%}' if peak else ''
-      print(f'# seq {seq} {task}: {rate / 1e12:.3f} TFLOP/s{mfu}')
+      rate = flops / statistics.median(results[(seq, task, side)])
+      share = f' of {peak / 1e12:.0f} peak = {rate / peak:.1%}' if peak else ''
+      print(f'# {side} seq {seq} {task}: {rate / 1e12:.3f} TFLOP/s{share}')
+      rows.append({'side': side, 'seq': seq, 'task': task, 'flops': flops, 'flops_per_s': rate,
+                   'peak_flops_per_s': peak, 'mfu': rate / peak if peak else None})
+  return rows
 
 
 def main():
   args = parse_args()
+  report = {'machine': machine_line(args), 'device_kind': jax.devices()[0].device_kind,
+            'peak_flops_per_s': peak_flops(args.dtype)[0], 'dtype': args.dtype, 'batch': args.batch,
+            'model': {'layers': args.layers, 'hidden': args.hidden, 'heads': args.heads,
+                      'intermediate': args.intermediate}, 'archs': {}}
   for arch in args.archs:
-    run_arch(args, arch)
+    report['archs'][arch] = run_arch(args, arch)
+  if args.json:
+    with open(args.json, 'w') as f:
+      json.dump(report, f, indent=1)
 
 
-def run_arch(args, arch):
-  """Both sides on one architecture; prints its table and ratios."""
+def machine_line(args) -> str:
+  return (f'{len(os.sched_getaffinity(0))} cores, {cpu_model()}; jax {jax.__version__} '
+          f'({jax.default_backend()}: {jax.devices()[0].device_kind}), torch threads {args.threads}')
+
+
+def run_arch(args, arch) -> dict:
+  """Every side on one architecture, alternating; prints its table and ratios, returns them."""
   sides = {}
   if args.only in ('both', 'jax'):
-    sides['jax'] = JaxSide(args, arch)
+    for form in args.forms:
+      sides['jax' if len(args.forms) == 1 else f'jax-{form}'] = JaxSide(args, arch, form)
   if args.only in ('both', 'torch'):
     sides['torch'] = TorchSide(args, arch)
+  jax_sides = [name for name in sides if name.startswith('jax')]
   print(f'# architecture: {arch}')
-  print(f'# machine: {len(os.sched_getaffinity(0))} cores, {cpu_model()}; jax {jax.__version__} '
-        f'({jax.default_backend()}: {jax.devices()[0].device_kind}), torch threads {args.threads}'
-        + (f', torch on {sides["torch"].device}' if 'torch' in sides else ''))
+  print(f'# machine: {machine_line(args)}' + (f', torch on {sides["torch"].device}' if 'torch' in sides else ''))
   print(f'# model: {args.layers} layers x {args.hidden} hidden, {args.heads} heads, intermediate '
         f'{args.intermediate}, vocab {args.vocab}; batch {args.batch}; {args.dtype}; dropout disabled')
-  if 'jax' in sides:
-    print(f'# JAX compiler options: {sides["jax"].options or "XLA defaults"}')
+  if jax_sides:
+    print(f'# JAX compiler options: {sides[jax_sides[0]].options or "XLA defaults"}; kernel forms {args.forms}')
+  results = time_sides(args, sides)
+  print(f'{"seq":>5} {"task":>8} {"side":>14} {"median s":>9} {"min s":>8} {"max s":>8}')
+  for (seq, task, name), ts in results.items():
+    print(f'{seq:>5} {task:>8} {name:>14} {statistics.median(ts):9.4f} {min(ts):8.4f} {max(ts):8.4f}')
+  out = {'times': [{'seq': seq, 'task': task, 'side': name, 'median_s': statistics.median(ts), 'min_s': min(ts),
+                    'max_s': max(ts)} for (seq, task, name), ts in results.items()],
+         'mfu': [row for name in jax_sides for row in mfu(args, results, name)], 'ratios': {}}
+  pairs = [(jax_sides[0], n) for n in jax_sides[1:]] + [('torch', n) for n in jax_sides if 'torch' in sides]
+  for first, other in pairs:
+    ratios = {f'seq{seq} {task}': statistics.median(results[(seq, task, first)]) /
+              statistics.median(results[(seq, task, other)]) for seq in args.seqs for task in ('forward', 'train')}
+    out['ratios'][f'{first}/{other}'] = ratios
+    print(f'speed ratio {first}/{other} (>1: {other} faster), {arch}: '
+          + ', '.join(f'{k} {r:.2f}x' for k, r in ratios.items()))
+  return out
+
+
+def time_sides(args, sides) -> dict:
+  """(seq, task, side) -> seconds of each timed repetition; the sides alternate within every repetition."""
   results = {}
   for seq in args.seqs:
     batch = make_batch(args, seq)
     prepared = {name: side.prepare(batch) for name, side in sides.items()}
     for task in ('forward', 'train'):
       times = {name: [] for name in sides}
-      for _ in range(args.warmup):  # compiles (JAX) and warms allocators and caches (both)
+      for _ in range(args.warmup):  # compiles (JAX) and warms allocators and caches (all sides)
         for name, side in sides.items():
           getattr(side, f'run_{task}')(prepared[name])
       for _ in range(args.reps):
-        for name, side in sides.items():  # alternate, so background load hits both sides alike
+        for name, side in sides.items():  # alternate, so background load hits every side alike
           times[name].append(timed(getattr(side, f'run_{task}'), prepared[name]))
       for name, ts in times.items():
         results[(seq, task, name)] = ts
-
-  print(f'{"seq":>5} {"task":>8} {"side":>6} {"median s":>9} {"min s":>8} {"max s":>8}')
-  for (seq, task, name), ts in results.items():
-    print(f'{seq:>5} {task:>8} {name:>6} {statistics.median(ts):9.4f} {min(ts):8.4f} {max(ts):8.4f}')
-  if 'jax' in sides:
-    print_mfu(args, results)
-  if len(sides) == 2:
-    ratios = []
-    for seq in args.seqs:
-      for task in ('forward', 'train'):
-        r = statistics.median(results[(seq, task, 'torch')]) / statistics.median(results[(seq, task, 'jax')])
-        ratios.append(f'seq{seq} {task} {r:.2f}x')
-    print(f'speed ratio torch/JAX (>1: JAX faster), {arch}: ' + ', '.join(ratios))
+  return results
 
 
 if __name__ == '__main__':

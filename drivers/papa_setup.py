@@ -65,7 +65,8 @@ def _setup(config, workdir) -> _Setup:
   splits = data.load_splits(config.data)
   _log(f'data: {json.dumps(splits.summary())}')
   checkpoint = config.model.checkpoint
-  enc_config, enc_params = encoder_jax.load_pretrained(checkpoint, dtype=_get(config.train, 'dtype', 'float32'))
+  enc_config, enc_params = encoder_jax.load_pretrained(checkpoint, dtype=_get(config.train, 'dtype', 'float32'),
+                                                       kernels=_get(config.model, 'kernels', 'auto'))
   enc_params.pop('pooler', None)  # the probe has its own head
   length = int(config.papa.length)
   if length > enc_config.max_length:

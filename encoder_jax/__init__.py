@@ -1,4 +1,5 @@
-"""encoder_jax: one pure-functional Flax BERT/RoBERTa/MPNet encoder that every method in this project uses."""
+"""encoder_jax: one pure-functional Flax encoder (BERT, RoBERTa, MPNet, DeBERTa v1 and v2/v3) that every method
+in this project uses; each family's additions live in encoder_jax/architectures."""
 
 from encoder_jax.config import EncoderConfig, HEAD_KINDS, SUPPORTED_MODEL_TYPES
 from encoder_jax.hf_import import CheckpointError, load_pretrained, PACKAGED

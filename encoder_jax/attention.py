@@ -2,7 +2,7 @@
 
 Every kernel maps a group of heads to their context vectors:
 
-  kernel(q, k, v, mask, constant, gate, dropout, return_probs, bias) -> (context, probs | None)
+  kernel(q, k, v, mask, constant, gate, dropout, return_probs, bias, kernels) -> (context, probs | None)
 
   q, k:     [batch, seq, heads, head_dim] (None for constant heads: they compute no query or key)
   v:        [batch, seq, heads, head_dim]
@@ -15,6 +15,9 @@ Every kernel maps a group of heads to their context vectors:
   bias:     an additive score term, float32 [heads, seq, seq] or [batch, heads, seq, seq], or None: how an
             architecture's relative positions enter (MPNet's bucketed bias). Constant heads ignore it: they
             replace the whole probability matrix, whatever would have formed the scores.
+  kernels:  EncoderConfig.kernels, the form of softmax attention when neither probabilities nor dropout are
+            asked for: 'cpu_tuned' (normalised after the value matmul), 'portable'
+            (jax.nn.dot_product_attention, XLA's implementation) or 'auto' (tuning.pick).
 
 The encoder layer splits its heads into groups by kind (EncoderConfig.head_kinds) and calls the
 matching kernel once per group, so a layer can mix kinds freely.
@@ -27,6 +30,8 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+
+from encoder_jax import tuning
 
 Dropout = Callable[[jax.Array], jax.Array] | None
 
@@ -108,16 +113,31 @@ def constant_probs(constant, mask):
   return jnp.where(total > 0, probs / jnp.where(total > 0, total, 1.0), 0.0)
 
 
-def softmax_attention(q, k, v, mask, constant=None, gate=None, dropout=None, return_probs=False, bias=None):
+def _normalised_after(q, k, v, mask, bias):
+  """Softmax attention's context [batch, seq, heads, d], the CPU-tuned form: normalise after the value
+  matmul. Dividing the [b, heads, q, d] context by the row sums is 4x (seq / head_dim) cheaper than dividing
+  the [b, heads, q, k] probabilities, and saves a pass over them."""
+  e, total = _unnormalized(q, k, mask, bias)
+  context = jnp.einsum('bnqk,bnkd->bnqd', e.astype(v.dtype), _heads_major(v), preferred_element_type=jnp.float32)
+  return _heads_major(context / total).astype(v.dtype)
+
+
+def _dot_product_attention(q, k, v, mask, bias):
+  """The portable form of _normalised_after: jax.nn.dot_product_attention, XLA's implementation (cuDNN's
+  takes no [heads, q, k] bias without a batch axis and no float32 inputs), the key mask as a boolean mask.
+  Fully padded rows attend uniformly to every key in both forms."""
+  if bias is not None and bias.ndim == 3:  # [heads, q, k] -> [1, heads, q, k]: the function wants 4-D
+    bias = bias[None]
+  keys = (mask > 0)[:, None, None, :]  # [batch, 1, 1, k]
+  return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=keys, implementation='xla')
+
+
+def softmax_attention(q, k, v, mask, constant=None, gate=None, dropout=None, return_probs=False, bias=None,
+                      kernels='auto'):
   """The usual input-dependent attention."""
   del constant, gate  # input-dependent heads use neither
   if dropout is None and not return_probs:
-    # Normalise after the value matmul: dividing the [b, heads, q, d] context by the row sums is 4x
-    # (seq / head_dim) cheaper than dividing the [b, heads, q, k] probabilities, and saves a pass over them.
-    e, total = _unnormalized(q, k, mask, bias)
-    context = jnp.einsum('bnqk,bnkd->bnqd', e.astype(v.dtype), _heads_major(v),
-                         preferred_element_type=jnp.float32)
-    return _heads_major(context / total).astype(v.dtype), None
+    return tuning.pick(kernels, _normalised_after, _dot_product_attention, q, k, v, mask, bias), None
   probs = softmax_probs(q, k, mask, bias)
   return _apply_probs(probs, v, dropout), (probs if return_probs else None)
 
@@ -140,22 +160,24 @@ def _constant_context(constant, mask, v):
   return (numerator * scale[..., None]).astype(v.dtype)
 
 
-def constant_attention(q, k, v, mask, constant=None, gate=None, dropout=None, return_probs=False, bias=None):
+def constant_attention(q, k, v, mask, constant=None, gate=None, dropout=None, return_probs=False, bias=None,
+                       kernels='auto'):
   """A fixed matrix per head: no query, no key, no scores, no softmax."""
-  del q, k, gate, bias  # constant heads compute no query or key, and so no score term either
+  del q, k, gate, bias, kernels  # constant heads compute no query or key, and so no score term either
   if dropout is None and not return_probs:
     return _constant_context(constant, mask, v), None
   probs = constant_probs(constant, mask)
   return _apply_probs(probs, v, dropout), (probs if return_probs else None)
 
 
-def mixed_attention(q, k, v, mask, constant=None, gate=None, dropout=None, return_probs=False, bias=None):
+def mixed_attention(q, k, v, mask, constant=None, gate=None, dropout=None, return_probs=False, bias=None,
+                    kernels='auto'):
   """sigmoid(gate) * softmax + (1 - sigmoid(gate)) * constant, per head (PAPA's ranking run)."""
   weight = jax.nn.sigmoid(gate.astype(jnp.float32))
   if dropout is None and not return_probs:
     # Attention is linear in its probabilities, so the mix of contexts is the context of the mix.
     w = weight[None, None, :, None]
-    dynamic, _ = softmax_attention(q, k, v, mask, bias=bias)
+    dynamic, _ = softmax_attention(q, k, v, mask, bias=bias, kernels=kernels)
     mixed = w * dynamic.astype(jnp.float32) + (1.0 - w) * _constant_context(constant, mask, v).astype(jnp.float32)
     return mixed.astype(v.dtype), None
   weight = weight[None, :, None, None]

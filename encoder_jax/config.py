@@ -12,6 +12,8 @@ import json
 import os
 from typing import Any, Sequence
 
+from encoder_jax.tuning import KERNEL_FORMS
+
 SUPPORTED_MODEL_TYPES = ('bert', 'roberta', 'mpnet', 'deberta', 'deberta-v2')
 DEBERTA_TYPES = ('deberta', 'deberta-v2')
 CONV_ACTS = ('tanh', 'gelu')
@@ -56,6 +58,12 @@ class EncoderConfig:
     head_kinds: None (every head softmax) or, per layer, a tuple of per-head kernel names from
       HEAD_KINDS. 'constant' heads use a given matrix and compute no query or key; 'mixed' heads
       gate softmax against constant attention (PAPA's ranking run).
+    kernels: which form of the tuned computations runs (encoder_jax.tuning.pick): 'cpu_tuned' (the forms CPU
+      profiles chose: fused softmax normalised after the value matmul, DeBERTa's relative term one head at a
+      time, MPNet's bias as a one-hot matmul, bias gradients as matmuls), 'portable' (their straightforward
+      twins, and softmax attention through jax.nn.dot_product_attention where no probabilities are returned
+      and no attention dropout runs), or 'auto' (CPU-tuned where the program is lowered for a CPU, portable
+      elsewhere). All forms compute the same values up to float rounding.
   """
 
   model_type: str = 'bert'
@@ -83,6 +91,7 @@ class EncoderConfig:
   attention_dropout: float = 0.1
   dtype: str = 'float32'
   head_kinds: tuple[tuple[str, ...], ...] | None = None
+  kernels: str = 'auto'
 
   def __post_init__(self):
     if self.model_type not in SUPPORTED_MODEL_TYPES:
@@ -98,6 +107,8 @@ class EncoderConfig:
       self._check_deberta()
     if self.dtype not in ('float32', 'bfloat16'):
       raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}.")
+    if self.kernels not in KERNEL_FORMS:
+      raise ValueError(f'kernels must be one of {KERNEL_FORMS}, got {self.kernels!r}.')
     if self.head_kinds is not None:
       if len(self.head_kinds) != self.num_layers:
         raise ValueError(f'head_kinds has {len(self.head_kinds)} layers; the model has {self.num_layers}.')

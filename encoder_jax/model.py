@@ -1,14 +1,23 @@
-"""The pure-functional BERT/RoBERTa/MPNet encoder (Flax Linen) and its functional entry points.
+"""The pure-functional encoder (Flax Linen) every architecture shares, and its functional entry points.
+
+One embedding layer and one post-layer-norm block serve BERT, RoBERTa, MPNet, DeBERTa (v1) and DeBERTa
+v2/v3: what a family adds (position ids, a score term, parameters all layers share, DeBERTa's convolution)
+comes from encoder_jax/architectures, chosen once from config.model_type; this module knows no family.
 
 Parameters are plain nested dicts:
-  {'embeddings': {'word_embeddings': {'embedding': [vocab, H]}, 'position_embeddings': ...,
-                  'token_type_embeddings' (not MPNet): ..., 'layer_norm': {'scale', 'bias'}},
+  {'embeddings': {'word_embeddings': {'embedding': [vocab, H]},
+                  'position_embeddings' (absent when not position_biased_input: DeBERTa v3),
+                  'token_type_embeddings' (absent when type_vocab_size is 0: MPNet, DeBERTa v3),
+                  'layer_norm': {'scale', 'bias'}},
    'layers_0': {'query'|'key'|'value': {'kernel': [H, heads, head_dim], 'bias': [heads, head_dim]},
                 'attention_output': {'kernel': [heads, head_dim, H], 'bias': [H]},
                 'attention_layer_norm', 'intermediate': {'kernel': [H, I], 'bias'},
-                'output': {'kernel': [I, H], 'bias'}, 'output_layer_norm'},
+                'output': {'kernel': [I, H], 'bias'}, 'output_layer_norm',
+                what the family adds to a layer (DeBERTa: 'pos_query'|'pos_key' unless share_att_key;
+                v2's 'conv' and 'conv_layer_norm' in layer 0)},
    ..., 'layers_{n-1}': ...,
-   'relative': parameters all layers share (MPNet: {'embedding': [buckets, heads]}); absent for BERT/RoBERTa}
+   'relative': parameters all layers share (MPNet: {'embedding': [buckets, heads]}; DeBERTa: {'embedding':
+               [2k, H]} and v2's 'layer_norm'); absent for BERT/RoBERTa}
 Per-head kernels keep head selection (constant heads) a static slice of the weights; the query, key and
 value weights are fused into one matmul at trace time.
 
@@ -19,7 +28,6 @@ Non-trainable inputs are arguments, never parameters:
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import flax
@@ -28,12 +36,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from encoder_jax import attention, relative
-from encoder_jax.config import DEBERTA_TYPES, EncoderConfig
+from encoder_jax import attention
+from encoder_jax.architectures import Family, family
+from encoder_jax.blocks import Table, Weights, dense, gelu, take
+from encoder_jax.config import EncoderConfig
 
 Params = dict[str, Any]
-SHARED = 'relative'  # the params key of what all layers share (MPNet's relative attention bias)
-_init = nn.initializers.normal(stddev=0.02)
+SHARED = 'relative'  # the params key of what all layers share (MPNet's bias, DeBERTa's relative embeddings)
 
 
 def _dtype(config: EncoderConfig):
@@ -42,41 +51,27 @@ def _dtype(config: EncoderConfig):
 
 class Embeddings(nn.Module):
   config: EncoderConfig
+  family: Family
 
   @nn.compact
   def __call__(self, input_ids, attention_mask, token_type_ids, deterministic):
+    """input_ids, attention_mask, token_type_ids: [batch, seq] -> [batch, seq, H] in the compute dtype."""
     cfg = self.config
     seq = input_ids.shape[1]
     if seq > cfg.max_length:
       raise ValueError(f'Sequence length {seq} exceeds the position table ({cfg.max_length} positions).')
-    if cfg.position_offset:
-      # Hugging Face's create_position_ids_from_input_ids: real tokens count up from pad_token_id + 1.
-      real = (input_ids != cfg.pad_token_id).astype(jnp.int32)
-      positions = jnp.cumsum(real, axis=1) * real + cfg.pad_token_id
-    else:
-      positions = jnp.broadcast_to(jnp.arange(seq), input_ids.shape)
     embed = lambda n, name, ids: _lookup(Table((n, cfg.hidden_size), name=name)(), ids)
     x = embed(cfg.vocab_size, 'word_embeddings', input_ids)
     if cfg.position_biased_input:  # DeBERTa v3 has no absolute positions
-      x = x + embed(cfg.max_position_embeddings, 'position_embeddings', positions)
+      x = x + embed(cfg.max_position_embeddings, 'position_embeddings', self.family.position_ids(cfg, input_ids))
     if cfg.type_vocab_size:  # MPNet and DeBERTa v3 have no token types
       if token_type_ids is None:
         token_type_ids = jnp.zeros_like(input_ids)
       x = x + embed(cfg.type_vocab_size, 'token_type_embeddings', token_type_ids)
     x = nn.LayerNorm(epsilon=cfg.layer_norm_eps, name='layer_norm')(x)
-    if cfg.model_type in DEBERTA_TYPES:  # DeBERTa zeroes padded positions (its convolution reads them)
-      x = x * attention_mask.astype(x.dtype)[..., None]
+    x = self.family.embedding_output(cfg, x, attention_mask)
     x = nn.Dropout(cfg.hidden_dropout)(x, deterministic=deterministic)
     return x.astype(_dtype(cfg))
-
-
-class Table(nn.Module):
-  """An embedding table [rows, H] under the name Flax's nn.Embed uses ('embedding')."""
-  shape: tuple[int, int]
-
-  @nn.compact
-  def __call__(self):
-    return self.param('embedding', _init, self.shape)
 
 
 def _lookup(table, ids):
@@ -93,32 +88,19 @@ def _lookup(table, ids):
   return jnp.take(table, ids, axis=0)
 
 
-class Weights(nn.Module):
-  """A kernel and a bias, under the names nn.Dense uses; the layer does the arithmetic itself.
-
-  The attention projections are per head: kernel [in, heads, head_dim] and bias [heads, head_dim] (the
-  output projection [heads, head_dim, out]), so that choosing heads is a static slice of the weights.
-  """
-  kernel_shape: tuple[int, ...]
-  bias_shape: tuple[int, ...]
-
-  @nn.compact
-  def __call__(self):
-    return (self.param('kernel', _init, self.kernel_shape),
-            self.param('bias', nn.initializers.zeros, self.bias_shape))
-
-
 class Layer(nn.Module):
-  """One post-layer-norm transformer block; its heads' kernels come from config.kinds(index)."""
+  """One post-layer-norm transformer block; its heads' kernels come from config.kinds(index), what its
+  architecture adds from `family`."""
   config: EncoderConfig
   index: int
+  family: Family
 
   @nn.compact
   def __call__(self, hidden, mask, constants, gates, deterministic, return_attention, position=None):
     """hidden: [batch, seq, H]; mask: [batch, seq] -> ([batch, seq, H], probs [batch, heads, seq, seq] | None).
 
-    position: what the encoder computed once for all layers from its shared relative-position parameters
-    (MPNet: the score bias [heads, seq, seq]), or None.
+    position: what the encoder computed once for all layers from the family's shared parameters (MPNet:
+    the score bias [heads, seq, seq]; DeBERTa: the relative embeddings [2k, H]), or None.
     """
     cfg = self.config
     dtype = _dtype(cfg)
@@ -134,38 +116,39 @@ class Layer(nn.Module):
 
     # One fused projection; heads are selected by a static slice of the weights, so the query and key
     # weights of constant heads are never read and get exactly zero gradient.
-    kernel = jnp.concatenate([_take(wq, qk_heads, 1), _take(wk, qk_heads, 1), _take(wv, order, 1)], axis=1)
-    bias = jnp.concatenate([_take(bq, qk_heads, 0), _take(bk, qk_heads, 0), _take(bv, order, 0)], axis=0)
+    kernel = jnp.concatenate([take(wq, qk_heads, 1), take(wk, qk_heads, 1), take(wv, order, 1)], axis=1)
+    bias = jnp.concatenate([take(bq, qk_heads, 0), take(bk, qk_heads, 0), take(bv, order, 0)], axis=0)
     x = hidden.astype(dtype)
     nq = len(qk_heads)
-    qkv = _dense(x, kernel.reshape(h, -1).astype(dtype), bias.reshape(-1).astype(dtype))
+    qkv = dense(x, kernel.reshape(h, -1).astype(dtype), bias.reshape(-1).astype(dtype), cfg.kernels)
     qkv = qkv.reshape(*x.shape[:2], 2 * nq + n, d)
     q, k, v = qkv[:, :, :nq], qkv[:, :, nq:2 * nq], qkv[:, :, 2 * nq:]
 
-    q, score_bias = self._score_terms(q, k, position, qk_heads, (wq, bq), (wk, bk), deterministic)
+    score_bias = None
+    if qk_heads:
+      q, score_bias = self.family.score_terms(cfg, q, k, position, qk_heads, (wq, bq), (wk, bk), deterministic)
     dropout = None
     if not deterministic and cfg.attention_dropout > 0:
       dropout = lambda p: nn.Dropout(cfg.attention_dropout)(p, deterministic=False)
     context, probs = self._attend(groups, q, k, v, mask, score_bias, constants, gates, dropout, return_attention)
 
     context = context.reshape(*x.shape[:2], n * d)
-    attn = _dense(context, _take(wo, order, 0).reshape(n * d, h).astype(dtype), bo.astype(dtype))
+    attn = dense(context, take(wo, order, 0).reshape(n * d, h).astype(dtype), bo.astype(dtype), cfg.kernels)
     attn = nn.Dropout(cfg.hidden_dropout)(attn, deterministic=deterministic)
     x = nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=dtype, name='attention_layer_norm')(attn + x)
 
     w1, b1 = Weights((h, cfg.intermediate_size), (cfg.intermediate_size,), name='intermediate')()
     w2, b2 = Weights((cfg.intermediate_size, h), (h,), name='output')()
-    y = _gelu(_dense(x, w1.astype(dtype), b1.astype(dtype)))
-    y = nn.Dropout(cfg.hidden_dropout)(_dense(y, w2.astype(dtype), b2.astype(dtype)), deterministic=deterministic)
+    y = gelu(dense(x, w1.astype(dtype), b1.astype(dtype), cfg.kernels))
+    y = nn.Dropout(cfg.hidden_dropout)(dense(y, w2.astype(dtype), b2.astype(dtype), cfg.kernels),
+                                       deterministic=deterministic)
     x = nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=dtype, name='output_layer_norm')(y + x)
-    if self.index == 0 and cfg.conv_kernel_size:
-      x = self._conv(hidden.astype(dtype), x, mask, deterministic)
+    x = self.family.after_layer(cfg, self.index, hidden.astype(dtype), x, mask, deterministic)
 
     if not return_attention:
       return x, None
     grouped = jnp.concatenate(probs, axis=1) if len(probs) > 1 else probs[0]
     return x, grouped[:, [order.index(i) for i in range(n)]]  # back to head order
-
 
   def _attend(self, groups, q, k, v, mask, score_bias, constants, gates, dropout, return_attention):
     """Each kind's kernel on its group of heads: -> (context [batch, seq, heads, d] in grouped head order,
@@ -184,100 +167,13 @@ class Layer(nn.Module):
           constant=None if kind == 'softmax' else _rows(constants, self.index, heads, 'constants'),
           gate=_rows(gates, self.index, heads, 'gates') if kind == 'mixed' else None,
           dropout=dropout, return_probs=return_attention,
-          bias=score_bias[..., qs, :, :] if has_qk and score_bias is not None else None)
+          bias=score_bias[..., qs, :, :] if has_qk and score_bias is not None else None,
+          kernels=self.config.kernels)
       contexts.append(ctx)
       probs.append(pr)
       vstart += len(heads)
       qstart += len(heads) if has_qk else 0
     return (jnp.concatenate(contexts, axis=2) if len(contexts) > 1 else contexts[0]), probs
-
-  def _score_terms(self, q, k, position, qk_heads, query, key, deterministic):
-    """What the architecture adds to the scores of the query/key heads: -> (q for the kernel, score term
-    [nq, seq, seq] or [batch, nq, seq, seq], or None).
-
-    MPNet: its shared bias at these heads. DeBERTa: the relative embeddings [2k, H] projected per head (by
-    the layer's query/key weights when share_att_key, else by its own pos_query/pos_key), then the
-    content-to-position and position-to-content scores; the content score is divided by sqrt(d * (1 +
-    terms)), so q is scaled by 1/sqrt(1 + terms) (the kernel divides by sqrt(d)).
-    """
-    cfg = self.config
-    if position is None or not qk_heads:  # DeBERTa's scale counts pos_att_type even with no term computed
-      return (q if cfg.score_scale_factor == 1 or not qk_heads else
-              q * jnp.asarray(1.0 / math.sqrt(cfg.score_scale_factor), q.dtype)), None
-    if cfg.model_type == 'mpnet':
-      return q, _take(position, qk_heads, 0)
-    h, n, d = cfg.hidden_size, cfg.num_heads, cfg.head_dim
-    rel = nn.Dropout(cfg.hidden_dropout)(position, deterministic=deterministic).astype(q.dtype)
-    project = lambda w, b: jnp.einsum('rh,hnd->rnd', rel, _take(w, qk_heads, 1).astype(q.dtype)) + _take(
-        b, qk_heads, 0).astype(q.dtype)
-    pos_query = pos_key = None
-    if 'c2p' in cfg.pos_att_type:
-      pos_key = project(*(key if cfg.share_att_key else Weights((h, n, d), (n, d), name='pos_key')()))
-    if 'p2c' in cfg.pos_att_type:
-      pos_query = project(*(query if cfg.share_att_key else Weights((h, n, d), (n, d), name='pos_query')()))
-    terms = relative.disentangled_scores(cfg, q, k, pos_query, pos_key)
-    return q * jnp.asarray(1.0 / math.sqrt(cfg.score_scale_factor), q.dtype), terms
-
-  def _conv(self, embedded, x, mask, deterministic):
-    """DeBERTa v2's convolution beside the first layer: LN(x + act(conv(embeddings))) on real tokens.
-
-    embedded, x: [batch, seq, H] (the layer's input and output); the kernel is [width, H / groups, H].
-    """
-    cfg = self.config
-    h = cfg.hidden_size
-    w, b = Weights((cfg.conv_kernel_size, h // cfg.conv_groups, h), (h,), name='conv')()
-    pad = (cfg.conv_kernel_size - 1) // 2
-    out = jax.lax.conv_general_dilated(embedded, w.astype(x.dtype), (1,), [(pad, pad)],
-                                       dimension_numbers=('NWC', 'WIO', 'NWC'),
-                                       feature_group_count=cfg.conv_groups) + b.astype(x.dtype)
-    real = mask.astype(x.dtype)[..., None]
-    out = nn.Dropout(cfg.hidden_dropout)(out * real, deterministic=deterministic)
-    out = jnp.tanh(out) if cfg.conv_act == 'tanh' else _gelu(out)
-    return nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=x.dtype, name='conv_layer_norm')(x + out) * real
-
-
-def _dense(x, kernel, bias):
-  """x [batch, seq, in] @ kernel [in, out] + bias [out], as one 2-D matmul over all tokens.
-
-  Flattening the tokens first matters for training on CPU: the weight gradient becomes a single
-  [in, tokens] x [tokens, out] product that XLA runs directly, where with 3-D operands it transposed the
-  [tokens, out] gradient into a copy and then used a slower matmul (about 17% of a feed-forward block's
-  train step).
-  """
-  y = _add_bias(x.reshape(-1, x.shape[-1]) @ kernel, bias)
-  return y.reshape(*x.shape[:-1], kernel.shape[-1])
-
-
-@jax.custom_jvp
-def _add_bias(y, bias):
-  """y [tokens, out] + bias [out]; the same sum, with a derivative rule that makes the bias gradient a
-  matmul (ones [1, tokens] @ dy) instead of a column reduction, which XLA's CPU backend splits into
-  slow windowed reductions (about 3% of a train step without YNNPACK fusions)."""
-  return y + bias
-
-
-@_add_bias.defjvp
-def _add_bias_jvp(primals, tangents):
-  y, bias = primals
-  dy, dbias = tangents
-  ones = jnp.ones((y.shape[0], 1), dbias.dtype)
-  return y + bias, dy + ones @ dbias[None, :]  # linear in dbias through a dot, so its transpose is one
-
-
-def _gelu(x):
-  """Exact (erf) GELU, written as torch and Hugging Face write it.
-
-  jax.nn.gelu(approximate=False) uses erfc, which XLA lowers to a two-branch polynomial that takes 2-3x
-  longer on CPU than its erf; over [batch, seq, intermediate] that is a visible part of a layer.
-  """
-  return x * (0.5 + 0.5 * jax.lax.erf(x * jnp.asarray(1 / math.sqrt(2), x.dtype)))
-
-
-def _take(w, heads, axis):
-  """w restricted to `heads` along `axis`; no gather when that is every head in order."""
-  if heads == list(range(w.shape[axis])):
-    return w
-  return jnp.take(w, jnp.asarray(heads, dtype=jnp.int32), axis=axis)
 
 
 def _rows(table, layer, heads, name):
@@ -293,12 +189,11 @@ class Encoder(nn.Module):
   config: EncoderConfig
 
   def setup(self):
-    self.embeddings = Embeddings(self.config)
-    self.layers = [Layer(self.config, i) for i in range(self.config.num_layers)]
+    arch = family(self.config)  # chosen once; layers and embeddings call its hooks
+    self.embeddings = Embeddings(self.config, arch)
+    self.layers = [Layer(self.config, i, arch) for i in range(self.config.num_layers)]
     # Parameters shared by all layers live under SHARED ('relative'); SWEET gives each segment a copy.
-    cfg = self.config
-    self.relative = (relative.MPNetRelativeBias(cfg) if cfg.model_type == 'mpnet' else
-                     relative.DebertaRelativeEmbeddings(cfg) if cfg.disentangled else None)
+    self.relative = arch.shared(self.config)
 
   def embed(self, input_ids, attention_mask, token_type_ids=None, deterministic=True):
     """input_ids, attention_mask, token_type_ids: [batch, seq] -> [batch, seq, H]."""

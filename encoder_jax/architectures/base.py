@@ -1,0 +1,58 @@
+"""The interface between the shared encoder and an architecture family.
+
+The encoder (encoder_jax/model.py) is one embedding layer and one post-layer-norm block for every family;
+what a family adds enters through the five hooks of `Family`, and nowhere else. The hooks run inside the
+Linen module that calls them (Embeddings, Layer or Encoder), so a parameter a hook creates, e.g.
+`blocks.Weights(..., name='pos_key')()`, lands in that module's scope under that name.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from encoder_jax.config import EncoderConfig
+
+
+class Family:
+  """BERT's answers to every hook: absolute positions from 0, nothing shared between layers, no score term,
+  nothing beside the layers. A family overrides what it changes."""
+
+  def position_ids(self, config: EncoderConfig, input_ids):
+    """input_ids [batch, seq] -> position ids [batch, seq] into the position table."""
+    del config  # BERT counts from 0 whatever the tokens
+    return jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
+
+  def embedding_output(self, config: EncoderConfig, x, attention_mask):
+    """The embeddings after their layer norm, x: [batch, seq, H] -> [batch, seq, H]."""
+    del config, attention_mask  # BERT leaves padded positions as they are
+    return x
+
+  def shared(self, config: EncoderConfig):
+    """A Linen module for the parameters all layers share (stored under model.SHARED), called once per
+    forward pass as module(seq) -> `position`, the argument every layer's score_terms receives; or None."""
+    del config
+    return None
+
+  def score_terms(self, config: EncoderConfig, q, k, position, heads, query, key, deterministic):
+    """What the family adds to the scores of the heads that form scores: -> (q for the kernel, score term
+    float32 [heads, seq, seq] or [batch, heads, seq, seq], or None).
+
+    q, k: [batch, seq, len(heads), d]; position: what shared() computed; heads: the layer's head indices
+    that have a query and a key (softmax and mixed); query, key: the layer's (kernel [H, n, d], bias [n, d])
+    for every head.
+    """
+    del config, k, position, heads, query, key, deterministic
+    return q, None
+
+  def after_layer(self, config: EncoderConfig, index: int, layer_input, x, attention_mask, deterministic):
+    """The output of layer `index`, x: [batch, seq, H], after anything the family runs beside it;
+    layer_input: that layer's input [batch, seq, H] in the compute dtype."""
+    del config, index, layer_input, attention_mask, deterministic
+    return x
+
+
+def padding_offset_positions(config: EncoderConfig, input_ids):
+  """Hugging Face's create_position_ids_from_input_ids (fairseq's make_positions): real tokens count up
+  from pad_token_id + 1, padding keeps pad_token_id. [batch, seq] -> [batch, seq]."""
+  real = (input_ids != config.pad_token_id).astype(jnp.int32)
+  return jnp.cumsum(real, axis=1) * real + config.pad_token_id

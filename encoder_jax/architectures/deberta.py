@@ -1,0 +1,201 @@
+"""DeBERTa (v1) and DeBERTa v2/v3: disentangled attention and what comes with it.
+
+Relative embeddings [2k, H] (v2: layer-normed) are shared by all layers; each layer projects them with its
+own pos_query/pos_key weights (v2 with share_att_key: its query/key weights) and adds content-to-position
+and position-to-content scores (disentangled_scores). v2 adds log buckets for distances and a convolution
+beside the first layer; v3 drops absolute positions (EncoderConfig.position_biased_input). Every family
+fact is a config field, so one Family serves both model types. Gather indices depend only on the sequence
+length, so they are numpy constants at trace time.
+"""
+
+from __future__ import annotations
+
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from encoder_jax import blocks, tuning
+from encoder_jax.architectures.base import Family
+from encoder_jax.config import EncoderConfig
+
+
+def score_scale(config: EncoderConfig) -> float:
+  """How many score terms share the softmax's temperature: content scores and each relative term are all
+  divided by sqrt(head_dim * score_scale). Hugging Face's scale_factor, 1 + len(pos_att_type), counted
+  whether or not relative_attention computes the terms (EncoderConfig.score_scale_factor)."""
+  return config.score_scale_factor
+
+
+class Deberta(Family):
+  """BERT's absolute positions (when position_biased_input), padding zeroed after the embedding layer
+  norm, the disentangled score term, and v2's convolution beside layer 0."""
+
+  def embedding_output(self, config, x, attention_mask):
+    del config  # DeBERTa zeroes padded positions: its convolution reads them
+    return x * attention_mask.astype(x.dtype)[..., None]
+
+  def shared(self, config):
+    return RelativeEmbeddings(config) if config.disentangled else None
+
+  def score_terms(self, config, q, k, position, heads, query, key, deterministic):
+    """The relative embeddings [2k, H] projected per head, then the c2p and p2c scores. The content score
+    is divided by sqrt(d * score_scale), so q is scaled by 1/sqrt(score_scale) (the kernel divides by
+    sqrt(d)). With relative_attention off (no position) the content score is still divided by
+    sqrt(d * score_scale), as transformers divides it when pos_att_type names terms it does not compute."""
+    if position is None:
+      return q * jnp.asarray(1.0 / np.sqrt(score_scale(config)), q.dtype), None
+    h, n, d = config.hidden_size, config.num_heads, config.head_dim
+    rel = nn.Dropout(config.hidden_dropout)(position, deterministic=deterministic).astype(q.dtype)
+
+    def project(w, b):  # [2k, H] -> [2k, len(heads), d]
+      return (jnp.einsum('rh,hnd->rnd', rel, blocks.take(w, heads, 1).astype(q.dtype))
+              + blocks.take(b, heads, 0).astype(q.dtype))
+
+    own = lambda name: blocks.Weights((h, n, d), (n, d), name=name)()
+    pos_key = project(*(key if config.share_att_key else own('pos_key'))) if 'c2p' in config.pos_att_type else None
+    pos_query = (project(*(query if config.share_att_key else own('pos_query')))
+                 if 'p2c' in config.pos_att_type else None)
+    terms = disentangled_scores(config, q, k, pos_query, pos_key)
+    return q * jnp.asarray(1.0 / np.sqrt(score_scale(config)), q.dtype), terms
+
+  def after_layer(self, config, index, layer_input, x, attention_mask, deterministic):
+    if index != 0 or not config.conv_kernel_size:
+      return x
+    return _conv(config, layer_input, x, attention_mask, deterministic)
+
+
+FAMILY = Deberta()
+
+
+class RelativeEmbeddings(nn.Module):
+  """DeBERTa's relative position embeddings [2k, H] (and, in v2, their layer norm), shared by all layers."""
+  config: EncoderConfig
+
+  @nn.compact
+  def __call__(self, seq):
+    """-> [2k, H] float32; `seq` is unused (the layers pick rows by relative distance)."""
+    del seq  # every layer reads the whole table through its gather indices
+    cfg = self.config
+    table = self.param('embedding', blocks.init, (2 * cfg.attention_span, cfg.hidden_size))
+    if cfg.norm_rel_ebd:
+      table = nn.LayerNorm(epsilon=cfg.layer_norm_eps, name='layer_norm')(table)
+    return table
+
+
+def _conv(config, embedded, x, mask, deterministic):
+  """DeBERTa v2's convolution beside the first layer: LN(x + act(conv(embeddings))) on real tokens.
+
+  embedded, x: [batch, seq, H] (the layer's input and output); the kernel is [width, H / groups, H].
+  Runs inside the calling Layer, so its parameters are that layer's 'conv' and 'conv_layer_norm'.
+  """
+  h = config.hidden_size
+  w, b = blocks.Weights((config.conv_kernel_size, h // config.conv_groups, h), (h,), name='conv')()
+  pad = (config.conv_kernel_size - 1) // 2
+  out = jax.lax.conv_general_dilated(embedded, w.astype(x.dtype), (1,), [(pad, pad)],
+                                     dimension_numbers=('NWC', 'WIO', 'NWC'),
+                                     feature_group_count=config.conv_groups) + b.astype(x.dtype)
+  real = mask.astype(x.dtype)[..., None]
+  out = nn.Dropout(config.hidden_dropout)(out * real, deterministic=deterministic)
+  out = jnp.tanh(out) if config.conv_act == 'tanh' else blocks.gelu(out)
+  return nn.LayerNorm(epsilon=config.layer_norm_eps, dtype=x.dtype, name='conv_layer_norm')(x + out) * real
+
+
+def log_buckets(relative: np.ndarray, bucket_size: int, max_position: int) -> np.ndarray:
+  """Hugging Face's make_log_bucket_position (DeBERTa v2): exact within +-bucket_size/2, logarithmic beyond,
+  in float32 as torch computes it."""
+  relative = np.asarray(relative, np.int64)
+  sign = np.sign(relative)
+  mid = bucket_size // 2
+  abs_pos = np.where((relative < mid) & (relative > -mid), mid - 1, np.abs(relative))
+  log_pos = np.ceil(np.log(abs_pos.astype(np.float32) / np.float32(mid))
+                    / np.log(np.float32((max_position - 1) / mid)) * np.float32(mid - 1)) + mid
+  return np.where(abs_pos <= mid, relative, log_pos * sign).astype(np.int64)
+
+
+def rows(config: EncoderConfig, seq: int) -> tuple[np.ndarray, np.ndarray]:
+  """Rows of the relative table each distance reads: (c2p, p2c), int32 [2 seq - 1], entry m for distance
+  delta = m - (seq - 1).
+
+  relative(delta) = bucket(delta) (v2's log buckets when position_buckets > 0). c2p reads row
+  clip(relative(i - j) + k) for query i, key j; p2c reads clip(-relative(j - i) + k) for key j, query i.
+  Both depend on the distance alone, so one row per distance serves every (i, j) pair. DeBERTa v1 slices its
+  table to the sequence's span first; indexing the whole table as here is the same lookup.
+  """
+  rel = np.arange(-(seq - 1), seq)
+  if config.position_buckets > 0:
+    rel = log_buckets(rel, config.position_buckets, config.max_relative_positions
+                      if config.max_relative_positions > 0 else config.max_position_embeddings)
+  k = config.attention_span
+  return np.clip(rel + k, 0, 2 * k - 1).astype(np.int32), np.clip(-rel + k, 0, 2 * k - 1).astype(np.int32)
+
+
+def by_distance(x):
+  """x [..., S, 2S - 1] indexed by (row a, distance a - b + S - 1) -> [..., S, S] indexed by (a, b).
+
+  The Transformer-XL relative shift: reversed, flattened rows read consecutively at a stride of 2S - 2
+  (element a (2S - 1) + (S - 1 - a) + b of the reversed rows is x[a, a - b + S - 1]). A reshape and a slice
+  instead of a [batch, heads, S, S] gather, whose gradient (a scatter-add of that size) dominated training.
+  """
+  s = x.shape[-2]
+  if s == 1:
+    return x
+  flat = jnp.flip(x, -1).reshape(x.shape[:-2] + (s * (2 * s - 1),))
+  return flat[..., s - 1:s - 1 + s * (2 * s - 2)].reshape(x.shape[:-2] + (s, 2 * s - 2))[..., :s]
+
+
+def disentangled_scores(config: EncoderConfig, q, k, pos_query, pos_key):
+  """DeBERTa's relative score term, float32 [batch, heads, seq, seq], for the heads given.
+
+  q, k: [batch, seq, heads, d] (unscaled); pos_query, pos_key: [2k, heads, d], the relative embeddings
+  projected by the layer (None when the term is off). Each term is divided by sqrt(d * score_scale), as the
+  content score is. Scores are computed per distance (2 seq - 1 table rows, gathered once per layer from
+  the parameters) and shifted into place (by_distance). config.kernels picks the form: scores_per_head
+  (CPU-tuned) or scores_batched (portable).
+  """
+  if pos_query is None and pos_key is None:
+    return 0.0
+  c2p_rows, p2c_rows = rows(config, q.shape[1])
+  tables = (None if pos_query is None else pos_query[p2c_rows], None if pos_key is None else pos_key[c2p_rows])
+  scale = 1.0 / np.sqrt(q.shape[-1] * score_scale(config))
+  score = tuning.pick(config.kernels, scores_per_head, scores_batched, q, k, *tables)
+  return score * scale
+
+
+def scores_per_head(q, k, p2c_table, c2p_table):
+  """The relative term, unscaled, one head at a time (lax.map), so that it is materialised once per head.
+
+  q, k: [batch, seq, heads, d]; p2c_table, c2p_table: [2 seq - 1, heads, d] by distance, or None
+  -> float32 [batch, heads, seq, seq]. Batched over heads, XLA fused the shift and p2c's transpose into both
+  passes of the softmax (row maximum, then exponential), each reading the per-distance scores at a stride
+  of ~2 seq floats. On CPU the loop makes DeBERTa-v3's forward pass ~17% faster and the term's own gradient
+  ~45% (bench/RESULTS.md, bench/deberta_scores.py).
+  """
+  batch, seq, _, d = q.shape
+  terms = {}  # name -> (q or k [heads, batch, seq, d], table rows by distance [heads, 2 seq - 1, d])
+  if c2p_table is not None:  # query i, distance i - j
+    terms['c2p'] = (q.transpose(2, 0, 1, 3), c2p_table.transpose(1, 0, 2))
+  if p2c_table is not None:  # key j, distance j - i; then transposed to [query, key]
+    terms['p2c'] = (k.transpose(2, 0, 1, 3), p2c_table.transpose(1, 0, 2))
+
+  def one_head(head_terms):
+    score = 0.0
+    for name, (x, table) in head_terms.items():
+      per_distance = jnp.einsum('xd,md->xm', x.reshape(batch * seq, d), table, preferred_element_type=jnp.float32)
+      shifted = by_distance(per_distance.reshape(batch, seq, 2 * seq - 1))
+      score = score + (shifted if name == 'c2p' else jnp.swapaxes(shifted, -1, -2))
+    return score  # [batch, seq, seq]
+
+  return jax.lax.map(one_head, terms).transpose(1, 0, 2, 3)
+
+
+def scores_batched(q, k, p2c_table, c2p_table):
+  """The portable form of scores_per_head: every head in one einsum per term, the same arithmetic."""
+  score = 0.0
+  if c2p_table is not None:
+    score = score + by_distance(jnp.einsum('bind,mnd->bnim', q, c2p_table, preferred_element_type=jnp.float32))
+  if p2c_table is not None:
+    p2c = by_distance(jnp.einsum('bjnd,mnd->bnjm', k, p2c_table, preferred_element_type=jnp.float32))
+    score = score + jnp.swapaxes(p2c, -1, -2)
+  return score
