@@ -1,54 +1,61 @@
 """Real adaptive inference: run segment by segment, and let confident examples leave between segments.
 
-Three ways to run the same exits (all return, per example, the prediction and the exit it left at, which
-equal what curves.assign_exits derives offline from all-exit logits with the same temperatures and rule):
+Four ways to run the same exits (all return, per example, the prediction and the exit it left at, which
+equal what curves.assign_exits derives offline from all-exit logits with the same temperatures and rule, up to
+float rounding in other batch shapes: see curves.borderline):
 
-  'stream'   continuous batching (the default). Each exit after the first has a queue (a ring buffer on
-             the device, capacity 2 x batch_size) of examples waiting for its segment. A segment runs only
-             when its queue holds a full batch, so every segment works at the batch size the full model
-             runs at; examples that stay on are scattered into the next queue inside the same jitted call.
-             At the end of the stream the queues are flushed in exit order (see 'Queues' below).
-  'compact'  batch compaction, one input batch at a time: after each exit the confident examples leave and
-             the rest are gathered into a smaller batch, padded up to the next bucket size, for the next
-             segment; every batch is finished before the next one starts (bounded latency per batch).
-  'calm'     no compaction (as t5x's CALM): the whole batch runs each segment until its least confident
-             example has left. Shown for comparison: its savings vanish as the batch grows.
+  'stream'       continuous batching scheduled on the device (the default; device_stream.py). Each exit after
+                 the first has a queue (a ring buffer on the device, capacity 2 x batch_size) of examples
+                 waiting for its segment. A segment runs only when its queue holds a full batch, so every
+                 segment works at the batch size the full model runs at; examples that stay on are scattered
+                 into the next queue. Queue heads and counts live on the device and one jitted program runs a
+                 chunk of input batches (a while loop over segment calls chosen by lax.switch): the host sends
+                 inputs and reads answers once per chunk. At the end of the stream the queues are flushed.
+  'host_stream'  the same continuous batching scheduled by the host: one jitted call per segment, whose flags
+                 the host reads back to count the next queue (a round trip per segment call). The engine before
+                 issue 26, kept as the comparison that shows what the round trips cost.
+  'compact'      batch compaction, one input batch at a time: after each exit the confident examples leave
+                 and the rest are gathered into a smaller batch, padded up to the next bucket size, for the
+                 next segment; every batch is finished before the next one starts (bounded latency per batch).
+  'calm'         no compaction (as t5x's CALM): the whole batch runs each segment until its least confident
+                 example has left. Shown for comparison: its savings vanish as the batch grows.
 
-Why 'stream' is the default. Compaction alone shrinks the batch at every exit: a batch of 64 of which 60%
-leave at the first exit sends ~26 examples to segment 1, then ~13, ~6... Each stage then pays for padding
-up to its bucket (on average half a bucket step, a large share of a small batch) and runs at a small batch
-where per-example throughput is lower (on accelerators much lower), so measured speedup trails the
-FLOPs-ideal one most exactly where early exit saves most. Continuous batching (the queue in front of each
-segment, as LLM servers batch decode steps) runs every segment at the full batch size except for one
-padded flush per segment at the end of the stream, so the per-example cost of every segment matches the
-full model's and measured speedup approaches 1 / flops_fraction. The cost is latency: an example may wait in
-a queue for later batches, and results come out of order (run() puts them back in input order). Use
-'compact' when each batch must be answered before the next arrives. Measured (bench/adaptive_speed.py,
-bench/RESULTS.md; MiniLM, exits after layers 1, 2, 4, 6, 2 CPU cores): at batch 64, stream reaches 0.87-0.93
-of the FLOPs-ideal speedup wherever at most 70% of the layers run, compact 0.78-1.0, calm 0.20-0.51.
+Why continuous batching. Compaction alone shrinks the batch at every exit: a batch of 64 of which 60% leave
+at the first exit sends ~26 examples to segment 1, then ~13, ~6... Each stage then pays for padding up to its
+bucket (on average half a bucket step, a large share of a small batch) and runs at a small batch where
+per-example throughput is lower (on accelerators much lower), so measured speedup trails the FLOPs-ideal one
+most exactly where early exit saves most. Continuous batching (the queue in front of each segment, as LLM
+servers batch decode steps) runs every segment at the full batch size except for one padded flush per
+segment at the end of the stream, so the per-example cost of every segment matches the full model's. The
+cost is latency: an example may wait in a queue for later batches, and results come out of order (run() puts
+them back in input order). Use 'compact' when each batch must be answered before the next arrives. Why on
+the device: with the host scheduling, every segment call ends in a synchronisation (its flags come back
+before the next call can be chosen), a fixed cost of 10-15% of the full model on a CPU (bench/RESULTS.md)
+that on a GPU or TPU also drains the launch queue; scheduled on the device, the host dispatches chunk after
+chunk without waiting. Measured figures: bench/RESULTS.md.
 
 Mechanics. The state of a queued example is its hidden state [seq, H] and mask (sweet / early_exit; for
 multi_model its token ids, since each member re-encodes from the embeddings), its index in the input stream,
 and the exit rule's state (patience). Gather from the source queue, the segment, the exit decision and the
-scatter into the destination queue are one jitted call per (segment, rows, seq); rows is the batch size or
-a bucket size, so compilations are bounded by segments x buckets x sequence lengths; `warmup` compiles them
-all before timing. The destination queue is donated, so the scatter writes in place. The host reads back
-only the per-row exit flags, predictions, indices and exit logits (a few hundred bytes to a few KB), which
-also tells it how many rows the next queue holds.
+scatter into the destination queue are one step (engine_programs.stage for the host-scheduled modes, a
+switch branch of device_stream.chunk for 'stream') per (segment, rows, seq); rows is the batch size or a
+bucket size, so compilations are bounded by segments x buckets x sequence lengths; `warmup` compiles them
+all before timing. Queues are donated, so the scatter writes in place.
 
-Queues and their invariant. A queue (`Queue`: ring buffers, head, count) holds the examples waiting for one
-exit's segment at one sequence length; its capacity is 2 x batch_size rows. A call takes at most batch_size
-rows, so it pushes at most batch_size survivors into the next queue, and every call first pumps that next
-queue (full-batch calls, which in turn first pump the queue after it, down to the last exit) until it holds
-fewer than batch_size rows. So every queue holds at most 2 x batch_size - 1 rows at any time, whatever the
-exit pattern, the number of exits or of sequence lengths, and whatever order the host calls segments in.
-`Queue` checks 0 <= count <= capacity at every push and pop and raises otherwise: on the device the scatter
-would silently overwrite unread rows. The schedule: after each input batch, 'stream' pumps every queue of
-that sequence length, in exit order, to below one batch; 'compact' and 'calm' empty them. At the end of the
-stream (the flush) every queue is emptied in exit order: full calls while it holds a full batch, then one
-call on the remainder padded up to a bucket. A queue emptied in several calls feeds the next several calls'
-survivors; that is where the room-making matters (without it, the flush with four or more exits pushed two
-calls' survivors onto a queue already holding up to batch_size - 1 rows, past its capacity, and lost rows).
+Queues and their invariant. A queue holds the examples waiting for one exit's segment at one sequence
+length; its capacity is 2 x batch_size rows. A call takes at most batch_size rows, so it pushes at most
+batch_size survivors into the next queue, and a call runs only when that next queue holds fewer than
+batch_size rows (host modes: every call first pumps the next queue, recursively; 'stream': the deepest full
+queue always runs first). So every queue holds at most 2 x batch_size - 1 rows at any time, whatever the
+exit pattern, the number of exits or of sequence lengths. `Queue` (host modes) checks 0 <= count <= capacity
+at every push and pop and raises; 'stream' checks every push on the device and returns an error code that the
+host raises on: the scatter would otherwise silently overwrite unread rows. The host schedule: after each
+input batch, 'host_stream' pumps every queue of that sequence length, in exit order, to below one batch;
+'compact' and 'calm' empty them. At the end of the stream (the flush) every queue is emptied in exit order:
+full calls while it holds a full batch, then one call on the remainder padded up to a bucket. A queue
+emptied in several calls feeds the next several calls' survivors; that is where the room-making matters
+(without it, the flush with four or more exits pushed two calls' survivors onto a queue already holding up to
+batch_size - 1 rows, past its capacity, and lost rows).
 """
 
 from __future__ import annotations
@@ -155,6 +162,7 @@ class AdaptiveEngine:
     batch_size: rows of every full segment call ('stream'), and the largest bucket.
     buckets: row counts partial batches are padded up to (default: default_buckets(batch_size)).
     constants: PAPA constant attention matrices, when the encoder has constant heads.
+    chunk_batches: input batches per device program in mode 'stream' (the host reads answers once per chunk).
   Engines of the same model, batch size and buckets share compiled programs (whatever the rule, threshold
   or temperatures: those are inputs, not constants of the program).
   """
