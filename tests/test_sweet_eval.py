@@ -48,6 +48,9 @@ def test_sweet_eval_writes_curve_files(models, tmp_path, caplog, monkeypatch):
   assert first['exit_counts'] == [7, 0, 0] and last['exit_counts'] == [0, 0, 7]
   assert last['layer_fraction'] == 1.0 and first['flops_fraction'] < 0.5
   assert all(p['engine_agreement'] == 1.0 and p['measured_speedup'] > 0 for p in curve['points'])
+  # The 6 timed examples are 3 batches of 2: one chunk of the device-scheduled engine, one read of its answers.
+  assert curve['engine'] == 'stream' and all(p['engine_ties'] == 0 for p in curve['points'])
+  assert all(p['host_round_trips_per_1000'] == pytest.approx(1000 / 6) for p in curve['points'])
   # Temperatures are fit once, on the 12 calibration examples alone (their labels, their logits), never on the
   # 10 train or 7 eval ones; that the splits are disjoint is pipeline.data's (test_data's splits tests).
   info = json.loads((tmp_path / 'a' / 'eval' / 'temperatures.json').read_text())
