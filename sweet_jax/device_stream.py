@@ -185,7 +185,8 @@ class DeviceStream:
   """The host side of mode 'stream': groups input batches into chunks of one sequence length, keeps each
   length's Queues on the device between chunks and runs, and reads answers back LAG chunks late.
 
-  programs_args: () -> (params, constants, temperatures, rule) of the engine; buckets: as `chunk`.
+  buckets: as `chunk`; chunk_batches: K, input batches per chunk (a shorter last chunk is padded to K and its
+  padding never runs, so one program serves every chunk of a sequence length).
   """
 
   def __init__(self, spec: programs.Spec, buckets: tuple[int, ...], chunk_batches: int):
