@@ -17,8 +17,10 @@ slower per example on CPU: --examples-small, --examples-batch1).
 For each batch size and each of the paper's 11 thresholds: accuracy, layer_fraction, flops_fraction (see
 sweet_jax.curves), the ideal speedup 1 / flops_fraction, and the measured speedup = wall-clock of the full
 model (embeddings, 6 layers, the last head; one jitted call per batch) over wall-clock of adaptive inference
-on the same batches, for the three engine modes of sweet_jax.adaptive: stream (continuous batching, the
-default), compact (per-batch compaction) and calm (no compaction), each with its ratio measured / ideal.
+on the same batches, for the engine modes of sweet_jax.adaptive (--modes): stream (continuous batching
+scheduled on the device, the default), host_stream (the same schedule driven by the host, one round trip per
+segment call: the engine before issue 26), compact (per-batch compaction) and calm (no compaction), each with
+its ratio measured / ideal, and each engine's host round trips per 1,000 examples.
 Compilation is excluded (every program is compiled by warm-up first). Each repeat runs the full model and
 then every mode back to back; a speedup is median(full-model times) / median(mode times) over the --repeats
 at that threshold (--calm-repeats for calm, only shown for comparison; a median of 1 is that one run). The
@@ -27,7 +29,8 @@ Every engine run is checked against the offline sweep (every real example answer
 Per batch size: the full model's achieved FLOP/s and, where the device's peak is known (bench/machine.py),
 its model FLOPs utilisation (MFU), and the engines' range over thresholds (useful FLOPs / time / peak; an
 engine's MFU is the full model's times its measured / ideal ratio).
-Last line: the worst ratio at batch 64 over thresholds whose layer_fraction <= 0.7 (goal: >= 0.85).
+Last lines, per batch size: the worst ratio over thresholds whose layer_fraction <= 0.7 (goal: >= 0.95), the
+ratio at threshold 1.0 (goal: >= 0.97), and the round trips per 1,000 examples of stream and host_stream.
 """
 
 from __future__ import annotations
@@ -62,6 +65,9 @@ def parse_args():
   p.add_argument('--examples-small', type=int, default=256, help='eval sentences timed at batch sizes 2..15')
   p.add_argument('--examples-batch1', type=int, default=64, help='eval sentences timed at batch size 1')
   p.add_argument('--repeats', type=int, default=5, help='timed runs per measurement (median)')
+  p.add_argument('--thresholds', default='', help='comma-separated confidence thresholds (default: the 11 of '
+                 'curves.default_thresholds)')
+  p.add_argument('--modes', default=','.join(adaptive.MODES), help='comma-separated engine modes to time')
   p.add_argument('--calm-repeats', type=int, default=1,
                  help='timed runs of the no-compaction engine (a comparison only; it is slow)')
   p.add_argument('--head-steps', type=int, default=300, help='Adam steps fitting the heads (no --workdir)')
@@ -180,8 +186,9 @@ def load_model(args, config, splits) -> Model:
   return Model(cfg, ecfg, params, method, encode_fn, calibration.fit_temperatures(cal_logits, cal.labels), source)
 
 
-def time_point(engine, pt, batch_list, real, modes, args):
-  """Times one threshold: -> (median-ratio speedups, best-of-repeats speedups, agree), per mode.
+def time_point(engine, pt, batch_list, real, modes, args, tolerance):
+  """Times one threshold: -> (median-ratio speedups, best-of-repeats speedups, ties or None where an engine
+  disagreed beyond them, host round trips per 1,000 examples), per mode; and the full model's times.
 
   Each repeat times the full model, then every mode, back to back (a noisy neighbour on the shared machine
   slows neighbouring runs alike); the speedup is the ratio of the medians over the repeats, which a burst of
@@ -189,7 +196,7 @@ def time_point(engine, pt, batch_list, real, modes, args):
   slows a run down) go to the JSON as well.
   """
   times = {m: [] for m in ('full',) + modes}
-  agree = True
+  ties, trips = {m: 0 for m in modes}, {}
   for r in range(args.repeats):
     start = time.perf_counter()
     engine.run_full(batch_list)
@@ -200,14 +207,16 @@ def time_point(engine, pt, batch_list, real, modes, args):
       start = time.perf_counter()
       res = engine.run(batch_list, pt.threshold, mode=m)
       times[m].append(time.perf_counter() - start)
-      try:  # every real example answered, with the sweep's exit and prediction
-        sweet_eval.check_engine(res, real, pt.exit_index, pt.predictions, pt.threshold)
+      trips[m] = res.stats['host_round_trips_per_1000']
+      try:  # every real example answered, with the sweep's exit and prediction up to ties
+        tied = sweet_eval.check_engine(res, real, pt.exit_index, pt.predictions, pt.threshold, borderline=tolerance)
+        ties[m] = None if ties[m] is None else max(ties[m], tied)
       except RuntimeError as e:
         print(e, flush=True)
-        agree = False
+        ties[m] = None
   speed = {m: float(np.median(times['full']) / np.median(times[m])) for m in modes}
   best = {m: float(np.min(times['full']) / np.min(times[m])) for m in modes}
-  return speed, best, agree, times['full']
+  return speed, best, ties, trips, times['full']
 
 
 def bench_batch_size(batch_size, args, model: Model, splits, peak, device_kind):
@@ -220,28 +229,31 @@ def bench_batch_size(batch_size, args, model: Model, splits, peak, device_kind):
   real = np.concatenate([b['example_mask'] > 0 for b in batch_list])  # padding rows of a last partial batch
   labels = evaluation.labels
   points = curves.sweep(logits, labels, temperatures=temps, encoder_config=cfg, exit_config=ecfg,
-                        method=method, seq_lengths=lengths)
+                        method=method, seq_lengths=lengths,
+                        thresholds=[float(t) for t in args.thresholds.split(',') if t] or None)
   engine = adaptive.AdaptiveEngine(cfg, ecfg, params, method=method, temperatures=temps, batch_size=batch_size)
-  compile_s = engine.warmup({b['input_ids'].shape[1] for b in batch_list})
-  # At batch size 1 there is nothing to compact: the three modes do the same work; time two.
-  modes = ('stream', 'calm') if batch_size == 1 else adaptive.MODES
+  modes = tuple(m for m in args.modes.split(',') if m)
+  compile_s = engine.warmup({b['input_ids'].shape[1] for b in batch_list}, modes=modes)
+  tolerance = curves.tie_tolerance(cfg.dtype)
   print(f'\nbatch {batch_size}: {len(labels)} examples in {len(batch_list)} batches, seq lengths '
-        f'{sorted({b["input_ids"].shape[1] for b in batch_list})}; warm-up (compilation) {compile_s:.0f}s\n'
-        f'{"batch":>5} {"thresh":>6} {"acc":>6} {"layers":>6} {"flops":>6} {"ideal":>6} | '
-        f'{"stream":>6} {"ratio":>5} | {"compact":>7} {"ratio":>5} | {"calm":>6} {"ratio":>5} | agree', flush=True)
+        f'{sorted({b["input_ids"].shape[1] for b in batch_list})}; warm-up (compilation) {compile_s:.0f}s; '
+        f'tie tolerance {tolerance:g}\n{"batch":>5} {"thresh":>6} {"acc":>6} {"layers":>6} {"flops":>6} '
+        f'{"ideal":>6} | ' + ' | '.join(f'{m:>11} {"ratio":>5} {"trips":>5} {"ties":>4}' for m in modes), flush=True)
   out_rows, full_times = [], []
   for pt in points:
-    speed, best, agree, full_t = time_point(engine, pt, batch_list, real, modes, args)
+    near = curves.borderline(logits, temps, pt.threshold, 'confidence', tolerance)  # curves.sweep's rule
+    speed, best, ties, trips, full_t = time_point(engine, pt, batch_list, real, modes, args, near)
     full_times += full_t
     ideal = 1.0 / pt.flops_fraction
-    if batch_size == 1:  # identical at batch 1: nothing to compact
-      speed['compact'], best['compact'] = speed['stream'], best['stream']
-    cell = lambda m: f'{speed[m]:6.2f} {speed[m] / ideal:5.2f}'
+    cell = lambda m: (f'{speed[m]:11.2f} {speed[m] / ideal:5.2f} {trips[m]:5.1f} '
+                      f'{"NO" if ties[m] is None else ties[m]:>4}')
     print(f'{batch_size:5d} {pt.threshold:6.3f} {pt.accuracy:6.3f} {pt.layer_fraction:6.3f} '
-          f'{pt.flops_fraction:6.3f} {ideal:6.2f} | {cell("stream")} | {cell("compact"):>13} | {cell("calm")} | '
-          f'{"yes" if agree else "NO"}', flush=True)
+          f'{pt.flops_fraction:6.3f} {ideal:6.2f} | ' + ' | '.join(cell(m) for m in modes), flush=True)
     out_rows.append({**pt.summary(), 'ideal_speedup': ideal, **{f'{m}_speedup': s for m, s in speed.items()},
-                     **{f'{m}_best_of_speedup': s for m, s in best.items()}, 'agree': agree})
+                     **{f'{m}_best_of_speedup': s for m, s in best.items()},
+                     **{f'{m}_host_round_trips_per_1000': t for m, t in trips.items()},
+                     **{f'{m}_engine_ties': t for m, t in ties.items()},
+                     'agree': all(t is not None for t in ties.values())})
   full = float(np.median(full_times))
   # Model FLOPs of the timed examples through the full model (sweet_jax.curves' count; padding rows of a last
   # partial batch are not counted); an engine run does flops_fraction of them.
@@ -256,20 +268,26 @@ def bench_batch_size(batch_size, args, model: Model, splits, peak, device_kind):
   print(f'full model: median {full:.2f}s per pass ({1e3 * full / len(labels):.1f} ms per example, '
         f'{full_flops / full / 1e9:.1f} GFLOP/s){mfu}', flush=True)
   return {'examples': len(labels), 'full_model_s': full, 'compile_s': compile_s, 'full_model_flops': full_flops,
-          'full_model_mfu': full_flops / full / peak if peak else None, 'points': out_rows}
+          'full_model_mfu': full_flops / full / peak if peak else None, 'modes': list(modes), 'points': out_rows}
 
 
-def print_worst(results, repeats):
-  """The goal line: the worst measured / ideal ratio at batch 64 over thresholds with layer_fraction <= 0.7."""
-  pts = [r for r in results['batch_sizes'].get(64, {}).get('points', []) if r['layer_fraction'] <= 0.7]
-  if not pts:
-    return
-  worst = {m: min(r[f'{m}_speedup'] / r['ideal_speedup'] for r in pts) for m in adaptive.MODES}
-  worst_best = {m: min(r[f'{m}_best_of_speedup'] / r['ideal_speedup'] for r in pts) for m in adaptive.MODES}
-  print(f'\nbest-of-{repeats} estimator: worst measured/ideal stream {worst_best["stream"]:.2f} '
-        f'(compact {worst_best["compact"]:.2f}, calm {worst_best["calm"]:.2f})')
-  print(f'worst measured/ideal at batch 64 over thresholds with layer_fraction <= 0.7 (medians): '
-        f'stream {worst["stream"]:.2f} (compact {worst["compact"]:.2f}, calm {worst["calm"]:.2f})')
+def print_goals(results, repeats):
+  """The goal lines per batch size: the worst measured / ideal over thresholds with layer_fraction <= 0.7 (median
+  and best-of estimators), the ratio at threshold 1.0, and round trips per 1,000 examples."""
+  for batch_size, res in results['batch_sizes'].items():
+    modes, pts = res['modes'], res['points']
+    fast = [r for r in pts if r['layer_fraction'] <= 0.7]
+    last = max(pts, key=lambda r: r['threshold'])
+    fmt = lambda key, rows, f: ', '.join(f'{m} {f(r[f"{m}_{key}"] / r["ideal_speedup"] for r in rows):.2f}'
+                                         for m in modes)
+    print(f'\nbatch {batch_size}: worst measured/ideal over thresholds with layer_fraction <= 0.7 (medians): '
+          f'{fmt("speedup", fast, min) if fast else "-"}; best-of-{repeats}: '
+          f'{fmt("best_of_speedup", fast, min) if fast else "-"}')
+    print(f'batch {batch_size}: at threshold {last["threshold"]:g} (layer_fraction {last["layer_fraction"]:.3f}) '
+          f'measured/ideal {fmt("speedup", [last], min)}; best-of: {fmt("best_of_speedup", [last], min)}')
+    trips = {m: max(r[f'{m}_host_round_trips_per_1000'] for r in pts) for m in modes}
+    print(f'batch {batch_size}: host round trips per 1,000 examples (most over thresholds): ' +
+          ', '.join(f'{m} {t:.1f}' for m, t in trips.items()))
 
 
 def main():
@@ -290,7 +308,7 @@ def main():
   if args.out:
     with open(args.out, 'w') as f:
       json.dump(results, f, indent=1)
-  print_worst(results, args.repeats)
+  print_goals(results, args.repeats)
 
 
 if __name__ == '__main__':

@@ -127,6 +127,7 @@ class Predictions:
   seq_lengths: np.ndarray
   seconds: float
   all_probabilities: np.ndarray | None = None
+  engine_ties: int = 0  # with all_exits: inputs whose engine answer differs from the sweep's by a tie
 
   def __len__(self) -> int:
     return len(self.label_ids)
@@ -151,12 +152,14 @@ class Predictor:
     threshold: the exit threshold (rule: the evaluated curve's, else config.eval.rule); or
     max_accuracy_drop: points of accuracy the full model may lose (picks the threshold; needs eval/).
     batch_size: the engine's batch size (default config.eval.batch_size).
-    mode: the engine's mode (sweet_jax.adaptive.MODES); 'stream' by default.
+    mode: the engine's mode (sweet_jax.adaptive.MODES); 'stream' (scheduled on the device) by default.
+    tie_tolerance: with all_exits, engine/sweep differences accepted as ties (sweet_eval.check_engine);
+      None: sweet_jax.curves.tie_tolerance of the encoder's dtype.
   Attributes: threshold, rule, temperatures [E], why (how the threshold was picked), exit_layers.
   """
 
   def __init__(self, config, workdir: str, *, threshold: float | None = None, max_accuracy_drop: float | None = None,
-               batch_size: int | None = None, mode: str = 'stream'):
+               batch_size: int | None = None, mode: str = 'stream', tie_tolerance: float | None = None):
     if (threshold is None) == (max_accuracy_drop is None):
       raise ValueError('Give exactly one of threshold and max_accuracy_drop.')
     trained = load_trained(config, workdir)
@@ -176,6 +179,8 @@ class Predictor:
     self.threshold = float(threshold)
     self.batch_size = int(batch_size or _get(_get(config, 'eval'), 'batch_size', 64))
     self.mode = mode
+    self.tie_tolerance = (curves.tie_tolerance(built.encoder_config.dtype) if tie_tolerance is None
+                          else float(tie_tolerance))
     params, constants = jax.device_put((trained.params, built.constants))  # onto the device once
     self.params, self.constants = params, constants
     self.engine = adaptive.AdaptiveEngine(built.encoder_config, built.exit_config, params, method=self.method,
@@ -228,7 +233,9 @@ class Predictor:
   def __call__(self, inputs: Sequence, *, all_exits: bool = False, progress: bool = False) -> Predictions:
     """Predicts texts (or (text, text) pairs when the config has two text fields), in input order.
 
-    all_exits: also every exit's probabilities [E, N, C] (runs the full all-exit model besides the engine).
+    all_exits: also every exit's probabilities [E, N, C] (runs the full all-exit model besides the engine),
+      and checks the engine's answers against the offline sweep of those logits: a difference that is not a
+      tie within tie_tolerance raises naming the input (sweet_eval.check_engine); ties are counted.
     """
     firsts, seconds = self._check(inputs)
     n = len(firsts)
@@ -267,10 +274,23 @@ class Predictor:
     if np.any(exit_index < 0):
       raise RuntimeError(f'The engine left {int((exit_index < 0).sum())} of {n} inputs unanswered.')
     probs = _softmax(result.logits[:n] / self.temperatures[exit_index][:, None])
-    all_probs = _softmax(np.concatenate(logits_all, 1) / self.temperatures[:, None, None]) if all_exits else None
+    all_probs, ties = None, 0
+    if all_exits:
+      logits = np.concatenate(logits_all, 1)
+      all_probs = _softmax(logits / self.temperatures[:, None, None])
+      ties = self._check_engine(result, logits, n)
     return Predictions(self.label_names, label_ids, probs[np.arange(n), label_ids], exit_index,
                        np.asarray(self.exit_layers)[exit_index], np.concatenate(truncated), np.concatenate(lengths),
-                       seconds, all_probs)
+                       seconds, all_probs, ties)
+
+  def _check_engine(self, result: adaptive.Result, logits: np.ndarray, n: int) -> int:
+    """Ties between the engine's answers and the offline sweep of every exit's logits [E, n, C] (raises on any
+    other difference, naming the input)."""
+    want_exit, want_pred = map(np.asarray, curves.assign_exits(logits, self.temperatures, self.threshold,
+                                                               rule=self.rule))
+    near = curves.borderline(logits, self.temperatures, self.threshold, self.rule, self.tie_tolerance)
+    real = np.arange(len(result.exit_index)) < n  # the padded last batch's extra rows come after the n inputs
+    return sweet_eval.check_engine(result, real, want_exit, want_pred, self.threshold, borderline=near)
 
   def summary(self, predictions: Predictions) -> dict[str, Any]:
     """examples, examples/s, the share of layers (and FLOPs) run relative to the full model, exit counts,
@@ -283,7 +303,7 @@ class Predictor:
             'layer_fraction': layer_fraction, 'flops_fraction': flops_fraction,
             'exit_counts': np.bincount(predictions.exit_index, minlength=len(self.exit_layers)).tolist(),
             'exit_layers': list(self.exit_layers), 'truncated': int(predictions.truncated.sum()),
-            'threshold': self.threshold, 'rule': self.rule}
+            'threshold': self.threshold, 'rule': self.rule, 'engine_ties': predictions.engine_ties}
 
 
 # ----------------------------------------------------------------------------------------------- input files

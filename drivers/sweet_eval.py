@@ -7,7 +7,7 @@ evaluate(...) writes WORKDIR/eval/:
   temperatures.json       one temperature per exit, fit on the calibration split (never on the eval split)
   curve.json              {batch_size, method, rule, engine, timing_examples, points: [{threshold, accuracy,
                           layer_fraction, flops_fraction, exit_counts, measured_speedup, timed_flops_fraction,
-                          engine_agreement}]}
+                          engine_agreement, engine_ties, host_round_trips_per_1000}], tie_tolerance, ...}
   curve.csv, curve.png    the same points; the plot is accuracy against speedup
   predictions.npz         per exit and example: prediction and calibrated confidence, gold labels, costs
                           (drivers.predictions)
@@ -20,7 +20,10 @@ Config fields read (all under config.eval, each with the default used when absen
                            k (exit once k consecutive exits agree), so the default sweep is k = 1..num_exits
   timing_examples (1024)   the first this many eval examples are timed (0: all); accuracy uses all
   timing_repeats (3)       timed runs per point; the median speedup is reported
-  engine ('stream')        sweet_jax.adaptive mode timed: 'stream' (continuous batching) | 'compact' | 'calm'
+  engine ('stream')        sweet_jax.adaptive mode timed: 'stream' (continuous batching scheduled on the
+                           device) | 'host_stream' (the same, scheduled by the host) | 'compact' | 'calm'
+  tie_tolerance (None)     engine/sweep differences accepted as ties (below); None: sweet_jax.curves'
+                           TIE_TOLERANCE of the encoder's dtype (1e-2 float32, 5e-2 bfloat16)
 
 No calibration split (data.calibration_size = 0): temperatures must not be fit on the data that is scored,
 so they stay 1 (plain softmax confidence), a warning says so, and temperatures.json records calibrated: false.
@@ -36,9 +39,14 @@ Which examples each figure of a point describes:
                           per-repeat ratios is reported (measured_speedups: every repeat's ratio, the spread).
                           Compare it with 1 / timed_flops_fraction, the FLOPs-ideal speedup of exactly what was
                           timed (flops_fraction is that of all examples).
-  engine_agreement        1.0: every timed example is answered by the engine with the sweep's exit and
-                          prediction, else evaluate raises naming the threshold (check_engine); an example the
-                          engine did not answer is an error too, never left out.
+  engine_ties             timed examples the engine answered with another exit or prediction than the sweep
+                          whose calibrated confidence (entropy) at some exit up to the later of the two lies
+                          within tie_tolerance of the threshold, or whose top two probabilities lie within it:
+                          float rounding in the engine's other batch shapes (TF32, bfloat16) may flip them. Any
+                          other difference stops evaluate naming the threshold and the example (check_engine); an
+                          example the engine did not answer is an error too, never left out.
+  engine_agreement        1 - engine_ties / timed examples.
+  host_round_trips_per_1000  reads of device results the engine waited for, per 1,000 timed examples.
 """
 
 from __future__ import annotations
@@ -112,6 +120,7 @@ class EvalSettings:
   timing_examples: int = 1024
   timing_repeats: int = 3
   engine: str = 'stream'
+  tie_tolerance: float | None = None  # None: curves.tie_tolerance of the encoder's dtype
 
   @classmethod
   def of(cls, config) -> 'EvalSettings':
@@ -120,7 +129,10 @@ class EvalSettings:
     settings = cls(batch_size=int(field('batch_size')), rule=str(field('rule')),
                    thresholds=tuple(field('thresholds') or ()) or None,
                    timing_examples=int(field('timing_examples')),
-                   timing_repeats=max(1, int(field('timing_repeats'))), engine=str(field('engine')))
+                   timing_repeats=max(1, int(field('timing_repeats'))), engine=str(field('engine')),
+                   tie_tolerance=None if field('tie_tolerance') is None else float(field('tie_tolerance')))
+    if settings.tie_tolerance is not None and not 0 <= settings.tie_tolerance < 1:
+      raise ValueError(f'config.eval.tie_tolerance must be in [0, 1), got {settings.tie_tolerance}.')
     curves.check_rule(settings.rule)
     if settings.engine not in adaptive.MODES:
       raise ValueError(f'config.eval.engine must be one of {adaptive.MODES}, got {settings.engine!r}.')
@@ -167,14 +179,17 @@ def evaluate(config, workdir: str, *, method: str, encoder_config, exit_config: 
     timed_logits, _, timed_lengths = all_exit_logits(forward, params, timed)
   engine = adaptive.AdaptiveEngine(encoder_config, exit_config, params, method=method, temperatures=temps,
                                    rule=es.rule, batch_size=es.batch_size, constants=constants)
-  compile_s = engine.warmup({b['input_ids'].shape[1] for b in timed})
+  compile_s = engine.warmup({b['input_ids'].shape[1] for b in timed}, modes=(es.engine,))
+  tolerance = curves.tie_tolerance(encoder_config.dtype) if es.tie_tolerance is None else es.tie_tolerance
   rows = [{**pt.summary(), **measure(engine, pt.threshold, timed, timed_logits, timed_lengths, mode=es.engine,
-                                     repeats=es.timing_repeats, temperatures=temps, rule=es.rule)} for pt in points]
+                                     repeats=es.timing_repeats, temperatures=temps, rule=es.rule,
+                                     tie_tolerance=tolerance)} for pt in points]
 
   if jax.process_index() == 0:
     curve = {'batch_size': es.batch_size, 'method': method, 'rule': es.rule, 'engine': es.engine,
              'exit_layers': list(exit_config.exit_layers), 'eval_examples': len(labels),
              'timing_examples': n_time, 'timing_repeats': es.timing_repeats, 'compile_s': compile_s,
+             'tie_tolerance': tolerance,
              'device': f'{jax.default_backend()} x{jax.device_count()}', 'points': rows}
     _write_outputs(os.path.join(workdir, 'eval'), per_exit, temp_info, curve, record or {})
     # Per-example outputs beside the curve, for paired tests and dense offline sweeps (drivers.predictions).
@@ -218,12 +233,13 @@ def _write_outputs(out_dir: str, per_exit: np.ndarray, temp_info: dict[str, Any]
 
 
 def measure(engine: adaptive.AdaptiveEngine, threshold: float, batches, logits, lengths, *, mode: str,
-            repeats: int, temperatures, rule: str) -> dict[str, float]:
-  """One curve point's figures on the timed examples: measured_speedup, timed_flops_fraction, engine_agreement.
+            repeats: int, temperatures, rule: str, tie_tolerance: float = 0.0) -> dict[str, float]:
+  """One curve point's figures on the timed examples: measured_speedup, timed_flops_fraction, engine_agreement,
+  engine_ties, host_round_trips_per_1000.
 
   batches: the timed batches (padding rows marked by example_mask 0); logits [E, N, C], lengths [N]: their
   real rows' all-exit logits and padded lengths (all_exit_logits). Raises (check_engine) unless the engine
-  answered every example as the offline sweep does.
+  answered every example as the offline sweep does, or differs only in ties within tie_tolerance.
   """
   ratios = []
   for _ in range(repeats):
@@ -234,22 +250,27 @@ def measure(engine: adaptive.AdaptiveEngine, threshold: float, batches, logits, 
     res = engine.run(batches, threshold, mode=mode)
     ratios.append(full_s / (time.perf_counter() - start))
   want_exit, want_pred = map(np.asarray, curves.assign_exits(logits, temperatures, threshold, rule=rule))
-  check_engine(res, np.concatenate([np.asarray(b['example_mask']) > 0 for b in batches]), want_exit, want_pred,
-               threshold)
+  near = curves.borderline(logits, temperatures, threshold, rule, tie_tolerance)
+  tied = check_engine(res, np.concatenate([np.asarray(b['example_mask']) > 0 for b in batches]), want_exit,
+                      want_pred, threshold, borderline=near)
   _, flops = curves.cost_fractions(want_exit, encoder_config=engine.encoder_config, exit_config=engine.exit_config,
                                    method=engine.method, seq_lengths=lengths)
   return {'measured_speedup': float(np.median(ratios)), 'measured_speedups': [float(r) for r in ratios],
-          'timed_flops_fraction': flops, 'engine_agreement': 1.0}
+          'timed_flops_fraction': flops, 'engine_agreement': 1.0 - tied / len(want_exit), 'engine_ties': tied,
+          'host_round_trips_per_1000': res.stats['host_round_trips_per_1000']}
 
 
 def check_engine(result: adaptive.Result, real: np.ndarray, want_exit: np.ndarray, want_pred: np.ndarray,
-                 threshold: float) -> None:
-  """Raises unless the adaptive engine answered every real example as the offline sweep does.
+                 threshold: float, *, borderline: np.ndarray | None = None) -> int:
+  """Raises unless the adaptive engine answered every real example as the offline sweep does, up to ties.
 
   result: the engine's answers over all rows [R] of the timed batches (padding rows included); real: bool [R],
-  example_mask > 0; want_exit, want_pred: int [N] the sweep's exits and predictions of the N real rows. A
-  disagreement can only come from an engine bug or from float rounding of a score that sits on the threshold
-  (the engine computes in other batch shapes); either way the curve point would not describe what ran.
+  example_mask > 0; want_exit, want_pred: int [N] the sweep's exits and predictions of the N real rows;
+  borderline: bool [E, N] (curves.borderline) where a decision or prediction of the sweep lies within the tie
+  tolerance, or None (no ties accepted). A difference is a tie (counted, returned) when some exit up to the
+  later of the two exits is borderline: the engine computes in other batch shapes, so float rounding of a
+  score on the threshold may go either way. Any other difference is an engine bug and raises naming the
+  example: the curve point would not describe what ran.
   """
   got_exit, got_pred = result.exit_index[real], result.predictions[real]
   lost = np.flatnonzero(got_exit < 0)
@@ -258,17 +279,21 @@ def check_engine(result: adaptive.Result, real: np.ndarray, want_exit: np.ndarra
                        f'timed examples (the first: example {lost[0]}).')
   if np.any(result.exit_index[~real] >= 0):
     raise RuntimeError(f'At threshold {threshold:g} the adaptive engine answered padding rows (example_mask 0).')
-  wrong = np.flatnonzero((got_exit != want_exit) | (got_pred != want_pred))
+  differ = (got_exit != want_exit) | (got_pred != want_pred)
+  tie = np.zeros_like(differ) if borderline is None else curves.ties(borderline, got_exit, want_exit)
+  wrong = np.flatnonzero(differ & ~tie)
   if wrong.size:
     k = wrong[0]
     raise RuntimeError(f'At threshold {threshold:g} the adaptive engine and the offline sweep disagree on '
-                       f'{wrong.size} of {real.sum()} timed examples (the first: example {k}, engine exit '
-                       f'{got_exit[k]} prediction {got_pred[k]}, sweep exit {want_exit[k]} prediction {want_pred[k]}).')
+                       f'{wrong.size} of {real.sum()} timed examples beyond the tie tolerance (the first: example '
+                       f'{k}, engine exit {got_exit[k]} prediction {got_pred[k]}, sweep exit {want_exit[k]} '
+                       f'prediction {want_pred[k]}).')
+  return int(np.sum(differ & tie))
 
 
 def _write_csv(path, rows):
   fields = ['threshold', 'accuracy', 'layer_fraction', 'flops_fraction', 'measured_speedup', 'timed_flops_fraction',
-            'exit_counts', 'engine_agreement']
+            'exit_counts', 'engine_agreement', 'engine_ties', 'host_round_trips_per_1000']
   with open(path, 'w', newline='') as f:
     writer = csv.writer(f)
     writer.writerow(fields)

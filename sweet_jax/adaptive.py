@@ -1,61 +1,66 @@
 """Real adaptive inference: run segment by segment, and let confident examples leave between segments.
 
-Three ways to run the same exits (all return, per example, the prediction and the exit it left at, which
-equal what curves.assign_exits derives offline from all-exit logits with the same temperatures and rule):
+Four ways to run the same exits (all return, per example, the prediction and the exit it left at, which
+equal what curves.assign_exits derives offline from all-exit logits with the same temperatures and rule, up to
+float rounding in other batch shapes: see curves.borderline):
 
-  'stream'   continuous batching (the default). Each exit after the first has a queue (a ring buffer on
-             the device, capacity 2 x batch_size) of examples waiting for its segment. A segment runs only
-             when its queue holds a full batch, so every segment works at the batch size the full model
-             runs at; examples that stay on are scattered into the next queue inside the same jitted call.
-             At the end of the stream the queues are flushed in exit order (see 'Queues' below).
-  'compact'  batch compaction, one input batch at a time: after each exit the confident examples leave and
-             the rest are gathered into a smaller batch, padded up to the next bucket size, for the next
-             segment; every batch is finished before the next one starts (bounded latency per batch).
-  'calm'     no compaction (as t5x's CALM): the whole batch runs each segment until its least confident
-             example has left. Shown for comparison: its savings vanish as the batch grows.
+  'stream'       continuous batching scheduled on the device (the default; device_stream.py). Each exit after
+                 the first has a queue (a ring buffer on the device, capacity 2 x batch_size) of examples
+                 waiting for its segment. A segment runs only when its queue holds a full batch, so every
+                 segment works at the batch size the full model runs at; examples that stay on are scattered
+                 into the next queue. Queue heads and counts live on the device and one jitted program runs a
+                 chunk of input batches (a while loop over segment calls chosen by lax.switch): the host sends
+                 inputs and reads answers once per chunk. At the end of the stream the queues are flushed.
+  'host_stream'  the same continuous batching scheduled by the host: one jitted call per segment, whose flags
+                 the host reads back to count the next queue (a round trip per segment call). The engine before
+                 issue 26, kept as the comparison that shows what the round trips cost.
+  'compact'      batch compaction, one input batch at a time: after each exit the confident examples leave
+                 and the rest are gathered into a smaller batch, padded up to the next bucket size, for the
+                 next segment; every batch is finished before the next one starts (bounded latency per batch).
+  'calm'         no compaction (as t5x's CALM): the whole batch runs each segment until its least confident
+                 example has left. Shown for comparison: its savings vanish as the batch grows.
 
-Why 'stream' is the default. Compaction alone shrinks the batch at every exit: a batch of 64 of which 60%
-leave at the first exit sends ~26 examples to segment 1, then ~13, ~6... Each stage then pays for padding
-up to its bucket (on average half a bucket step, a large share of a small batch) and runs at a small batch
-where per-example throughput is lower (on accelerators much lower), so measured speedup trails the
-FLOPs-ideal one most exactly where early exit saves most. Continuous batching (the queue in front of each
-segment, as LLM servers batch decode steps) runs every segment at the full batch size except for one
-padded flush per segment at the end of the stream, so the per-example cost of every segment matches the
-full model's and measured speedup approaches 1 / flops_fraction. The cost is latency: an example may wait in
-a queue for later batches, and results come out of order (run() puts them back in input order). Use
-'compact' when each batch must be answered before the next arrives. Measured (bench/adaptive_speed.py,
-bench/RESULTS.md; MiniLM, exits after layers 1, 2, 4, 6, 2 CPU cores): at batch 64, stream reaches 0.87-0.93
-of the FLOPs-ideal speedup wherever at most 70% of the layers run, compact 0.78-1.0, calm 0.20-0.51.
+Why continuous batching. Compaction alone shrinks the batch at every exit: a batch of 64 of which 60% leave
+at the first exit sends ~26 examples to segment 1, then ~13, ~6... Each stage then pays for padding up to its
+bucket (on average half a bucket step, a large share of a small batch) and runs at a small batch where
+per-example throughput is lower (on accelerators much lower), so measured speedup trails the FLOPs-ideal one
+most exactly where early exit saves most. Continuous batching (the queue in front of each segment, as LLM
+servers batch decode steps) runs every segment at the full batch size except for one padded flush per
+segment at the end of the stream, so the per-example cost of every segment matches the full model's. The
+cost is latency: an example may wait in a queue for later batches, and results come out of order (run() puts
+them back in input order). Use 'compact' when each batch must be answered before the next arrives. Why on
+the device: with the host scheduling, every segment call ends in a synchronisation (its flags come back
+before the next call can be chosen), a fixed cost of 10-15% of the full model on a CPU (bench/RESULTS.md)
+that on a GPU or TPU also drains the launch queue; scheduled on the device, the host dispatches chunk after
+chunk without waiting. Measured figures: bench/RESULTS.md.
 
 Mechanics. The state of a queued example is its hidden state [seq, H] and mask (sweet / early_exit; for
 multi_model its token ids, since each member re-encodes from the embeddings), its index in the input stream,
 and the exit rule's state (patience). Gather from the source queue, the segment, the exit decision and the
-scatter into the destination queue are one jitted call per (segment, rows, seq); rows is the batch size or
-a bucket size, so compilations are bounded by segments x buckets x sequence lengths; `warmup` compiles them
-all before timing. The destination queue is donated, so the scatter writes in place. The host reads back
-only the per-row exit flags, predictions, indices and exit logits (a few hundred bytes to a few KB), which
-also tells it how many rows the next queue holds.
+scatter into the destination queue are one step (engine_programs.stage for the host-scheduled modes, a
+switch branch of device_stream.chunk for 'stream') per (segment, rows, seq); rows is the batch size or a
+bucket size, so compilations are bounded by segments x buckets x sequence lengths; `warmup` compiles them
+all before timing. Queues are donated, so the scatter writes in place.
 
-Queues and their invariant. A queue (`Queue`: ring buffers, head, count) holds the examples waiting for one
-exit's segment at one sequence length; its capacity is 2 x batch_size rows. A call takes at most batch_size
-rows, so it pushes at most batch_size survivors into the next queue, and every call first pumps that next
-queue (full-batch calls, which in turn first pump the queue after it, down to the last exit) until it holds
-fewer than batch_size rows. So every queue holds at most 2 x batch_size - 1 rows at any time, whatever the
-exit pattern, the number of exits or of sequence lengths, and whatever order the host calls segments in.
-`Queue` checks 0 <= count <= capacity at every push and pop and raises otherwise: on the device the scatter
-would silently overwrite unread rows. The schedule: after each input batch, 'stream' pumps every queue of
-that sequence length, in exit order, to below one batch; 'compact' and 'calm' empty them. At the end of the
-stream (the flush) every queue is emptied in exit order: full calls while it holds a full batch, then one
-call on the remainder padded up to a bucket. A queue emptied in several calls feeds the next several calls'
-survivors; that is where the room-making matters (without it, the flush with four or more exits pushed two
-calls' survivors onto a queue already holding up to batch_size - 1 rows, past its capacity, and lost rows).
+Queues and their invariant. A queue holds the examples waiting for one exit's segment at one sequence
+length; its capacity is 2 x batch_size rows. A call takes at most batch_size rows, so it pushes at most
+batch_size survivors into the next queue, and a call runs only when that next queue holds fewer than
+batch_size rows (host modes: every call first pumps the next queue, recursively; 'stream': the deepest full
+queue always runs first). So every queue holds at most 2 x batch_size - 1 rows at any time, whatever the
+exit pattern, the number of exits or of sequence lengths. `Queue` (host modes) checks 0 <= count <= capacity
+at every push and pop and raises; 'stream' checks every push on the device and returns an error code that the
+host raises on: the scatter would otherwise silently overwrite unread rows. The host schedule: after each
+input batch, 'host_stream' pumps every queue of that sequence length, in exit order, to below one batch;
+'compact' and 'calm' empty them. At the end of the stream (the flush) every queue is emptied in exit order:
+full calls while it holds a full batch, then one call on the remainder padded up to a bucket. A queue
+emptied in several calls feeds the next several calls' survivors; that is where the room-making matters
+(without it, the flush with four or more exits pushed two calls' survivors onto a queue already holding up to
+batch_size - 1 rows, past its capacity, and lost rows).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import math
 import time
 from typing import Any, Callable, Iterable, Sequence
 
@@ -63,44 +68,48 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import encoder_jax
 from encoder_jax import EncoderConfig
-from sweet_jax import curves, exits
+from sweet_jax import curves, device_stream, exits
+from sweet_jax import engine_programs as programs
 
-MODES = ('stream', 'compact', 'calm')
-_PAYLOAD_KEYS = ('input_ids', 'attention_mask', 'token_type_ids')
-
-
-def default_buckets(batch_size: int, count: int = 8) -> tuple[int, ...]:
-  """Row counts a partial batch is padded up to: ceil(batch_size * k / count), k = 1..count (64 -> 8, 16, ...)."""
-  return tuple(sorted({max(1, math.ceil(batch_size * k / count)) for k in range(1, count + 1)}))
+MODES = ('stream', 'host_stream', 'compact', 'calm')
+_PAYLOAD_KEYS = programs.PAYLOAD_KEYS
+default_buckets = programs.default_buckets
+_full = programs.full  # the full model's program (tests lower and call it)
 
 
 @dataclasses.dataclass
 class Result:
   """predictions, exit_index: int32 [N] in input order (-1 for rows whose example_mask is 0); logits: float32
-  [N, C], each example's logits at the exit it left at (zeros for skipped rows)."""
+  [N, C], each example's logits at the exit it left at (zeros for skipped rows). stats: per exit 'calls',
+  'rows' computed and examples that 'left'; 'host_round_trips' (reads of device results that wait for the
+  device) and 'host_round_trips_per_1000' examples."""
   predictions: np.ndarray
   exit_index: np.ndarray
   stats: dict[str, Any]
   logits: np.ndarray | None = None
 
 
-@dataclasses.dataclass(frozen=True)
-class _Spec:
-  """What the compiled stage programs depend on, hashable so engines of one model share compilations."""
-  encoder_config: EncoderConfig
-  exit_config: exits.ExitConfig
-  multi_model: bool
-  capacity: int
+def _result(total: int, num_labels: int, answers, stats: dict[str, Any]) -> Result:
+  """Result from answers [(index, pred, exit (int or [k]), logits [k, C])]; stats gains the per-1000 rate."""
+  predictions = np.full(total, -1, np.int32)
+  exit_index = np.full(total, -1, np.int32)
+  logits = np.zeros((total, num_labels), np.float32)
+  for index, pred, exit_, exit_logits in answers:
+    predictions[index] = pred
+    exit_index[index] = exit_
+    logits[index] = exit_logits
+  stats['host_round_trips_per_1000'] = 1000.0 * stats['host_round_trips'] / max(total, 1)
+  return Result(predictions, exit_index, stats, logits)
 
 
 @dataclasses.dataclass
 class Queue:
-  """Examples waiting for exit `exit`'s segment at sequence length `seq`: a ring buffer on the device.
+  """Examples waiting for exit `exit`'s segment at sequence length `seq`, in the host-scheduled modes: a ring
+  buffer on the device whose head and count the host keeps.
 
-  ring: {'payload': ..., 'index', 'last', 'streak'}, each with a leading axis of `capacity` rows; the `count`
-  rows from ring position `head` on (wrapping) are the queued examples, oldest first.
+  ring: engine_programs.empty_ring; the `count` rows from ring position `head` on (wrapping) are the queued
+  examples, oldest first.
   Invariant: 0 <= count <= capacity, checked at every push and pop: a push past the capacity would overwrite
   unread rows on the device (examples lost without a trace), so it raises instead.
   """
@@ -141,70 +150,6 @@ class Queue:
     self.head = self.count = 0
 
 
-def _forward(spec: _Spec, index: int, params, constants, payload):
-  """Segment (or member) `index` on payload rows -> (payload for the next segment, logits [rows, C])."""
-  cfg, ecfg = spec.encoder_config, spec.exit_config
-  mask = payload['attention_mask']
-  if spec.multi_model:
-    logits = exits.model_forward(cfg, ecfg, params['models'][index], payload, ecfg.exit_layers[index],
-                                 constants=constants)
-    return payload, logits
-  hidden = payload['hidden'] if index else encoder_jax.embed(
-      cfg, params['encoder'], payload['input_ids'], mask, payload['token_type_ids'])
-  hidden, logits = exits.segment_forward(cfg, ecfg, params, hidden, mask, index, constants=constants)
-  return {'hidden': hidden, 'attention_mask': mask}, logits
-
-
-@functools.partial(jax.jit, static_argnames=('spec', 'index', 'rows'), donate_argnames=('dst',))
-def _stage(spec: _Spec, params, constants, temperatures, rule, threshold, keep_all, src, src_head, src_take, dst,
-           dst_end, *, index: int, rows: int):
-  """One segment call on `rows` rows.
-
-  Exit 0: src is the input batch (payload, 'index', 'valid'), padded to `rows`. Later exits: src is the
-  queue of this exit, a ring of spec.capacity rows; the `src_take` rows from ring position src_head on are
-  real (the rest of `rows` is padding). Rows that stay on (all valid rows when keep_all: CALM's mode) are
-  scattered into the next exit's queue `dst` from ring position dst_end on.
-  Returns ({'leave' bool [rows], 'pred' int32 [rows], 'index' int32 [rows], 'logits' float32 [rows, C],
-  'kept' int32}, updated dst).
-  """
-  positions = jnp.arange(rows)
-  if index == 0:
-    x, valid, state = src, src['valid'], curves.initial_state(rows)
-  else:
-    take = (src_head + positions) % spec.capacity
-    x = jax.tree.map(lambda a: a[take], src)
-    valid = positions < src_take
-    state = {'last': x['last'], 'streak': x['streak']}
-  payload, logits = _forward(spec, index, params, constants, x['payload'])
-  last = index == spec.exit_config.num_exits - 1
-  leave, pred, state = curves.decide(rule, logits, temperatures[index], threshold, state, is_last=last)
-  out = {'leave': leave & valid, 'pred': pred, 'index': x['index'], 'logits': logits}
-  if last:
-    return out, dst
-  keep = valid & (~leave | keep_all)
-  # Survivors go to consecutive ring positions; the rest to an out-of-range row, which mode='drop' skips.
-  where = jnp.where(keep, (dst_end + jnp.cumsum(keep) - 1) % spec.capacity, spec.capacity)
-  row = {'payload': payload, 'index': x['index'], **state}
-  dst = jax.tree.map(lambda d, r: d.at[where].set(r.astype(d.dtype), mode='drop'), dst, row)
-  out['kept'] = keep.sum()
-  return out, dst
-
-
-@functools.partial(jax.jit, static_argnames=('spec',))
-def _full(spec: _Spec, params, constants, payload):
-  """The full model: embeddings, every layer up to the last exit, the last exit's head. -> [rows, C]."""
-  cfg, ecfg = spec.encoder_config, spec.exit_config
-  if spec.multi_model:
-    return exits.model_forward(cfg, ecfg, params['models'][-1], payload, ecfg.exit_layers[-1],
-                               constants=constants)
-  mask = payload['attention_mask']
-  hidden = encoder_jax.embed(cfg, params['encoder'], payload['input_ids'], mask, payload['token_type_ids'])
-  for i, (start, stop) in enumerate(ecfg.segments()):  # each segment with its own shared parameters (SWEET)
-    hidden = encoder_jax.run_layers(cfg, exits.segment_encoder(params, i), hidden, mask, start, stop,
-                                    constants=constants)[-1]
-  return exits.apply_head(params['heads'][-1], hidden, mask, ecfg.pooling)
-
-
 class AdaptiveEngine:
   """Adaptive inference of an exit model (sweet / early_exit) or a multi_model cascade.
 
@@ -217,13 +162,14 @@ class AdaptiveEngine:
     batch_size: rows of every full segment call ('stream'), and the largest bucket.
     buckets: row counts partial batches are padded up to (default: default_buckets(batch_size)).
     constants: PAPA constant attention matrices, when the encoder has constant heads.
+    chunk_batches: input batches per device program in mode 'stream' (the host reads answers once per chunk).
   Engines of the same model, batch size and buckets share compiled programs (whatever the rule, threshold
   or temperatures: those are inputs, not constants of the program).
   """
 
   def __init__(self, encoder_config: EncoderConfig, exit_config: exits.ExitConfig, params, *, method: str,
                temperatures=None, rule: str = 'confidence', batch_size: int = 64,
-               buckets: Sequence[int] | None = None, constants=None):
+               buckets: Sequence[int] | None = None, constants=None, chunk_batches: int = 8):
     if method not in curves.METHODS:
       raise ValueError(f'Unknown method {method!r}; choose from {curves.METHODS}.')
     if batch_size < 1:
@@ -239,52 +185,39 @@ class AdaptiveEngine:
     self.buckets = tuple(sorted(b for b in set(buckets or default_buckets(batch_size)) if b < batch_size))
     self.buckets += (batch_size,)
     self.capacity = 2 * batch_size  # < batch_size rows before a call, plus its <= batch_size survivors
-    self.spec = _Spec(encoder_config, exit_config, method == 'multi_model', self.capacity)
-    self._queues: dict[int, dict[int, Queue]] = {}  # seq -> exit i >= 1 -> its queue (kept between runs)
+    self.spec = programs.Spec(encoder_config, exit_config, method == 'multi_model', self.capacity)
+    self._queues: dict[int, dict[int, Queue]] = {}  # host modes: seq -> exit i >= 1 -> its queue
+    self._device = device_stream.DeviceStream(self.spec, self.buckets, chunk_batches)  # mode 'stream'
 
   # --------------------------------------------------------------------------------------- host side
 
   def _bucket(self, n: int) -> int:
     return next(b for b in self.buckets if b >= n)
 
-  def _ring(self, seq: int) -> dict[str, Any]:
-    """Device buffers of an empty queue at sequence length seq (`capacity` rows)."""
-    cap, cfg = self.capacity, self.encoder_config
-    if self.spec.multi_model:
-      payload = {'input_ids': jnp.zeros((cap, seq), jnp.int32), 'attention_mask': jnp.ones((cap, seq), jnp.int32),
-                 'token_type_ids': jnp.zeros((cap, seq), jnp.int32)}
-    else:  # a stale or empty row must not produce NaN: unit mask, zero hidden state
-      payload = {'hidden': jnp.zeros((cap, seq, cfg.hidden_size), jnp.dtype(cfg.dtype)),
-                 'attention_mask': jnp.ones((cap, seq), jnp.int32)}
-    ints = lambda fill: jnp.full((cap,), fill, jnp.int32)  # separate buffers: the queue is donated
-    return {'payload': payload, 'index': ints(0), 'last': ints(-1), 'streak': ints(0)}
-
   def _queues_at(self, seq: int) -> dict[int, Queue]:
     """The queues of exits 1 .. E-1 at sequence length seq, allocated on first use."""
     if seq not in self._queues:
-      self._queues[seq] = {i: Queue(i, seq, self.capacity, self._ring(seq)) for i in range(1, self.num_exits)}
+      self._queues[seq] = {i: Queue(i, seq, self.capacity, programs.empty_ring(self.spec, seq))
+                           for i in range(1, self.num_exits)}
     return self._queues[seq]
-
-  def _input(self, batch, offset: int, rows: int):
-    """An input batch padded to `rows` rows: payload, global 'index' and 'valid' (example_mask > 0)."""
-    n = batch['input_ids'].shape[0]
-    valid = np.ones(n, bool) if 'example_mask' not in batch else np.asarray(batch['example_mask']) > 0
-    pad = lambda a: np.concatenate([a, np.repeat(a[:1], rows - n, 0)]) if rows > n else a
-    payload = {k: pad(np.asarray(batch[k] if k in batch else np.zeros_like(batch['input_ids']), np.int32))
-               for k in _PAYLOAD_KEYS}
-    return {'payload': payload, 'index': pad(np.arange(offset, offset + n, dtype=np.int32)),
-            'valid': np.concatenate([valid, np.zeros(rows - n, bool)])}
 
   def run(self, batches: Iterable[dict[str, np.ndarray]], threshold: float, *, mode: str = 'stream') -> Result:
     """Adaptive inference over batches (dicts of int32 [b, seq] input_ids, attention_mask, token_type_ids;
     optionally example_mask [b], rows with 0 are skipped), b <= batch_size.
 
-    Returns predictions and exit indices [N] (N = total rows, input order) and stats per exit: segment
+    Returns predictions and exit indices [N] (N = total rows, input order) and stats: per exit segment
     'calls', 'rows' computed (padding and, for 'calm', examples that already left included) and examples
-    that 'left' there.
+    that 'left' there; the host round trips.
     """
     if mode not in MODES:
       raise ValueError(f'Unknown mode {mode!r}; choose from {MODES}.')
+    num_labels = self.exit_config.num_labels
+    if mode == 'stream':
+      args = (self.params, self.constants, self.temperatures, self.rule)
+      total, answers, stats, trips = self._device.run(args, batches, threshold)
+      stats = {**{key: stats[k].tolist() for k, key in enumerate(('calls', 'rows', 'left'))},
+               'host_round_trips': trips}
+      return _result(total, num_labels, answers, stats)
     for queues in self._queues.values():  # rings are kept between runs (no allocation per run); empty them
       for q in queues.values():
         q.clear()
@@ -295,42 +228,47 @@ class AdaptiveEngine:
       if n > self.batch_size:
         raise ValueError(f'A batch of {n} rows exceeds the engine batch_size {self.batch_size}.')
       queues = self._queues_at(seq)
-      x = self._input(batch, total, self._bucket(n))
+      x = programs.input_rows(batch, total, self._bucket(n))
       state.start_batch(x['index'][x['valid']])
       state.call(queues, 0, n, batch=x)
-      state.drain(queues, full_only=mode == 'stream')
+      state.drain(queues, full_only=mode == 'host_stream')
       total += n
     for queues in self._queues.values():  # the flush at the end of the stream
       state.drain(queues, full_only=False)
-    return state.result(total)
+    return _result(total, num_labels, state.answers, state.stats)
 
   def run_full(self, batches: Iterable[dict[str, np.ndarray]]) -> np.ndarray:
-    """The full model (single final exit) on every batch: predictions int32 [N] (the timing baseline)."""
+    """The full model (single final exit) on every batch: predictions int32 [N] (the timing baseline). Every
+    batch is dispatched before any result is read (one round trip), as the 'stream' mode does."""
     out = []
     for batch in batches:
       payload = {k: np.asarray(batch[k] if k in batch else np.zeros_like(batch['input_ids']), np.int32)
                  for k in _PAYLOAD_KEYS}
-      out.append(np.asarray(jnp.argmax(_full(self.spec, self.params, self.constants, payload), -1)))
-    return np.concatenate(out).astype(np.int32) if out else np.zeros(0, np.int32)
+      out.append(jnp.argmax(_full(self.spec, self.params, self.constants, payload), -1))
+    return np.concatenate(jax.device_get(out)).astype(np.int32) if out else np.zeros(0, np.int32)
 
-  def warmup(self, seq_lengths: Iterable[int], *, full: bool = True) -> float:
-    """Compiles (and runs once on dummy rows) every program run() and run_full() can call at these sequence
-    lengths, so that timed runs exclude compilation. Returns the seconds spent."""
+  def warmup(self, seq_lengths: Iterable[int], *, full: bool = True, modes: Sequence[str] = MODES) -> float:
+    """Compiles (and runs once on dummy rows) every program run() (in these modes) and run_full() can call at
+    these sequence lengths, so that timed runs exclude compilation. Returns the seconds spent."""
     start = time.perf_counter()
     thr, no = jnp.float32(0.5), jnp.bool_(False)
     for seq in sorted(set(int(s) for s in seq_lengths)):
-      self._queues_at(seq)
       dummy = {'input_ids': np.zeros((self.batch_size, seq), np.int32),
                'attention_mask': np.ones((self.batch_size, seq), np.int32),
                'token_type_ids': np.zeros((self.batch_size, seq), np.int32)}
       if full:
         self.run_full([dummy])
+      if 'stream' in modes:
+        self._device.warmup((self.params, self.constants, self.temperatures, self.rule), seq)
+      if not set(modes) - {'stream'}:
+        continue
+      self._queues_at(seq)
       for rows in self.buckets:
-        src = self._input({k: v[:rows] for k, v in dummy.items()}, 0, rows)
+        src = programs.input_rows({k: v[:rows] for k, v in dummy.items()}, 0, rows)
         for i in range(self.num_exits):
-          dst = self._ring(seq) if i < self.num_exits - 1 else None
-          out, dst = _stage(self.spec, self.params, self.constants, self.temperatures, self.rule, thr, no, src,
-                            0, rows, dst, 0, index=i, rows=rows)
+          dst = programs.empty_ring(self.spec, seq) if i < self.num_exits - 1 else None
+          out, dst = programs.stage(self.spec, self.params, self.constants, self.temperatures, self.rule, thr, no,
+                                    src, 0, rows, dst, 0, index=i, rows=rows)
           src = dst
         jax.block_until_ready(out)
     return time.perf_counter() - start
@@ -347,6 +285,7 @@ class _Run:
     self.engine, self.calm = engine, calm
     self.threshold, self.keep_all = jnp.float32(threshold), jnp.bool_(calm)
     self.stats = {key: [0] * engine.num_exits for key in ('calls', 'rows', 'left')}
+    self.stats['host_round_trips'] = 0  # one per segment call: its flags tell the host the next queue's count
     self.answers: list[tuple[np.ndarray, np.ndarray, int, np.ndarray]] = []  # (indices, predictions, exit, logits)
     self.pending: dict[int, bool] = {}  # calm: global index -> still in (the queues carry rows that left)
 
@@ -356,18 +295,19 @@ class _Run:
       self.pending = {int(k): True for k in indices}
 
   def call(self, queues: dict[int, Queue], i: int, take: int, batch=None) -> None:
-    """Segment i on `take` rows: the input batch (i = 0, as AdaptiveEngine._input) or the oldest rows of exit
+    """Segment i on `take` rows: the input batch (i = 0, engine_programs.input_rows) or the oldest rows of exit
     i's queue, padded up to a bucket. Rows that stay on go to exit i + 1's queue."""
     e = self.engine
     src, dst = queues.get(i), queues.get(i + 1)
     if dst is not None:
       self.pump(queues, i + 1, full_only=True)  # now dst.count < batch_size, and take <= batch_size
       dst.reserve(take)
-    out, ring = _stage(e.spec, e.params, e.constants, e.temperatures, e.rule, self.threshold, self.keep_all,
-                       batch if src is None else src.ring, 0 if src is None else src.head, take,
-                       None if dst is None else dst.ring, 0 if dst is None else dst.end, index=i,
-                       rows=e._bucket(take))
+    out, ring = programs.stage(e.spec, e.params, e.constants, e.temperatures, e.rule, self.threshold,
+                               self.keep_all, batch if src is None else src.ring, 0 if src is None else src.head,
+                               take, None if dst is None else dst.ring, 0 if dst is None else dst.end, index=i,
+                               rows=e._bucket(take))
     out = jax.device_get(out)
+    self.stats['host_round_trips'] += 1
     if src is not None:
       src.pop(take)
     if dst is not None:
@@ -394,16 +334,6 @@ class _Run:
     """Pumps the queues of one sequence length in exit order."""
     for i in sorted(queues):
       self.pump(queues, i, full_only=full_only)
-
-  def result(self, total: int) -> Result:
-    predictions = np.full(total, -1, np.int32)
-    exit_index = np.full(total, -1, np.int32)
-    logits = np.zeros((total, self.engine.exit_config.num_labels), np.float32)
-    for index, pred, i, exit_logits in self.answers:
-      predictions[index] = pred
-      exit_index[index] = i
-      logits[index] = exit_logits
-    return Result(predictions, exit_index, self.stats, logits)
 
 
 def median_time(fn: Callable[[], Any], repeats: int = 3) -> float:

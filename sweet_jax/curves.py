@@ -136,6 +136,50 @@ def assign_exits(logits, temperatures, threshold, rule: str = 'confidence'):
                        jnp.float32(threshold), jnp.int32(rule_id(rule)))
 
 
+# Ties: an engine computes exits in other batch shapes than the offline sweep (compacted, queued), so its
+# logits can differ from the sweep's by rounding: not at all in float32 on a CPU so far, in the last bits of
+# TF32 matmuls on a GPU (10 mantissa bits: 2^-11 ~ 5e-4 relative per rounding, ~1e-3 in a probability after a
+# few layers), and 2^-8 ~ 4e-3 per rounding in bfloat16 (~1e-2 after a few layers). A probability within that
+# of the threshold (or of its runner-up class) can then decide the other way. TIE_TOLERANCE, the probability
+# (or entropy, in nats) margin within which such a difference is accepted as a tie, is ~10x (float32) and ~5x
+# (bfloat16) those; eval.py's config.eval.tie_tolerance overrides it.
+TIE_TOLERANCE = {'float32': 1e-2, 'bfloat16': 5e-2}
+
+
+def tie_tolerance(dtype) -> float:
+  """The default TIE_TOLERANCE of an encoder compute dtype (float32 for any other)."""
+  return TIE_TOLERANCE.get(str(jnp.dtype(dtype)), TIE_TOLERANCE['float32'])
+
+
+def borderline(logits, temperatures, threshold, rule: str, tolerance: float) -> np.ndarray:
+  """Where a decision or a prediction sits within `tolerance` of going the other way: bool [E, N].
+
+  Exit j of example n is borderline when its calibrated score (confidence for 'confidence', entropy for
+  'entropy') lies within tolerance of the threshold, or its top two calibrated probabilities lie within
+  tolerance of each other (the prediction, and with it patience's streak, may flip). logits: [E, N, C];
+  temperatures: [E].
+  """
+  check_rule(rule)
+  z = np.asarray(logits, np.float64) / np.asarray(temperatures, np.float64).reshape(-1, 1, 1)
+  p = np.exp(z - z.max(-1, keepdims=True))
+  p /= p.sum(-1, keepdims=True)
+  top2 = np.sort(p, -1)[..., -2:] if p.shape[-1] > 1 else np.concatenate([np.zeros_like(p), p], -1)
+  near = top2[..., 1] - top2[..., 0] <= tolerance
+  if rule == 'confidence':
+    near |= np.abs(top2[..., 1] - threshold) <= tolerance
+  elif rule == 'entropy':
+    near |= np.abs(-(p * np.log(np.maximum(p, 1e-300))).sum(-1) - threshold) <= tolerance
+  return near
+
+
+def ties(borderline_: np.ndarray, exit_a, exit_b) -> np.ndarray:
+  """Whether each example's difference between two runs (exits exit_a, exit_b [N]) can be a tie: bool [N], True
+  where some exit up to the later of the two is borderline (a decision there may have gone either way)."""
+  later = np.maximum(np.asarray(exit_a), np.asarray(exit_b))
+  upto = np.arange(borderline_.shape[0])[:, None] <= later[None]
+  return np.any(borderline_ & upto, axis=0)
+
+
 # ----------------------------------------------------------------------------------------------- costs
 
 def _dense(rows: int, fan_in: int, fan_out: int) -> int:

@@ -142,6 +142,14 @@ def test_stream_runs_full_batches_and_calm_runs_whole_batches(models, data):
     # No compaction: every call runs the whole batch.
     assert calm['rows'][i] >= entering and calm['rows'][i] >= compact['rows'][i]
   assert stream['left'] == compact['left'] == calm['left']
+  # Host round trips: one per segment call when the host schedules; one per chunk of input batches (all four
+  # batches here fit in one chunk, which also flushes) when the device does.
+  host = engine.run(batches_of(data, 8), t, mode='host_stream').stats
+  assert host['host_round_trips'] == sum(host['calls']) > 4 and stream['host_round_trips'] == 1
+  assert stream['host_round_trips_per_1000'] == pytest.approx(1000 / N)
+  chunked = adaptive.AdaptiveEngine(CFG, ECFG, params, method='sweet', temperatures=TEMPS, batch_size=8,
+                                    buckets=(3, 8), chunk_batches=3)
+  assert chunked.run(batches_of(data, 8), t).stats['host_round_trips'] == 2  # batches 1-3, then 4 and the flush
   with pytest.raises(ValueError, match='exceeds the engine batch_size'):
     engine.run(batches_of(data, 9), t)
   with pytest.raises(ValueError, match='Unknown mode'):
@@ -328,3 +336,20 @@ def test_many_exits_match_offline_sweep(method, num_exits, seeds):
       np.testing.assert_array_equal(got.predictions[valid], want_pred, err_msg=msg)
       np.testing.assert_array_equal(got.exit_index[~valid], -1, err_msg=msg)
       assert got.stats['left'] == np.bincount(want_exit, minlength=num_exits).tolist(), msg
+
+
+def test_a_queue_overflow_on_the_device_is_an_error_not_a_silent_overwrite(monkeypatch):
+  """A broken schedule (every input batch of a chunk before any queue) pushes more survivors onto the first
+  queue than its capacity: the device flags it and the host raises, instead of overwriting unread rows."""
+  from sweet_jax import device_stream
+  choose = device_stream._choose
+
+  def inputs_first(spec, buckets, queues, ptr, n_inputs, flush):
+    return jnp.where(ptr < n_inputs, 0, choose(spec, buckets, queues, ptr, n_inputs, flush))
+
+  monkeypatch.setattr(device_stream, '_choose', inputs_first)
+  ecfg, params, _ = coded_model('sweet', 4)
+  batches, _ = coded_stream(0, 4)  # skewed to the last exit: most rows stay on
+  engine = adaptive.AdaptiveEngine(CODED, ecfg, params, method='sweet', batch_size=5, buckets=(5,))  # a new spec
+  with pytest.raises(RuntimeError, match="sequence length \\d+: a push past a queue's capacity"):
+    engine.run([{k: v[:5] for k, v in b.items()} for b in batches], CODED_THRESHOLD)

@@ -17,7 +17,7 @@ from drivers import methods
 from drivers import predictor
 from drivers import sweet_eval
 from pipeline import data, train_loop
-from sweet_jax import adaptive, curves
+from sweet_jax import adaptive, curves, device_stream
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -43,9 +43,11 @@ def test_threshold_one_answers_with_the_last_exit_that_eval_scored(trained):
   logits, labels, texts = offline(config, workdir)
   model = predictor.Predictor(config, workdir, threshold=1.0)
   out = model(texts)
-  compiled = adaptive._stage._cache_size()  # pylint: disable=protected-access
+  assert model.mode == 'stream'  # the device-scheduled engine
+  compiled = device_stream.chunk._cache_size()  # pylint: disable=protected-access
+  assert compiled >= 1
   model(texts[::-1])
-  assert adaptive._stage._cache_size() == compiled  # built once: a second call compiles nothing
+  assert device_stream.chunk._cache_size() == compiled  # built once: a second call compiles nothing
   np.testing.assert_array_equal(out.exit_index, np.full(len(texts), 2))
   np.testing.assert_array_equal(out.label_ids, logits[-1].argmax(-1))
   scored = json.loads(open(os.path.join(workdir, 'eval', 'per_exit_accuracy.json')).read())['accuracy'][-1]
@@ -187,3 +189,25 @@ def test_pairs_follow_the_offline_sweep(trained):
   np.testing.assert_array_equal(out.label_ids, preds)
   with pytest.raises(ValueError, match=r"input 1: the model reads 2 text\(s\)"):
     model([('a', 'b'), 'just one'])
+
+
+def test_all_exits_checks_the_engine_against_the_sweep_up_to_ties(trained):
+  """all_exits compares the engine's answers with the offline sweep of every exit's logits, with eval.py's tie
+  rule: the engine's temperatures scaled by 1 + 1e-4 flip the examples whose confidence sits on the threshold
+  (counted as ties); scaled by 3 they disagree for real, which raises."""
+  config, workdir = trained('multi_model')  # never evaluated: temperatures 1
+  logits, _, texts = offline(config, workdir)
+  first = softmax(np.asarray(logits[0], np.float64)).max(-1)
+  threshold = float(np.sort(first)[len(texts) // 2] - 1e-6)  # a hair below one example's confidence
+  model = predictor.Predictor(config, workdir, threshold=threshold, tie_tolerance=1e-2)
+  engine_temperatures = model.engine.temperatures
+  model.engine.temperatures = engine_temperatures * (1 + 1e-4)
+  out = model(texts, all_exits=True)
+  ones = np.ones(3, np.float32)
+  sweep = [np.asarray(x) for x in curves.assign_exits(logits, ones, threshold)]
+  warm = [np.asarray(x) for x in curves.assign_exits(logits, ones * (1 + 1e-4), threshold)]
+  flips = int(np.sum((sweep[0] != warm[0]) | (sweep[1] != warm[1])))
+  assert flips >= 1 and out.engine_ties == flips and model.summary(out)['engine_ties'] == flips
+  model.engine.temperatures = engine_temperatures * 3
+  with pytest.raises(RuntimeError, match='disagree on .* beyond the tie tolerance'):
+    model(texts, all_exits=True)

@@ -48,6 +48,9 @@ def test_sweet_eval_writes_curve_files(models, tmp_path, caplog, monkeypatch):
   assert first['exit_counts'] == [7, 0, 0] and last['exit_counts'] == [0, 0, 7]
   assert last['layer_fraction'] == 1.0 and first['flops_fraction'] < 0.5
   assert all(p['engine_agreement'] == 1.0 and p['measured_speedup'] > 0 for p in curve['points'])
+  # The 6 timed examples are 3 batches of 2: one chunk of the device-scheduled engine, one read of its answers.
+  assert curve['engine'] == 'stream' and all(p['engine_ties'] == 0 for p in curve['points'])
+  assert all(p['host_round_trips_per_1000'] == pytest.approx(1000 / 6) for p in curve['points'])
   # Temperatures are fit once, on the 12 calibration examples alone (their labels, their logits), never on the
   # 10 train or 7 eval ones; that the splits are disjoint is pipeline.data's (test_data's splits tests).
   info = json.loads((tmp_path / 'a' / 'eval' / 'temperatures.json').read_text())
@@ -134,3 +137,92 @@ def test_budget_table_takes_the_best_point_within_each_budget():
   assert best('measured_speedup', 2.0, True) == 0.70 and best('measured_speedup', 5.0, True) is None
   row = sweet_eval.budget_table([('x', {'points': points})]).splitlines()[2]
   assert row == '| x | 0.700 | 0.700 | 0.800 | 0.800 | 0.800 | 0.700 | 0.700 | 0.700 | 0.800 |'
+
+
+def test_ties_within_the_tolerance_are_counted_and_real_disagreements_stop_eval(models, tmp_path, monkeypatch):
+  """The engine's temperatures scaled by 1 + 1e-4 (a rounding-size change of its calibrated logits): examples
+  whose confidence sits on a threshold flip, are counted as engine_ties, and eval completes. Scaled by 3 (a
+  real disagreement), eval stops naming an example that is not borderline."""
+  import json
+  import ml_collections
+  from drivers import sweet_eval
+  from pipeline import data
+
+  rng = np.random.default_rng(8)
+  texts = tuple(''.join(rng.choice(list('abcdefghij'), size=rng.integers(2, 7))) for _ in range(14))
+  labels = rng.integers(0, 3, 14)
+  splits = data.Splits(data.TextDataset((texts,), labels, ('a', 'b', 'c')), None,
+                       data.TextDataset((texts,), labels, ('a', 'b', 'c')))
+  forward = sweet_eval.forward_fn('sweet', CFG, ECFG, None)
+  logits, _, _ = sweet_eval.all_exit_logits(forward, models['sweet'],
+                                            sweet_eval.tokenized_batches(splits.eval, encode, 2))
+  ones = np.ones(3, np.float32)
+  z = np.asarray(logits, np.float64)
+  p0 = np.exp(z[0] - z[0].max(-1, keepdims=True))
+  p0 = (p0 / p0.sum(-1, keepdims=True)).max(-1)
+  # Thresholds a hair (1e-6, above float32 rounding of a probability) below three examples' first-exit
+  # confidences: the sweep lets them leave there; the engine, with slightly warmer temperatures, does not.
+  thresholds = tuple(float(p0[k] - 1e-6) for k in np.argsort(p0)[[4, 7, 10]])
+  config = ml_collections.ConfigDict({'eval': {'batch_size': 2, 'thresholds': thresholds, 'timing_examples': 0,
+                                               'timing_repeats': 1, 'tie_tolerance': 1e-2}})
+  init = adaptive.AdaptiveEngine.__init__
+
+  def run(scale, workdir):
+    def warmer(self, *args, temperatures=None, **kw):
+      init(self, *args, temperatures=np.asarray(temperatures) * scale, **kw)
+    monkeypatch.setattr(adaptive.AdaptiveEngine, '__init__', warmer)
+    return sweet_eval.evaluate(config, str(tmp_path / workdir), method='sweet', encoder_config=CFG,
+                               exit_config=ECFG, params=models['sweet'], splits=splits, encode_fn=encode)
+
+  run(1 + 1e-4, 'ties')
+  curve = json.loads((tmp_path / 'ties' / 'eval' / 'curve.json').read_text())
+  assert curve['tie_tolerance'] == 1e-2
+  for point in curve['points']:  # the flips, from the offline logits at both temperatures
+    sweep = [np.asarray(x) for x in curves.assign_exits(logits, ones, point['threshold'])]
+    warm = [np.asarray(x) for x in curves.assign_exits(logits, ones * (1 + 1e-4), point['threshold'])]
+    flips = int(np.sum((sweep[0] != warm[0]) | (sweep[1] != warm[1])))
+    assert flips >= 1 and point['engine_ties'] == flips
+    assert point['engine_agreement'] == pytest.approx(1 - flips / 14)
+  with pytest.raises(RuntimeError, match=r'disagree on \d+ of 14 timed examples beyond the tie tolerance '
+                                         r'\(the first: example (\d+)') as e:
+    run(3.0, 'wrong')
+  k = int(str(e.value).split('the first: example ')[1].split(',')[0])
+  near = curves.borderline(logits, ones, thresholds[0], 'confidence', 1e-2)
+  assert not near[:, k].any()  # a real disagreement: nowhere near the threshold or a tie between classes
+
+
+def test_check_engine_accepts_only_borderline_differences():
+  from drivers import sweet_eval
+  real = np.array([True, True, True])
+  want_exit, want_pred = np.array([0, 2, 1]), np.array([1, 1, 0])
+  got = adaptive.Result(np.array([1, 1, 0]), np.array([1, 2, 1]), {})  # example 0 left one exit later
+  near = np.zeros((3, 3), bool)
+  with pytest.raises(RuntimeError, match='example 0, engine exit 1 prediction 1, sweep exit 0'):
+    sweet_eval.check_engine(got, real, want_exit, want_pred, 0.5, borderline=near)
+  near[2, 0] = True  # borderline only after both exits: not a tie
+  with pytest.raises(RuntimeError, match='beyond the tie tolerance'):
+    sweet_eval.check_engine(got, real, want_exit, want_pred, 0.5, borderline=near)
+  near[1, 0] = True  # at the engine's exit, the later of the two: a tie
+  assert sweet_eval.check_engine(got, real, want_exit, want_pred, 0.5, borderline=near) == 1
+
+
+@pytest.mark.parametrize('rule', ['confidence', 'entropy', 'patience'])
+def test_borderline_against_a_loop(rule):
+  import math
+  rng = np.random.default_rng(3)
+  logits = rng.normal(size=(3, 40, 4)) * 2
+  logits[1, :5, :2] = logits[1, :5].max(-1, keepdims=True) + 1  # exact ties between the top two classes
+  temps, tol = np.array([0.8, 1.0, 1.7]), 0.03
+  threshold = 0.6 if rule == 'confidence' else 1.0 if rule == 'entropy' else 2
+  got = curves.borderline(logits, temps, threshold, rule, tol)
+  for e in range(3):
+    for n in range(40):
+      ex = [math.exp(v / temps[e]) for v in logits[e, n]]
+      p = sorted(v / sum(ex) for v in ex)
+      want = p[-1] - p[-2] <= tol
+      if rule == 'confidence':
+        want = want or abs(p[-1] - threshold) <= tol
+      elif rule == 'entropy':
+        want = want or abs(-sum(q * math.log(q) for q in p) - threshold) <= tol
+      assert got[e, n] == want, (e, n)
+  assert got[1, :5].all() and 0 < got.sum() < got.size
