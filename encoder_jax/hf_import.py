@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from encoder_jax import fetch
+from encoder_jax import architectures, fetch
 from encoder_jax.config import DEBERTA_TYPES, EncoderConfig
 
 # Short names for checkpoints that ship inside pip packages (offline).
@@ -46,25 +46,6 @@ IGNORED = re.compile('^(' + '|'.join(IGNORED_TENSORS) + ')$')
 _LEGACY = ((re.compile(r'LayerNorm\.gamma$'), 'LayerNorm.weight'), (re.compile(r'LayerNorm\.beta$'), 'LayerNorm.bias'))
 PREFIXES = ('bert.', 'roberta.', 'mpnet.', 'deberta.', 'model.')
 
-# Per-layer modules: our name -> the Hugging Face module path inside encoder.layer.N, per family.
-_BERT_LAYER = {
-    'query': r'attention\.self\.query', 'key': r'attention\.self\.key', 'value': r'attention\.self\.value',
-    'attention_output': r'attention\.output\.dense', 'attention_layer_norm': r'attention\.output\.LayerNorm',
-    'intermediate': r'intermediate\.dense', 'output': r'output\.dense', 'output_layer_norm': r'output\.LayerNorm',
-}
-_MPNET_LAYER = {
-    **_BERT_LAYER, 'query': r'attention\.attn\.q', 'key': r'attention\.attn\.k', 'value': r'attention\.attn\.v',
-    'attention_output': r'attention\.attn\.o', 'attention_layer_norm': r'attention\.LayerNorm',
-}
-_DEBERTA_LAYER = {
-    **_BERT_LAYER, 'query': r'attention\.self\.query_proj', 'key': r'attention\.self\.key_proj',
-    'value': r'attention\.self\.value_proj', 'pos_query': r'attention\.self\.pos_query_proj',
-    'pos_key': r'attention\.self\.pos_key_proj',
-}
-# DeBERTa v1's names after split_fused (its fused in_proj, q_bias, v_bias, pos_proj and pos_q_proj).
-LAYER_NAMES = {'bert': _BERT_LAYER, 'roberta': _BERT_LAYER, 'mpnet': _MPNET_LAYER, 'deberta': _DEBERTA_LAYER,
-               'deberta-v2': _DEBERTA_LAYER}
-
 # (regex on the Hugging Face name, params path template, transform(array, config) -> array)
 _heads_in = lambda w, c: w.T.reshape(c.hidden_size, c.num_heads, c.head_dim)  # [out, in] -> [in, n, d]
 _heads_bias = lambda b, c: b.reshape(c.num_heads, c.head_dim)
@@ -85,23 +66,15 @@ _COMMON = [
     (r'pooler\.dense\.weight', 'pooler/kernel', _t),
     (r'pooler\.dense\.bias', 'pooler/bias', _id),
 ]
-_DEBERTA_EXTRA = [
-    (r'encoder\.rel_embeddings\.weight', 'relative/embedding', _id),
-    (r'encoder\.LayerNorm\.weight', 'relative/layer_norm/scale', _id),
-    (r'encoder\.LayerNorm\.bias', 'relative/layer_norm/bias', _id),
-    (r'encoder\.conv\.conv\.weight', 'layers_0/conv/kernel', _conv),  # beside the first layer
-    (r'encoder\.conv\.conv\.bias', 'layers_0/conv/bias', _id),
-    (r'encoder\.conv\.LayerNorm\.weight', 'layers_0/conv_layer_norm/scale', _id),
-    (r'encoder\.conv\.LayerNorm\.bias', 'layers_0/conv_layer_norm/bias', _id),
-]
-_EXTRA = {'mpnet': [(r'encoder\.relative_attention_bias\.weight', 'relative/embedding', _id)],
-          'deberta': _DEBERTA_EXTRA, 'deberta-v2': _DEBERTA_EXTRA}
+_TRANSFORMS = {'id': _id, 'conv': _conv}  # the keys of a family's HF_EXTRA_NAMES
 
 
 def name_table(model_type: str) -> list[tuple[str, str, Transform]]:
-  """The (regex, params path template, transform) rows of one architecture family."""
-  rows = list(_COMMON) + _EXTRA.get(model_type, [])
-  for ours, theirs in LAYER_NAMES[model_type].items():
+  """The (regex, params path template, transform) rows of one architecture family: the rows every family
+  shares, then the family's own names (encoder_jax/architectures: HF_LAYER_NAMES, HF_EXTRA_NAMES)."""
+  fam = architectures.FAMILIES[model_type]
+  rows = list(_COMMON) + [(regex, template, _TRANSFORMS[key]) for regex, template, key in fam.HF_EXTRA_NAMES]
+  for ours, theirs in fam.HF_LAYER_NAMES.items():
     prefix = r'encoder\.layer\.(\d+)\.' + theirs
     if ours in _WEIGHT_TRANSFORMS:
       weight, bias = _WEIGHT_TRANSFORMS[ours]

@@ -6,7 +6,7 @@
   deberta.py  DeBERTa v1 and v2/v3: disentangled relative scores, padding zeroed, v2's convolution
 
 The encoder asks `family(config)` once and calls its hooks; it knows no model_type string. Adding a family
-is a new module here, an entry in FAMILIES, its name table in hf_import.py and its parity fixtures.
+is a new module here (its hooks and its Hugging Face names), an entry in FAMILIES, and its parity fixtures.
 """
 
 from __future__ import annotations

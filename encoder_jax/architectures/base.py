@@ -15,7 +15,20 @@ from encoder_jax.config import EncoderConfig
 
 class Family:
   """BERT's answers to every hook: absolute positions from 0, nothing shared between layers, no score term,
-  nothing beside the layers. A family overrides what it changes."""
+  nothing beside the layers. A family overrides what it changes.
+
+  Its Hugging Face names (read by hf_import's name table on import and inverted by hf_export):
+  HF_LAYER_NAMES maps our per-layer module -> the regex of its module path inside encoder.layer.N;
+  HF_EXTRA_NAMES lists (regex on the tensor name, params path template, transform key) for what the family
+  adds outside the layers; transform keys are hf_import's ('id': as stored, 'conv': torch Conv1d layout).
+  """
+
+  HF_LAYER_NAMES: dict[str, str] = {
+      'query': r'attention\.self\.query', 'key': r'attention\.self\.key', 'value': r'attention\.self\.value',
+      'attention_output': r'attention\.output\.dense', 'attention_layer_norm': r'attention\.output\.LayerNorm',
+      'intermediate': r'intermediate\.dense', 'output': r'output\.dense', 'output_layer_norm': r'output\.LayerNorm',
+  }
+  HF_EXTRA_NAMES: tuple[tuple[str, str, str], ...] = ()
 
   def position_ids(self, config: EncoderConfig, input_ids):
     """input_ids [batch, seq] -> position ids [batch, seq] into the position table."""

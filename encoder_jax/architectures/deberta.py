@@ -29,6 +29,21 @@ def score_scale(config: EncoderConfig) -> float:
 
 
 class Deberta(Family):
+  # DeBERTa v1's names after hf_import's split of its fused in_proj, q_bias, v_bias, pos_proj and pos_q_proj.
+  HF_LAYER_NAMES = {
+      **Family.HF_LAYER_NAMES, 'query': r'attention\.self\.query_proj', 'key': r'attention\.self\.key_proj',
+      'value': r'attention\.self\.value_proj', 'pos_query': r'attention\.self\.pos_query_proj',
+      'pos_key': r'attention\.self\.pos_key_proj',
+  }
+  HF_EXTRA_NAMES = (
+      (r'encoder\.rel_embeddings\.weight', 'relative/embedding', 'id'),
+      (r'encoder\.LayerNorm\.weight', 'relative/layer_norm/scale', 'id'),
+      (r'encoder\.LayerNorm\.bias', 'relative/layer_norm/bias', 'id'),
+      (r'encoder\.conv\.conv\.weight', 'layers_0/conv/kernel', 'conv'),  # beside the first layer
+      (r'encoder\.conv\.conv\.bias', 'layers_0/conv/bias', 'id'),
+      (r'encoder\.conv\.LayerNorm\.weight', 'layers_0/conv_layer_norm/scale', 'id'),
+      (r'encoder\.conv\.LayerNorm\.bias', 'layers_0/conv_layer_norm/bias', 'id'),
+  )
   """BERT's absolute positions (when position_biased_input), padding zeroed after the embedding layer
   norm, the disentangled score term, and v2's convolution beside layer 0."""
 

@@ -19,6 +19,12 @@ from encoder_jax.config import MPNET_BUCKETS, MPNET_MAX_DISTANCE, EncoderConfig
 
 
 class MPNet(Roberta):
+  HF_LAYER_NAMES = {
+      **Roberta.HF_LAYER_NAMES, 'query': r'attention\.attn\.q', 'key': r'attention\.attn\.k',
+      'value': r'attention\.attn\.v', 'attention_output': r'attention\.attn\.o',
+      'attention_layer_norm': r'attention\.LayerNorm',
+  }
+  HF_EXTRA_NAMES = ((r'encoder\.relative_attention_bias\.weight', 'relative/embedding', 'id'),)
   """RoBERTa's position ids; the shared bias, at the layer's heads, as the score term."""
 
   def shared(self, config):
