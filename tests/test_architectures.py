@@ -12,7 +12,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 import encoder_jax
-from encoder_jax import relative
+from encoder_jax.architectures import deberta, mpnet
 from encoder_jax.hf_import import CheckpointError
 from sweet_jax import adaptive, curves, exits, objectives
 
@@ -56,7 +56,7 @@ def test_deberta_log_buckets_match_hugging_face():
   for size, max_position in ((8, 20), (256, 512)):
     want = ref[f'log_buckets_{size}_{max_position}']
     assert len(np.unique(want)) > size  # beyond the exact range: the logarithmic part is exercised
-    np.testing.assert_array_equal(relative.deberta_log_buckets(ref['relative_positions'], size, max_position),
+    np.testing.assert_array_equal(deberta.log_buckets(ref['relative_positions'], size, max_position),
                                   want, err_msg=f'{size} buckets, max position {max_position}')
 
 
@@ -81,7 +81,7 @@ def test_mpnet_buckets_match_hugging_face():
   with np.load(FIXTURES / 'mpnet_tiny.npz', allow_pickle=False) as f:
     positions, want = f['relative_positions'], f['buckets']
   assert len(np.unique(want)) == 31  # every bucket but 16 (distance 0 counts as "before")
-  np.testing.assert_array_equal(relative.mpnet_buckets(positions), want)
+  np.testing.assert_array_equal(mpnet.buckets_of(positions), want)
 
 
 def test_mpnet_parameter_tree_and_every_loading_problem(tmp_path):
