@@ -55,16 +55,31 @@ def at_budget(budget: float, cost: str = 'layer_fraction') -> PerExample:
   return fn
 
 
+def with_outputs(*groups: Sequence[dict[str, Any]]) -> tuple[list[list[dict[str, Any]]], str]:
+  """The groups (paired by position: groups[g][i] share a seed) cut to the positions where every group's run has
+  stored outputs, and a note naming the seeds kept when that is fewer than all ('' otherwise). Cells evaluated
+  before outputs were stored are re-evaluated a seed at a time; until every seed is, a claim is tested paired
+  on the seeds that are, and says so, rather than falling back to the summary rule on all of them."""
+  keep = [i for i in range(len(groups[0])) if all(predictions_of(g[i]) is not None for g in groups)]
+  kept = [[g[i] for i in keep] for g in groups]
+  if not keep or len(keep) == len(groups[0]):
+    return kept, ''
+  seeds = ', '.join(str(groups[0][i]['labels']['seed']) for i in keep)
+  return kept, f' [paired on seed{"s" * (len(keep) > 1)} {seeds}, of {len(groups[0])}: the others have no stored outputs]'
+
+
 def claim(text: str, a_runs: Sequence[dict[str, Any]], b_runs: Sequence[dict[str, Any]],
           per_example: PerExample, **kw) -> stats.Claim | None:
-  """'a is more accurate than b' as a paired claim over examples and seeds (a_runs[i] and b_runs[i] share a
-  seed); None when some run lacks stored outputs or a budget its sweep does not reach."""
+  """'a is more accurate than b' as a paired claim over examples and the seeds whose runs have stored outputs
+  (a_runs[i] and b_runs[i] share a seed; with_outputs); None when no seed has them for both, or a run's sweep
+  does not reach a budget."""
+  (a_runs, b_runs), note = with_outputs(a_runs, b_runs)
   a, b = correctness(a_runs, per_example), correctness(b_runs, per_example)
   if a is None or b is None or np.isnan(a[0]).any() or np.isnan(b[0]).any():
     return None
   if a[1] != b[1]:
     raise ValueError('The runs compared were scored on different test sets.')
-  return stats.Claim(text, stats.paired_bootstrap(a[0], b[0]), **kw)
+  return stats.Claim(text + note, stats.paired_bootstrap(a[0], b[0]), **kw)
 
 
 def render(items: Sequence[str | stats.Claim], alpha: float = stats.ALPHA) -> list[str]:

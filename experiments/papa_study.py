@@ -191,31 +191,35 @@ def _drop_per_example(fraction: float, base: float) -> paired.PerExample:
   return fn
 
 
-def _paired_drop(g: Sequence[dict[str, Any]], fraction: float, base: float) -> stats.Paired | None:
-  """The relative drop at `fraction`, bootstrapped paired over examples and seeds; None without stored outputs."""
+def _paired_drop(g: Sequence[dict[str, Any]], fraction: float) -> tuple[stats.Paired, str] | None:
+  """The relative drop at `fraction` (from the paired seeds' mean k = 0 accuracy), bootstrapped paired over
+  examples and the seeds with stored outputs, and paired.with_outputs' note; None when no seed has them."""
+  (g,), note = paired.with_outputs(g)
+  if not g:
+    return None
+  base = float(np.mean(per_fraction(g, 'accuracy')[0.0]))
   drop = paired.correctness(g, _drop_per_example(fraction, base))
-  return None if drop is None else stats.paired_bootstrap(drop[0], np.zeros_like(drop[0]))
+  return stats.paired_bootstrap(drop[0], np.zeros_like(drop[0])), note
 
 
 def claims(runs: Sequence[dict[str, Any]]) -> list[str]:
   """Every head constant: a relative drop below SMALL_DROP; half the heads: below LITTLE_DROP (both one-sided
   margins: non-inferiority when tested paired); the better model loses more. Paired on stored outputs where
-  every run has them (judged together under Holm's rule), else from the accuracies."""
-  out, all_drops, drops_paired = [], {}, {}
+  some seed has them (judged together under Holm's rule), else from the accuracies."""
+  out, all_drops = [], {}
   for (model, task), g in exit_study.groups(runs, ['model', 'task']).items():
-    base = float(np.mean(per_fraction(g, 'accuracy').get(0.0, [np.nan])))
     for fraction, bound, what in ((1.0, SMALL_DROP, 'every head constant: a small relative drop'),
                                   (0.5, LITTLE_DROP, 'half the heads constant: little or no relative drop')):
       d = relative_drop(g, fraction)
       if d is None:
         continue
+      base = float(np.mean(per_fraction(g, 'accuracy')[0.0]))
       if fraction == 1.0:
-        all_drops[model, task] = (*d, base)
+        all_drops[model, task] = (*d, base, g)
       text = lambda how: f'{model}, {task}: {what} (< {100 * bound:g}%; {how}, in %)'
-      result = _paired_drop(g, fraction, base)
+      result = _paired_drop(g, fraction)
       if result is not None:
-        drops_paired[model, task, fraction] = (g, base)
-        out.append(stats.Claim(text('the drop'), result, 'within', upper=bound, unit='%'))
+        out.append(stats.Claim(text('the drop') + result[1], result[0], 'within', upper=bound, unit='%'))
         continue
       out.append(claim_sentence(text('minus the drop'), -d[0], d[1], threshold=-bound,
                                 seeds=d[2], scale=100, unit='%'))
@@ -224,19 +228,26 @@ def claims(runs: Sequence[dict[str, Any]]) -> list[str]:
     if len(got) < 2:
       continue
     (better, b), (worse, w) = sorted(got.items(), key=lambda kv: -kv[1][3])
-    text = (f'{task}: the better model ({better}, k = 0 accuracy {b[3]:.3f} against {worse}\'s {w[3]:.3f}) loses '
-            'more with every head constant (difference of relative drops, in %)')
-    if (better, task, 1.0) in drops_paired and (worse, task, 1.0) in drops_paired:
-      gb, gw = exit_study.common_seeds(drops_paired[better, task, 1.0][0], drops_paired[worse, task, 1.0][0])
-      db = paired.correctness(gb, _drop_per_example(1.0, b[3]))
-      dw = paired.correctness(gw, _drop_per_example(1.0, w[3]))
-      if db[1] != dw[1]:
-        raise ValueError(f'{task}: the two models were scored on different test sets.')
-      out.append(stats.Claim(text, stats.paired_bootstrap(db[0], dw[0]), unit='%'))
-      continue
-    out.append(claim_sentence(text, b[0] - w[0], float(np.hypot(b[1], w[1])), seeds=min(b[2], w[2]), scale=100,
-                              unit='%'))
+    out.append(_better_loses_more(task, better, b, worse, w))
   return paired.render(out)
+
+
+def _better_loses_more(task: str, better: str, b: tuple, worse: str, w: tuple) -> str | stats.Claim:
+  """The better model's relative drop with every head constant minus the worse one's: paired over the same
+  test examples and the seeds both have with stored outputs, else from the summaries. b, w: relative_drop's
+  (drop, se, seeds) with the mean k = 0 accuracy and the runs."""
+  text = (f'{task}: the better model ({better}, k = 0 accuracy {b[3]:.3f} against {worse}\'s {w[3]:.3f}) loses '
+          'more with every head constant (difference of relative drops, in %)')
+  (gb, gw), note = paired.with_outputs(*exit_study.common_seeds(b[4], w[4]))
+  if not gb:
+    return claim_sentence(text, b[0] - w[0], float(np.hypot(b[1], w[1])), seeds=min(b[2], w[2]), scale=100,
+                          unit='%')
+  base = lambda g: float(np.mean(per_fraction(g, 'accuracy')[0.0]))
+  db = paired.correctness(gb, _drop_per_example(1.0, base(gb)))
+  dw = paired.correctness(gw, _drop_per_example(1.0, base(gw)))
+  if db[1] != dw[1]:
+    raise ValueError(f'{task}: the two models were scored on different test sets.')
+  return stats.Claim(text + note, stats.paired_bootstrap(db[0], dw[0]), unit='%')
 
 
 def plot_curves(runs: Sequence[dict[str, Any]], path: str) -> None:

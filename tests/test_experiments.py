@@ -469,8 +469,13 @@ def test_study_claims_are_paired_on_stored_predictions(tmp_path):
   assert exit_study.at_budget(sw[0][0], 0.5) == pytest.approx(
       budgets.accuracy_at(predictions.dense_curve(sw[0][1]), 'layer_fraction', 0.5))
   assert exit_study.at_budget(sw[0][0], 0.5) != budgets.accuracy_at(sw[0][0]['curve']['points'], 'layer_fraction', 0.5)
-  # A run without stored outputs: that comparison falls back to the summary rule.
+  # A seed without stored outputs: the claim is paired on the other seed, and says so.
   del by['sweet'][1]['attachments']['.predictions.npz']
+  one = sweet_study_a.method_claims('movie_reviews', by, budgets_=(0.5,))[0]
+  assert one.result.seeds == 1 and one.result.effect == pytest.approx(0.15)
+  assert one.text.endswith('[paired on seed 42, of 2: the others have no stored outputs]')
+  # No seed with stored outputs for both methods: the summary rule.
+  del by['sweet'][0]['attachments']['.predictions.npz']
   assert isinstance(sweet_study_a.method_claims('movie_reviews', by, budgets_=(0.5,))[0], str)
   # Runs scored on different test sets are refused.
   other = dict(ee[0][0], attachments={'.predictions.npz': str(tmp_path / 'other.npz')})
@@ -534,6 +539,11 @@ def test_papa_claims_paired_on_stored_outputs(tmp_path):
   # The better model (mpnet) loses 10.0% - 5.0% = +5.0 points more: paired over the same examples, holds.
   better = out[-1]
   assert better.startswith('- movie_reviews: the better model (mpnet') and '**holds** (+5.0%,' in better
+  # MPNet's seed 43 without stored outputs: its claims and the comparison are paired on seed 42 and say so.
+  del runs[3]['attachments']['.predictions.npz']
+  out = papa_study.claims(runs)
+  assert 'paired on seed 42, of 2' in out[-1] and 'n = 1000 x 1' in out[-1] and '**holds** (+5.0%,' in out[-1]
+  assert 'n = 1000 x 2' in half
 
 
 def test_constants_summary_by_hand():
