@@ -90,3 +90,92 @@ def test_constant_heads_save_their_query_key_and_score_flops():
   assert saved == 2 * seq * h * 2 * d + 2 * seq * seq * d - 2 * seq * seq  # Q, K columns; scores; + normaliser
   assert curves.layer_flops(softmax, 0, seq) - curves.layer_flops(one, 0, seq) == (
       saved + 2 * seq * d + curves.ELEMENTWISE_FLOPS * seq * (seq - d))  # and their biases and softmax
+
+
+# ------------------------------------------------------------------------- engine = offline sweep, constants
+
+from papa_jax import averages  # noqa: E402  (grouped with the tests that use them)
+from sweet_jax import adaptive, exits  # noqa: E402
+from tests.test_adaptive import CODED, CODED_THRESHOLD, coded_encoder, coded_model, coded_stream, offline_logits  # noqa: E402
+
+CODED_L = 6  # PAPA's fixed layout length: every batch of these tests comes at it
+CODED_EXITS = (1, 2, 4, 6)
+TOLERANCE = 1e-5  # engine logits against the offline forward's: float32 rounding in other batch shapes
+
+
+def structured(params, qk: float = 20.0, v: float = 5.0):
+  """The coded model with attention that matters: query and key kernels x qk (at init scale every head
+  attends almost uniformly, so every head's averages would be the same matrix), value and output kernels x v
+  (so attention moves the logits). The coded exit pattern survives (asserted by the test)."""
+  enc = dict(params['encoder'])
+  for name in [n for n in enc if n.startswith('layers_')]:
+    layer = dict(enc[name])
+    for w, scale in (('query', qk), ('key', qk), ('value', v), ('attention_output', v)):
+      layer[w] = {**layer[w], 'kernel': layer[w]['kernel'] * scale}
+    enc[name] = layer
+  return {**params, 'encoder': enc}
+
+
+def coded_constants(encoder_params):
+  """Real PAPA averages of the encoder, [layers, heads, L, L]: its softmax attention averaged over 64 random
+  token sequences of random real lengths at L (papa_jax.averages, as PAPA's stage 1 makes them)."""
+  rng = np.random.default_rng(11)
+  lens = rng.integers(1, CODED_L + 1, 64)
+  mask = (np.arange(CODED_L)[None] < lens[:, None]).astype(np.int32)
+  ids = rng.integers(1, CODED.vocab_size, mask.shape).astype(np.int32) * mask
+  batches = [{'input_ids': ids[i:i + 16], 'attention_mask': mask[i:i + 16], 'token_type_ids': 0 * ids[i:i + 16]}
+             for i in range(0, 64, 16)]
+  consts = averages.accumulate(CODED, encoder_params, batches, length=CODED_L).averages
+  assert consts.shape == (CODED.num_layers, CODED.num_heads, CODED_L, CODED_L)
+  return consts
+
+
+def mixed_heads_within(layers: int, seed: int) -> list[tuple[int, int]]:
+  """A seeded random set of constant heads in layers 0..layers-1 with at least one layer mixed (some heads
+  constant, some not)."""
+  rng = np.random.default_rng(seed)
+  while True:
+    chosen = rng.random((layers, CODED.num_heads)) < 0.5
+    if (chosen.any(1) & ~chosen.all(1)).any():
+      return [(int(l), int(h)) for l, h in zip(*np.nonzero(chosen))]
+
+
+@pytest.mark.parametrize('heads', ['first_segment', 'mixed'])
+def test_engine_with_constant_heads_matches_offline_sweep(heads):
+  """SWEET with constant heads (the first segment all constant, or a seeded random mix within the first three
+  segments), exits after layers 1, 2, 4, 6: every engine mode answers every example as the offline sweep of
+  the all-exit forward does (exit, prediction and the logits it left with), at several thresholds, over seeded
+  skewed exit patterns."""
+  chosen = ([(0, h) for h in range(CODED.num_heads)] if heads == 'first_segment'
+            else mixed_heads_within(CODED_EXITS[2], seed=3))
+  config = CODED.with_heads('constant', chosen)
+  num_exits = len(CODED_EXITS)
+  ecfg, params, _ = coded_model('sweet', num_exits, exit_layers=CODED_EXITS, config=config)
+  params = structured(params)
+  constants = coded_constants(params['encoder'])
+  engine = adaptive.AdaptiveEngine(config, ecfg, params, method='sweet', batch_size=8, buckets=(8,),
+                                   constants=constants)
+  seeds = range(8)  # skewed to the last exit, to the first, uniform, Dirichlet; both batchings
+  streams = [coded_stream(seed, num_exits, seqs=(CODED_L,)) for seed in seeds]
+  stream = [b for batches, _ in streams for b in batches]
+  offline = lambda c: offline_logits(lambda p, b: exits.forward(config, ecfg, p, b, stop_gradient=False,
+                                                                constants=c), params, stream, seqs=(CODED_L,))
+  logits = offline(constants)
+  # The check can see the constants: another head's matrices move the logits far past the tolerance.
+  assert np.abs(offline(constants[:, ::-1]) - logits).max() > 100 * TOLERANCE
+  offsets = np.cumsum([0] + [len(target) for _, target in streams])
+  for threshold in (0.0, CODED_THRESHOLD, 0.999, 1.5):  # all first; the coded pattern; stricter; all last
+    all_exit, all_pred = map(np.asarray, curves.assign_exits(logits, np.ones(num_exits), threshold))
+    for seed, (batches, target), start, stop in zip(seeds, streams, offsets, offsets[1:]):
+      valid = np.concatenate([b['example_mask'] > 0 for b in batches])
+      want_exit, want_pred = all_exit[start:stop], all_pred[start:stop]
+      if threshold == CODED_THRESHOLD:
+        np.testing.assert_array_equal(want_exit, target, err_msg=f'seed {seed}: the coded model misses its pattern')
+      for mode in adaptive.MODES:
+        got = engine.run(batches, threshold, mode=mode)
+        msg = f'{heads}: threshold {threshold}, seed {seed}, {mode}'
+        np.testing.assert_array_equal(got.exit_index[valid], want_exit, err_msg=msg)
+        np.testing.assert_array_equal(got.predictions[valid], want_pred, err_msg=msg)
+        np.testing.assert_array_equal(got.exit_index[~valid], -1, err_msg=msg)
+        at_exit = logits[want_exit, start + np.arange(stop - start)]
+        np.testing.assert_allclose(got.logits[valid], at_exit, rtol=TOLERANCE, atol=TOLERANCE, err_msg=msg)
