@@ -64,6 +64,19 @@ def _load_constants(path: str, encoder_config, checkpoint: str) -> tuple[np.ndar
   return est.averages, record
 
 
+def layout_length(model_config, constants) -> int | None:
+  """The length of PAPA's fixed layout the inputs take, or None (plain tokenization): the constants' L when
+  there are constants; else model.layout_length when set (0: none), so that a model without constant heads
+  reads exactly the tokens its constant-head variants read (experiments/sweet_papa_study.py's 'none')."""
+  asked = int(model_config.get('layout_length', 0)) or None
+  if constants is None:
+    return asked
+  if asked is not None and asked != constants.shape[-1]:
+    raise ValueError(f'model.layout_length is {asked}, but the constants in model.constants_path are '
+                     f'{constants.shape[-1]} x {constants.shape[-1]}: set it to {constants.shape[-1]} or 0.')
+  return constants.shape[-1]
+
+
 def check_model_fields(config) -> None:
   """Refuses, before any data is loaded, data.max_seq_length above the model's position table or below what
   its tokenizer's special tokens need (pairs: RoBERTa and MPNet put 4 around two texts, BERT 3), naming the
@@ -107,7 +120,7 @@ def build(config, num_labels: int) -> Built:
   # Constant matrices are position-specific: inputs take PAPA's fixed layout at their length. The encode
   # function checks token types against the model's type vocabulary.
   encode_fn = encoder_jax.make_encode_fn(tokenizer, encoder_config, max_length=config.data.max_seq_length,
-                                         layout_length=None if constants is None else constants.shape[-1],
+                                         layout_length=layout_length(m, constants),
                                          buckets=tuple(config.data.get('length_buckets', DEFAULT_BUCKETS)))
   method = Method(name, init, loss, predict, param_groups=objectives.param_groups(name, exit_config))
   return Built(method, encoder_config, exit_config, encode_fn, constants, constants_record)

@@ -179,3 +179,24 @@ def test_engine_with_constant_heads_matches_offline_sweep(heads):
         np.testing.assert_array_equal(got.exit_index[~valid], -1, err_msg=msg)
         at_exit = logits[want_exit, start + np.arange(stop - start)]
         np.testing.assert_allclose(got.logits[valid], at_exit, rtol=TOLERANCE, atol=TOLERANCE, err_msg=msg)
+
+
+# --------------------------------------------------------------------------------- the 'none' variant's layout
+
+def test_a_model_without_constants_can_take_papas_layout():
+  """model.layout_length lays a model without constant heads out as its constant-head variants (the study's
+  'none' reads the same tokens); with constants their L rules, and a different layout_length is refused;
+  and the run identity tells the two layouts apart."""
+  import ml_collections
+  from drivers import methods
+  from pipeline import fingerprint
+  model = lambda n: ml_collections.ConfigDict({'layout_length': n, 'checkpoint': 'minilm', 'exit_layers': (1,)})
+  consts = np.zeros((6, 12, 32, 32), np.float32)
+  assert methods.layout_length(model(0), None) is None
+  assert methods.layout_length(model(64), None) == 64
+  assert methods.layout_length(model(0), consts) == methods.layout_length(model(32), consts) == 32
+  with pytest.raises(ValueError, match='model.layout_length is 64'):
+    methods.layout_length(model(64), consts)
+  run = lambda n: ml_collections.ConfigDict({'method': 'sweet', 'model': model(n), 'train': {'dtype': 'float32'}})
+  assert fingerprint.of_model(run(64)) != fingerprint.of_model(run(0))
+  assert 'layout_length' not in fingerprint.of_model(run(0))  # identities of earlier runs are unchanged
