@@ -6,6 +6,7 @@ pipeline only ever sees the Method. PAPA runs its own staged experiment (papa_ex
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
 from typing import Any, Callable
@@ -37,13 +38,16 @@ class Built:
 
 def constant_heads_of(spec, encoder_config, exit_config) -> list[tuple[int, int]] | str:
   """config.model.constant_heads -> (layer, head) pairs: '' (none), 'all', 'first_segment' (every head
-  of the layers below the first exit), or a sequence of (layer, head) pairs (0-indexed)."""
+  of the layers below the first exit), or a sequence of (layer, head) pairs (0-indexed; also as its text,
+  '((0, 3), (0, 5))', which is how a command-line override of this string field arrives)."""
   if not spec:
     return []
   if spec == 'all':
     return 'all'
   if spec == 'first_segment':
     return [(l, h) for l in range(exit_config.exit_layers[0]) for h in range(encoder_config.num_heads)]
+  if isinstance(spec, str) and spec.startswith('('):  # pairs given on the command line arrive as text
+    spec = ast.literal_eval(spec)
   if isinstance(spec, str):
     raise ValueError(f"model.constant_heads must be '', 'all', 'first_segment' or (layer, head) pairs, got {spec!r}.")
   return [tuple(int(x) for x in pair) for pair in spec]

@@ -200,3 +200,139 @@ def test_a_model_without_constants_can_take_papas_layout():
   run = lambda n: ml_collections.ConfigDict({'method': 'sweet', 'model': model(n), 'train': {'dtype': 'float32'}})
   assert fingerprint.of_model(run(64)) != fingerprint.of_model(run(0))
   assert 'layout_length' not in fingerprint.of_model(run(0))  # identities of earlier runs are unchanged
+
+
+# ------------------------------------------------------------------------------------------ the study runner
+
+from experiments import budgets, common, exit_study, paired, stats, sweet_papa_study as sps  # noqa: E402
+from tests.test_experiments import _parse  # noqa: E402
+
+LENGTHS = {'movie_reviews': 64, 'tweets': 64, 'bbc_news': 128}
+RANKING = [(3, 1), (0, 7), (1, 0), (0, 2), (0, 11), (5, 5), (0, 0), (0, 5), (0, 9), (0, 1), (0, 3), (0, 4), (0, 6),
+           (0, 8), (0, 10)]  # a ranking's head: layer 0 heads in the order 7, 2, 11, 0, 5, 9, 1, ...
+
+
+def grid(rankings=None):
+  return sps.cells(LENGTHS, {t: RANKING for t in sps.TASKS} if rankings is None else rankings, sps.minilm_config(),
+                   'runs/w')
+
+
+def test_grid_names_lengths_heads_and_one_test_set_per_task():
+  cells = grid()
+  names = [c.name for c in cells]
+  assert len(cells) == 59 == len(set(names))  # 2 tasks x (1 + 2 x 4 x 3) + (1 + 2 x 4)
+  assert names[0] == 'movie_reviews_papa' and names[1] == 'movie_reviews_sweet_none_s42'
+  assert 'bbc_news_early_exit_rank_h_s42' in names and 'bbc_news_sweet_none_s43' not in names
+  from drivers import methods
+  for task in sps.TASKS:
+    exit_cells = [c for c in cells if c.labels['task'] == task and c.labels['kind'] == 'exit']
+    configs = [_parse(c.steps[0].argv) for c in exit_cells]
+    for c, cfg in zip(exit_cells, configs):
+      assert c.steps[1].argv[1:] == c.steps[0].argv[1:]  # eval sees the same config
+      assert cfg.model.layout_length == cfg.data.max_seq_length == LENGTHS[task], c.name  # one layout, 'none' too
+      assert cfg.method == c.labels['method'] and tuple(cfg.model.exit_layers) == (1, 2, 4, 6)
+      heads = methods.constant_heads_of(cfg.model.constant_heads, sps.minilm_config(), _ExitLayers())
+      want = {'none': [], 'first_all': [(0, h) for h in range(12)], 'rank_q': [(0, 7), (0, 2), (0, 11)],
+              'rank_h': [(0, 7), (0, 2), (0, 11), (0, 0), (0, 5), (0, 9)]}[c.labels['variant']]
+      assert heads == want, c.name
+      if want:
+        assert cfg.model.constants_path == f'runs/w/{task}_papa/papa/averages.npz'
+    # Every variant of a task is scored on one test set: the fields that make the eval split are the same.
+    test_set = lambda cfg: {k: cfg.data.get(k) for k in ('source', 'seed', 'eval_size', 'max_eval_samples')}
+    assert all(test_set(cfg) == test_set(configs[0]) for cfg in configs)
+  papa = _parse(cells[0].steps[0].argv)
+  assert papa.method == 'papa' and papa.papa.length == 64 and tuple(papa.papa.ks) == (0,)
+  # Without a ranking the rank cells wait, and are marked so.
+  waiting = [c for c in grid({}) if c.labels.get('waiting')]
+  assert len(waiting) == 2 * 2 * 3 * 2 + 2 * 2 and all(c.labels['variant'].startswith('rank') for c in waiting)
+
+
+class _ExitLayers:
+  exit_layers = (1, 2, 4, 6)
+
+
+def test_rank_variants_cut_the_first_exit_flops_by_a_quarter_and_a_half_of_first_all():
+  """k from the FLOPs model: the rank variants' first-exit saving is 1/4 and 1/2 of first_all's (3 and 6 of
+  MiniLM's 12 first-segment heads), taking the ranking's first-segment heads in its order."""
+  cfg = sps.minilm_config()
+  for length in (64, 128):
+    base = sps.first_exit_flops(cfg, [], length)
+    most = base - sps.first_exit_flops(cfg, [(0, h) for h in range(12)], length)
+    for variant, target in sps.RANK_TARGETS.items():
+      heads = sps.ranked_heads(RANKING, cfg, target, length)
+      saved = base - sps.first_exit_flops(cfg, heads, length)
+      assert saved == pytest.approx(target * most, rel=1e-12) and len(heads) == 12 * target
+      assert heads == [h for h in RANKING if h[0] == 0][:len(heads)]
+
+
+def test_the_averages_come_from_the_training_split(tmp_path):
+  """The PAPA cell's data fields and an exit cell's, on one local source: the PAPA cell's training split (what
+  its stage 1 averages over) shares no example with the exit cells' test split, which is the same for both."""
+  from pipeline import data
+  from tests.data_helpers import ids_of, numbered, write_csv
+  path = write_csv(tmp_path / 'all.csv', ['text', 'label'], numbered(700))
+  for task in sps.TASKS:
+    cells = [c for c in grid() if c.labels['task'] == task]
+    splits = []
+    for cell in (cells[0], cells[1]):  # the PAPA cell, an exit cell
+      cfg = _parse(cell.steps[0].argv).data
+      cfg.source, cfg.train_path = 'files', str(path)
+      splits.append(data.load_splits(cfg))
+    papa, exit_ = splits
+    assert ids_of(papa.eval) == ids_of(exit_.eval)
+    assert not set(ids_of(papa.train)) & set(ids_of(exit_.eval)), task
+
+
+def _variant_run(tmp_path, method, variant, seed, right, rng, test_set='t'):
+  """An exit cell's raw JSON with stored outputs: 300 examples, exits 1/2/4/6; exit e right on right[e] of
+  them; FLOPs per exit in sixths of the full model (a constant-head variant's exits slightly cheaper)."""
+  from drivers.predictions import Predictions
+  n = 300
+  labels = rng.integers(0, 2, n).astype(np.int8)
+  hit = np.stack([rng.permutation(n) < r for r in right])
+  pred = np.where(hit, labels, 1 - labels).astype(np.int8)
+  conf = rng.uniform(0.5, 1.0, (4, n)).astype(np.float32)
+  layers = np.array([1, 2, 4, 6], np.int32)
+  flops = layers - (0.2 if variant != 'none' else 0.0)
+  p = Predictions(pred, conf, labels, np.arange(n, dtype=np.int32), layers, 'exit_layer', test_set, method=method,
+                  layers_run=layers, exit_flops=np.repeat(flops[:, None], n, 1), full_flops=np.full(n, 6.0))
+  path = tmp_path / f'{method}_{variant}_{seed}.predictions.npz'
+  p.save(str(path))
+  points = [{'threshold': t, 'accuracy': a, 'layer_fraction': f, 'flops_fraction': f, 'measured_speedup': 1 / f}
+            for t, a, f in ((0.5, right[0] / n, flops[0] / 6), (1.0, right[-1] / n, 1.0))]
+  return {'cell': f'movie_reviews_{method}_{variant}_s{seed}', 'per_exit_accuracy': list(hit.mean(1)),
+          'exit_layers': [1, 2, 4, 6], 'eval_examples': n, 'hashes': {'test_set_sha256': test_set},
+          'labels': {'kind': 'exit', 'task': 'movie_reviews', 'method': method, 'variant': variant, 'seed': seed,
+                     'length': 64}, 'curve': {'points': points}, 'attachments': {'.predictions.npz': str(path)}}, p
+
+
+def test_report_claims_tables_and_figure_on_synthetic_runs(tmp_path):
+  from drivers import predictions
+  rng = np.random.default_rng(0)
+  made = {(m, v, s): _variant_run(tmp_path, m, v, s, (210 if v == 'none' else 180, 240, 250, 255), rng)
+          for m in sps.METHODS for v in ('none', 'first_all') for s in (42, 43)}
+  runs = [r for r, _ in made.values()]
+  lines = sps.claims(runs)
+  # Per method: first_all against none at 3 FLOPs budgets (paired) and 3 measured speedups (from the curves).
+  assert len(lines) == 2 * (3 + 3)
+  first = next(l for l in lines if 'SWEET: first_all is more accurate than none at 0.25 of the FLOPs' in l)
+  assert 'paired bootstrap' in first and 'n = 300 x 2' in first
+  # By hand: the paired effect is the mean over seeds of the dense curves' interpolated accuracy differences.
+  want = np.mean([budgets.accuracy_at(predictions.dense_curve(made['sweet', 'first_all', s][1]), 'flops_fraction', 0.25)
+                  - budgets.accuracy_at(predictions.dense_curve(made['sweet', 'none', s][1]), 'flops_fraction', 0.25)
+                  for s in (42, 43)])
+  assert f'({100 * want:+.1f} points, 95% interval' in first
+  # At a matched measured speedup: each run's timed curve interpolated at 1 / 1.5 of the full model's time.
+  at = lambda v: [budgets.accuracy_at(made['sweet', v, s][0]['curve']['points'], 'time_fraction', 1 / 1.5)
+                  for s in (42, 43)]
+  fast = next(l for l in lines if 'SWEET: first_all is more accurate than none at a matched measured 1.5x' in l)
+  assert f'estimate {100 * np.mean(np.subtract(at("first_all"), at("none"))):+.1f} ±' in fast
+  body = dict(sps.sections(runs, str(tmp_path), sps.minilm_config()))
+  table = body['movie_reviews (L = 64)']
+  assert '| sweet | first_all | 2 |' in table.replace('  ', ' ') and 'FLOPs 0.25' in table and '2x measured' in table
+  assert (tmp_path / 'movie_reviews.png').stat().st_size > 0
+  assert 'every cell scored on one test set' in body['Test sets']
+  other = dict(runs[0], hashes={'test_set_sha256': 'another'})
+  assert '**test sets differ**' in sps.test_set_check([other] + runs[1:])
+  share = body['FLOPs share of attention at each length (MiniLM, sweet_jax.curves)']
+  assert '| 64 | 17.5% | 17.5% | 4.4% | 8.7% |' in share  # all-constant layer 0 skips 17.5% of its FLOPs at L = 64
