@@ -16,7 +16,8 @@ Cost of an example that leaves at exit i:
            re-encoding from the embeddings: sum(exit_layers[:i + 1]) layers.
   FLOPs:   the same path counted in floating-point operations (see `layer_flops` for the convention).
 Both are reported as a fraction of the FULL MODEL: the encoder with all layers up to the last exit,
-its embeddings, and the last exit's head alone (the model one would deploy without early exits). The
+its embeddings, and the last exit's head alone, every head softmax (the model one would deploy without
+early exits or constant heads: a model with constant heads is measured against the same reference). The
 layer fraction is the paper's figure, sum over examples of layers run / (N x exit_layers[-1]); it ignores
 embeddings, poolers and heads. The FLOPs fraction counts everything, including the heads of every exit an
 example passes and, for multi_model, each member's embeddings and layers. A multi_model cascade can cost
@@ -264,7 +265,11 @@ def exit_costs(config: EncoderConfig, exit_config: exits.ExitConfig, method: str
 
 
 def full_model_flops(config: EncoderConfig, exit_config: exits.ExitConfig, seq: int) -> float:
-  """The full model on one example: embeddings, layers up to the last exit, the last exit's head only."""
+  """The full model on one example: embeddings, layers up to the last exit, the last exit's head only, every
+  head softmax: the reference is the model deployed with neither early exits nor constant heads, so that the
+  fractions of a model with constant heads and of one without share a denominator (and the constant heads'
+  saving shows in the fraction)."""
+  config = config.replace(head_kinds=None)
   layers = sum(layer_flops(config, l, seq) for l in range(exit_config.exit_layers[-1]))
   return float(embedding_flops(config, seq) + layers + head_flops(config, exit_config, seq))
 

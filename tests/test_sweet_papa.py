@@ -336,3 +336,33 @@ def test_report_claims_tables_and_figure_on_synthetic_runs(tmp_path):
   assert '**test sets differ**' in sps.test_set_check([other] + runs[1:])
   share = body['FLOPs share of attention at each length (MiniLM, sweet_jax.curves)']
   assert '| 64 | 17.5% | 17.5% | 4.4% | 8.7% |' in share  # all-constant layer 0 skips 17.5% of its FLOPs at L = 64
+
+
+# ------------------------------------------------------------------------- one reference for every variant
+
+def test_the_full_model_reference_is_the_softmax_model_for_flops_and_timing():
+  """Fractions and measured speedups of a model with constant heads are taken against the model without
+  them: curves.full_model_flops is the softmax model's, and the engine's timed full program runs exactly the
+  softmax model's matrix products (counted in its jaxpr), whatever the exit model's head kinds."""
+  from sweet_jax import engine_programs as programs
+  config = TINY.replace(num_layers=3, kernels='cpu_tuned')
+  const = config.with_heads('constant', [(0, h) for h in range(config.num_heads)] + [(1, 2)])
+  ecfg = exits.ExitConfig((1, 3), 2, pooling='mean')
+  seq = 11
+  assert curves.full_model_flops(const, ecfg, seq) == curves.full_model_flops(config, ecfg, seq)
+  # Every example at the last exit: the constant model's fraction is below 1 by exactly its saving.
+  _, fraction = curves.cost_fractions(np.array([1]), encoder_config=const, exit_config=ecfg, method='sweet',
+                                      seq_lengths=seq)
+  saving = sum(curves.layer_flops(config, l, seq) - curves.layer_flops(const, l, seq) for l in range(3))
+  head = curves.head_flops(config, ecfg, seq)  # the first exit's head, passed on the way
+  assert fraction == pytest.approx(1 + (head - saving) / curves.full_model_flops(config, ecfg, seq), rel=1e-12)
+  params = exits.init_exit_model(jax.random.key(1), config, encoder_jax.init_params(config, jax.random.key(0)), ecfg)
+  payload = {'input_ids': jnp.ones((BATCH, seq), jnp.int32), 'attention_mask': jnp.ones((BATCH, seq), jnp.int32),
+             'token_type_ids': jnp.zeros((BATCH, seq), jnp.int32)}
+  constants = jnp.full((3, config.num_heads, seq, seq), 1.0 / seq)
+  count = lambda cfg: dot_general_flops(jax.make_jaxpr(
+      lambda p, c, x: programs.full(programs.Spec(cfg, ecfg, False, 2 * BATCH), p, c, x))(params, constants,
+                                                                                        payload).jaxpr)
+  assert count(const) == count(config)
+  assert count(config) // BATCH == (sum(curves.layer_matmul_flops(config, l, seq) for l in range(3))
+                                    + 2 * (config.hidden_size ** 2 + 2 * config.hidden_size))  # pooler, classifier
