@@ -202,6 +202,30 @@ def test_a_model_without_constants_can_take_papas_layout():
   assert 'layout_length' not in fingerprint.of_model(run(0))  # identities of earlier runs are unchanged
 
 
+def test_none_and_constant_variants_encode_the_same_tokens(tmp_path):
+  """Built end to end (drivers.methods.build on a tiny checkpoint): 'none' with model.layout_length = L and
+  a constant-head model with L x L constants turn the same texts into the same token batch."""
+  from configs import sweet_papa_demo
+  from drivers import methods
+  from tests.tiny_checkpoint import write_checkpoint
+  write_checkpoint(tmp_path / 'ckpt')
+  est = averages.AttentionSums.zeros(2, 3, 12)
+  est.counts[:] = 1.0
+  averages.save(tmp_path / 'avg.npz', est)
+  config = sweet_papa_demo.get_config()
+  config.model.checkpoint, config.model.exit_layers = str(tmp_path / 'ckpt'), (1, 2)
+  config.model.constants_path = str(tmp_path / 'avg.npz')
+  texts = ['good plot', 'a dull film']
+  constant = methods.build(config, 2).encode_fn(texts, None)
+  config.model.constant_heads, config.model.layout_length = '', 12
+  none = methods.build(config, 2)
+  assert none.constants is None and not none.encoder_config.uses_constants()
+  got = none.encode_fn(texts, None)
+  assert got['input_ids'].shape == (2, 12) and got['input_ids'][0, -1] == 102  # PAPA layout: [SEP] at L-1
+  for key in constant:
+    np.testing.assert_array_equal(got[key], constant[key], err_msg=key)
+
+
 # ------------------------------------------------------------------------------------------ the study runner
 
 from experiments import budgets, common, exit_study, paired, stats, sweet_papa_study as sps  # noqa: E402
