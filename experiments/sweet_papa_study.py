@@ -45,7 +45,6 @@ import os
 from typing import Any, Sequence
 
 from absl import app, flags
-import numpy as np
 
 from experiments import budgets, common, exit_study, paired, report, stats, sweet_study_a, token_lengths
 from experiments.stats import claim_sentence, difference

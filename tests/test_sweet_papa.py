@@ -16,7 +16,11 @@ import numpy as np
 import pytest
 
 import encoder_jax
-from sweet_jax import curves
+from experiments import budgets, sweet_papa_study as sps
+from papa_jax import averages
+from sweet_jax import adaptive, curves, exits
+from tests.test_adaptive import CODED, CODED_THRESHOLD, coded_model, coded_stream, offline_logits
+from tests.test_experiments import _parse
 
 # ------------------------------------------------------------------------------------ FLOPs = dot_generals
 
@@ -94,9 +98,6 @@ def test_constant_heads_save_their_query_key_and_score_flops():
 
 # ------------------------------------------------------------------------- engine = offline sweep, constants
 
-from papa_jax import averages  # noqa: E402  (grouped with the tests that use them)
-from sweet_jax import adaptive, exits  # noqa: E402
-from tests.test_adaptive import CODED, CODED_THRESHOLD, coded_encoder, coded_model, coded_stream, offline_logits  # noqa: E402
 
 CODED_L = 6  # PAPA's fixed layout length: every batch of these tests comes at it
 CODED_EXITS = (1, 2, 4, 6)
@@ -228,8 +229,6 @@ def test_none_and_constant_variants_encode_the_same_tokens(tmp_path):
 
 # ------------------------------------------------------------------------------------------ the study runner
 
-from experiments import budgets, common, exit_study, paired, stats, sweet_papa_study as sps  # noqa: E402
-from tests.test_experiments import _parse  # noqa: E402
 
 LENGTHS = {'movie_reviews': 64, 'tweets': 64, 'bbc_news': 128}
 RANKING = [(3, 1), (0, 7), (1, 0), (0, 2), (0, 11), (5, 5), (0, 0), (0, 5), (0, 9), (0, 1), (0, 3), (0, 4), (0, 6),
