@@ -16,4 +16,7 @@ def get_config():
   config = sweet_demo.get_config()
   config.model.constant_heads = 'first_segment'  # all 12 heads of layer 1 (exit_layers[0] = 1)
   config.model.constants_path = 'runs/papa_demo/papa/averages.npz'  # written by the papa_demo run
+  # PAPA's fixed layout length without constants (0: plain tokenization; with constants, their L is used and
+  # a nonzero value must equal it): a model with no constant heads set to L reads the same tokens as these.
+  config.model.layout_length = 0
   return config

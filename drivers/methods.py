@@ -6,6 +6,7 @@ pipeline only ever sees the Method. PAPA runs its own staged experiment (papa_ex
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
 from typing import Any, Callable
@@ -37,13 +38,16 @@ class Built:
 
 def constant_heads_of(spec, encoder_config, exit_config) -> list[tuple[int, int]] | str:
   """config.model.constant_heads -> (layer, head) pairs: '' (none), 'all', 'first_segment' (every head
-  of the layers below the first exit), or a sequence of (layer, head) pairs (0-indexed)."""
+  of the layers below the first exit), or a sequence of (layer, head) pairs (0-indexed; also as its text,
+  '((0, 3), (0, 5))', which is how a command-line override of this string field arrives)."""
   if not spec:
     return []
   if spec == 'all':
     return 'all'
   if spec == 'first_segment':
     return [(l, h) for l in range(exit_config.exit_layers[0]) for h in range(encoder_config.num_heads)]
+  if isinstance(spec, str) and spec.startswith('('):  # pairs given on the command line arrive as text
+    spec = ast.literal_eval(spec)
   if isinstance(spec, str):
     raise ValueError(f"model.constant_heads must be '', 'all', 'first_segment' or (layer, head) pairs, got {spec!r}.")
   return [tuple(int(x) for x in pair) for pair in spec]
@@ -62,6 +66,19 @@ def _load_constants(path: str, encoder_config, checkpoint: str) -> tuple[np.ndar
   record = {**fingerprint.file_identity(path), 'model': est.model, 'encoder': est.encoder,
             'shape': list(est.sums.shape)}
   return est.averages, record
+
+
+def layout_length(model_config, constants) -> int | None:
+  """The length of PAPA's fixed layout the inputs take, or None (plain tokenization): the constants' L when
+  there are constants; else model.layout_length when set (0: none), so that a model without constant heads
+  reads exactly the tokens its constant-head variants read (experiments/sweet_papa_study.py's 'none')."""
+  asked = int(model_config.get('layout_length', 0)) or None
+  if constants is None:
+    return asked
+  if asked is not None and asked != constants.shape[-1]:
+    raise ValueError(f'model.layout_length is {asked}, but the constants in model.constants_path are '
+                     f'{constants.shape[-1]} x {constants.shape[-1]}: set it to {constants.shape[-1]} or 0.')
+  return constants.shape[-1]
 
 
 def check_model_fields(config) -> None:
@@ -107,7 +124,7 @@ def build(config, num_labels: int) -> Built:
   # Constant matrices are position-specific: inputs take PAPA's fixed layout at their length. The encode
   # function checks token types against the model's type vocabulary.
   encode_fn = encoder_jax.make_encode_fn(tokenizer, encoder_config, max_length=config.data.max_seq_length,
-                                         layout_length=None if constants is None else constants.shape[-1],
+                                         layout_length=layout_length(m, constants),
                                          buckets=tuple(config.data.get('length_buckets', DEFAULT_BUCKETS)))
   method = Method(name, init, loss, predict, param_groups=objectives.param_groups(name, exit_config))
   return Built(method, encoder_config, exit_config, encode_fn, constants, constants_record)

@@ -344,5 +344,5 @@ def overrides(**fields: Any) -> tuple[str, ...]:
   def fmt(v):
     if isinstance(v, (tuple, list)):
       return '(' + ','.join(fmt(x) for x in v) + (',)' if len(v) == 1 else ')')
-    return repr(v) if isinstance(v, str) and v == '' else str(v)
+    return str(v)  # '' gives '--config.a.b=': ml_collections sets an empty string (a quoted "''" stays literal)
   return tuple(f'--config.{k.replace("__", ".")}={fmt(v)}' for k, v in fields.items())

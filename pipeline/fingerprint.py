@@ -110,6 +110,8 @@ def of_model(config, constants: dict[str, Any] | None = None) -> dict[str, Any]:
     out.update(exit_layers=list(_get(m, 'exit_layers', ())), pooling=_get(m, 'pooling', 'cls'),
                classifier_dropout=_get(m, 'classifier_dropout'), constant_heads=_get(m, 'constant_heads', ''),
                constants=constants)
+    if _get(m, 'layout_length', 0):  # PAPA's layout without constants: other tokens (absent when unset)
+      out['layout_length'] = int(_get(m, 'layout_length', 0))
   return normalized(out)
 
 

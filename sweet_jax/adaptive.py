@@ -238,8 +238,9 @@ class AdaptiveEngine:
     return _result(total, num_labels, state.answers, state.stats)
 
   def run_full(self, batches: Iterable[dict[str, np.ndarray]]) -> np.ndarray:
-    """The full model (single final exit) on every batch: predictions int32 [N] (the timing baseline). Every
-    batch is dispatched before any result is read (one round trip), as the 'stream' mode does."""
+    """The full model (single final exit, every head softmax: engine_programs.full) on every batch:
+    predictions int32 [N] (the timing baseline). Every batch is dispatched before any result is read (one
+    round trip), as the 'stream' mode does."""
     out = []
     for batch in batches:
       payload = {k: np.asarray(batch[k] if k in batch else np.zeros_like(batch['input_ids']), np.int32)

@@ -16,7 +16,8 @@ Cost of an example that leaves at exit i:
            re-encoding from the embeddings: sum(exit_layers[:i + 1]) layers.
   FLOPs:   the same path counted in floating-point operations (see `layer_flops` for the convention).
 Both are reported as a fraction of the FULL MODEL: the encoder with all layers up to the last exit,
-its embeddings, and the last exit's head alone (the model one would deploy without early exits). The
+its embeddings, and the last exit's head alone, every head softmax (the model one would deploy without
+early exits or constant heads: a model with constant heads is measured against the same reference). The
 layer fraction is the paper's figure, sum over examples of layers run / (N x exit_layers[-1]); it ignores
 embeddings, poolers and heads. The FLOPs fraction counts everything, including the heads of every exit an
 example passes and, for multi_model, each member's embeddings and layers. A multi_model cascade can cost
@@ -38,8 +39,9 @@ from sweet_jax import exits
 RULES = ('confidence', 'entropy', 'patience')
 METHODS = ('sweet', 'early_exit', 'multi_model')
 # FLOPs per element of every normalisation or nonlinearity: layer norm, softmax (with its scale and mask),
-# GELU, tanh, the mask-and-renormalise of constant attention. A convention, stated once; a multiply-add
-# is 2 FLOPs; every bias add and residual add is 1 FLOP per element; embedding lookups are free.
+# GELU, tanh, the masking and renormalising of a constant head's values and context. A convention, stated
+# once; a multiply-add is 2 FLOPs (every matrix product, counted exactly: layer_matmul_flops); every bias add
+# and residual add is 1 FLOP per element; embedding lookups are free.
 ELEMENTWISE_FLOPS = 5
 
 
@@ -193,25 +195,50 @@ def embedding_flops(config: EncoderConfig, seq: int) -> int:
 
 
 def layer_flops(config: EncoderConfig, layer: int, seq: int) -> int:
-  """One transformer layer on one example of `seq` tokens (padding included: it is computed).
+  """One transformer layer on one example of `seq` tokens (padding included: it is computed): its matrix
+  products (layer_matmul_flops) and everything elementwise (layer_elementwise_flops)."""
+  return layer_matmul_flops(config, layer, seq) + layer_elementwise_flops(config, layer, seq)
 
-  Softmax heads: query, key, value projections, scores Q K^T, softmax, the probability-weighted sum of
-  values. Constant heads (PAPA) compute no query, key or scores: only values, the mask-and-renormalise of
-  their matrix and the weighted sum. Mixed heads do both and mix them (3 FLOPs per score). Then the output
-  projection, residual and layer norm, and the feed-forward block (dense, GELU, dense, residual, norm).
+
+def _head_counts(config: EncoderConfig, layer: int) -> tuple[int, int, int]:
+  """(heads that form queries, keys and scores; heads that apply a constant matrix; mixed heads): a mixed
+  head (PAPA's gated ranking run) does both."""
+  kinds = config.kinds(layer)
+  n_mixed = kinds.count('mixed')
+  return kinds.count('softmax') + n_mixed, kinds.count('constant') + n_mixed, n_mixed
+
+
+def layer_matmul_flops(config: EncoderConfig, layer: int, seq: int) -> int:
+  """The matrix products of one layer on one example, 2 FLOPs per multiply-add: exactly the dot_generals of
+  the encoder's inference forward (tests/test_sweet_papa.py counts them in its jaxpr).
+
+  One fused projection makes the queries and keys of the heads that form scores and the values of every
+  head: a constant head's query and key columns are never computed. Score-forming heads: Q K^T and
+  probabilities @ values. Constant heads: their [L, L] matrix @ masked values, and @ the mask (each row's
+  mass over the example's real keys, the renormaliser). Then the output projection and the feed-forward
+  block. Architectures whose scores add matrix products of their own (DeBERTa's disentangled terms) are
+  counted as BERT.
   """
+  h, d, n, i, L = config.hidden_size, config.head_dim, config.num_heads, config.intermediate_size, seq
+  n_qk, n_const, _ = _head_counts(config, layer)
+  flops = 2 * L * h * (2 * n_qk + n) * d  # the fused Q, K, V projection
+  flops += n_qk * 2 * (2 * L * L * d)  # scores, and probabilities @ values
+  flops += n_const * (2 * L * L * d + 2 * L * L)  # constant matrix @ masked values, and @ the mask
+  return flops + 2 * L * n * d * h + 2 * 2 * L * h * i  # output projection; feed-forward block
+
+
+def layer_elementwise_flops(config: EncoderConfig, layer: int, seq: int) -> int:
+  """Everything else in one layer on one example: bias adds, the softmax of each score-forming head (over its
+  [L, L] scores), each constant head's masking and renormalising of its [L, d] values and context (no
+  [L, L] work: the matrix is shared by the batch), the gated mix of a mixed head's two contexts (3 per
+  element), residuals, layer norms and GELU."""
   h, d, n, i, e, L = (config.hidden_size, config.head_dim, config.num_heads, config.intermediate_size,
                       ELEMENTWISE_FLOPS, seq)
-  kinds = config.kinds(layer)
-  n_softmax, n_constant, n_mixed = (kinds.count(k) for k in ('softmax', 'constant', 'mixed'))
-  n_qk = n_softmax + n_mixed  # heads that compute queries, keys and scores
-  flops = _dense(L, h, 2 * n_qk * d) + _dense(L, h, n * d)  # Q and K of n_qk heads, V of every head
-  flops += n_qk * (2 * L * L * d + e * L * L)  # scores and their softmax
-  flops += (n_constant + n_mixed) * e * L * L + n_mixed * 3 * L * L  # constant matrices; the mixing
-  flops += n * 2 * L * L * d  # probabilities @ values
-  flops += _dense(L, n * d, h) + L * h + e * L * h  # output projection, residual, layer norm
-  flops += _dense(L, h, i) + e * L * i + _dense(L, i, h) + L * h + e * L * h  # feed-forward block
-  return flops
+  n_qk, n_const, n_mixed = _head_counts(config, layer)
+  flops = L * (2 * n_qk + n) * d  # projection biases
+  flops += n_qk * e * L * L + n_const * e * L * d + n_mixed * 3 * L * d
+  flops += L * h + L * h + e * L * h  # output projection's bias, residual, layer norm
+  return flops + L * i + e * L * i + L * h + L * h + e * L * h  # feed-forward biases, GELU, residual, norm
 
 
 def head_flops(config: EncoderConfig, exit_config: exits.ExitConfig, seq: int) -> int:
@@ -238,7 +265,11 @@ def exit_costs(config: EncoderConfig, exit_config: exits.ExitConfig, method: str
 
 
 def full_model_flops(config: EncoderConfig, exit_config: exits.ExitConfig, seq: int) -> float:
-  """The full model on one example: embeddings, layers up to the last exit, the last exit's head only."""
+  """The full model on one example: embeddings, layers up to the last exit, the last exit's head only, every
+  head softmax: the reference is the model deployed with neither early exits nor constant heads, so that the
+  fractions of a model with constant heads and of one without share a denominator (and the constant heads'
+  saving shows in the fraction)."""
+  config = config.replace(head_kinds=None)
   layers = sum(layer_flops(config, l, seq) for l in range(exit_config.exit_layers[-1]))
   return float(embedding_flops(config, seq) + layers + head_flops(config, exit_config, seq))
 

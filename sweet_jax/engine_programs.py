@@ -130,14 +130,19 @@ def stage(spec: Spec, params, constants, temperatures, rule, threshold, keep_all
 
 @functools.partial(jax.jit, static_argnames=('spec',))
 def full(spec: Spec, params, constants, payload):
-  """The full model: embeddings, every layer up to the last exit, the last exit's head. -> [rows, C]."""
-  cfg, ecfg = spec.encoder_config, spec.exit_config
+  """The full model: embeddings, every layer up to the last exit, the last exit's head. -> [rows, C].
+
+  Every head softmax, constant or not in the exit model: the reference measured speedups are taken against
+  is the model deployed with neither early exits nor constant heads (curves.full_model_flops), so that
+  variants with and without constant heads share it. A constant head's query and key weights are still
+  there (they get no gradient in training): its logits are for timing, not for scoring.
+  """
+  del constants  # every head softmax: no constant matrices
+  cfg, ecfg = spec.encoder_config.replace(head_kinds=None), spec.exit_config
   if spec.multi_model:
-    return exits.model_forward(cfg, ecfg, params['models'][-1], payload, ecfg.exit_layers[-1],
-                               constants=constants)
+    return exits.model_forward(cfg, ecfg, params['models'][-1], payload, ecfg.exit_layers[-1])
   mask = payload['attention_mask']
   hidden = encoder_jax.embed(cfg, params['encoder'], payload['input_ids'], mask, payload['token_type_ids'])
   for i, (start, stop) in enumerate(ecfg.segments()):  # each segment with its own shared parameters (SWEET)
-    hidden = encoder_jax.run_layers(cfg, exits.segment_encoder(params, i), hidden, mask, start, stop,
-                                    constants=constants)[-1]
+    hidden = encoder_jax.run_layers(cfg, exits.segment_encoder(params, i), hidden, mask, start, stop)[-1]
   return exits.apply_head(params['heads'][-1], hidden, mask, ecfg.pooling)

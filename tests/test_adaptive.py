@@ -242,9 +242,11 @@ def coded_encoder():
   return pretrained
 
 
-def coded_model(method, num_exits):
-  """(exit config, params, un-jitted all-exit forward) of the coded model with `num_exits` exits."""
-  ecfg = exits.ExitConfig(CODED_LAYOUTS[num_exits], 2, pooling='mean')
+def coded_model(method, num_exits, *, exit_layers=None, config=CODED, constants=None):
+  """(exit config, params, un-jitted all-exit forward) of the coded model with `num_exits` exits (after
+  CODED_LAYOUTS' layers, or exit_layers); `config` may give heads other kinds (whose `constants` the forward
+  passes on)."""
+  ecfg = exits.ExitConfig(exit_layers or CODED_LAYOUTS[num_exits], 2, pooling='mean')
   pretrained = coded_encoder()
 
   def head(i):
@@ -256,20 +258,20 @@ def coded_model(method, num_exits):
   if method == 'multi_model':
     params = exits.init_multi_model(jax.random.key(1), CODED, pretrained, ecfg)
     params['models'] = tuple({**m, 'head': head(i)} for i, m in enumerate(params['models']))
-    forward = lambda p, b: exits.forward_multi_model(CODED, ecfg, p, b)
+    forward = lambda p, b: exits.forward_multi_model(config, ecfg, p, b, constants=constants)
   else:
     params = exits.init_exit_model(jax.random.key(1), CODED, pretrained, ecfg)
     params['heads'] = tuple(head(i) for i in range(num_exits))
-    forward = lambda p, b: exits.forward(CODED, ecfg, p, b, stop_gradient=False)
+    forward = lambda p, b: exits.forward(config, ecfg, p, b, stop_gradient=False, constants=constants)
   return ecfg, params, forward
 
 
-def coded_stream(seed, num_exits):
+def coded_stream(seed, num_exits, seqs=CODED_SEQS):
   """A stream of input batches (engine batch 8) and each real example's intended exit, in stream order.
 
   The pattern and batching depend on the seed: exit probabilities skewed to the last exit, to the first,
   uniform, or Dirichlet(0.3); input batches of 8 with the last one padded (iterate_batches) or of random
-  sizes 1..8 with some padding rows; each batch at one of CODED_SEQS, each example of random real length."""
+  sizes 1..8 with some padding rows; each batch at one of `seqs`, each example of random real length."""
   rng = np.random.default_rng(seed)
   kind = seed % 4
   probs = {0: np.r_[np.full(num_exits - 1, 0.08 / (num_exits - 1)), 0.92],
@@ -281,7 +283,7 @@ def coded_stream(seed, num_exits):
   while start < n:
     real = min(n - start, 8 if seed % 2 else int(rng.integers(1, 9)))
     rows = 8 if seed % 2 else min(8, real + int(rng.integers(0, 3)))  # padding rows: copies of the first row
-    seq = int(rng.choice(CODED_SEQS))
+    seq = int(rng.choice(seqs))
     mask = (np.arange(seq)[None] < rng.integers(1, seq + 1, real)[:, None]).astype(np.int32)
     group = 2 * target[start:start + real] + cls[start:start + real]
     ids = (1 + 2 * group[:, None] + rng.integers(0, 2, (real, seq))).astype(np.int32) * mask
@@ -292,13 +294,13 @@ def coded_stream(seed, num_exits):
   return batches, target
 
 
-def offline_logits(forward, params, batches):
+def offline_logits(forward, params, batches, seqs=CODED_SEQS):
   """All exits' logits [E, N, C] of the real rows of `batches`, in order. The rows of one length are computed
   in one call, padded to a multiple of 2048 rows; the forward is not jitted, so JAX's per-operation cache
   serves every model of these shapes (a jitted forward would compile once per model and length)."""
   real = [{key: b[key][b['example_mask'] > 0] for key in adaptive._PAYLOAD_KEYS} for b in batches]
   per_batch = [None] * len(batches)
-  for seq in CODED_SEQS:
+  for seq in seqs:
     ks = [k for k, b in enumerate(real) if b['input_ids'].shape[1] == seq]
     stacked = {key: np.concatenate([real[k][key] for k in ks]) for key in adaptive._PAYLOAD_KEYS}
     pad = -len(stacked['input_ids']) % 2048

@@ -225,7 +225,7 @@ def test_bert_base_flops_fraction_by_hand():
 def test_constant_heads_skip_queries_keys_and_scores():
   cfg = BERT.with_heads('constant', [(0, h) for h in range(NH)])
   by_hand = ((2 * L * H * H + L * H)  # values only
-             + NH * E5 * L * L  # mask and renormalise each constant matrix
+             + NH * (2 * L * L + E5 * L * D)  # each row's mass over real keys; mask values, renormalise
              + NH * 2 * L * L * D
              + (2 * L * H * H + L * H) + L * H + E5 * L * H
              + (2 * L * H * I + L * I) + E5 * L * I + (2 * L * I * H + L * H) + L * H + E5 * L * H)
