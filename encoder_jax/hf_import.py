@@ -6,6 +6,7 @@ because unpickling a file can run arbitrary code.
 
 from __future__ import annotations
 
+import functools
 import importlib.resources
 import json
 import os
@@ -69,9 +70,11 @@ _COMMON = [
 _TRANSFORMS = {'id': _id, 'conv': _conv}  # the keys of a family's HF_EXTRA_NAMES
 
 
-def name_table(model_type: str) -> list[tuple[str, str, Transform]]:
-  """The (regex, params path template, transform) rows of one architecture family: the rows every family
-  shares, then the family's own names (encoder_jax/architectures: HF_LAYER_NAMES, HF_EXTRA_NAMES)."""
+@functools.cache
+def name_table(model_type: str) -> tuple[tuple[re.Pattern, str, Transform], ...]:
+  """The (compiled regex, params path template, transform) rows of one architecture family: the rows every
+  family shares, then the family's own names (encoder_jax/architectures: HF_LAYER_NAMES, HF_EXTRA_NAMES).
+  Built once per model_type: map_name reads it for every tensor of every checkpoint."""
   fam = architectures.FAMILIES[model_type]
   rows = list(_COMMON) + [(regex, template, _TRANSFORMS[key]) for regex, template, key in fam.HF_EXTRA_NAMES]
   for ours, theirs in fam.HF_LAYER_NAMES.items():
@@ -83,7 +86,7 @@ def name_table(model_type: str) -> list[tuple[str, str, Transform]]:
     else:  # a layer norm
       rows += [(prefix + r'\.weight', rf'layers_\1/{ours}/scale', _id),
                (prefix + r'\.bias', rf'layers_\1/{ours}/bias', _id)]
-  return rows
+  return tuple((re.compile(regex), template, transform) for regex, template, transform in rows)
 
 
 class CheckpointError(ValueError):
@@ -91,35 +94,19 @@ class CheckpointError(ValueError):
 
 
 def expected_shapes(config: EncoderConfig) -> dict[str, tuple[int, ...]]:
-  """Path -> shape of every parameter of the encoder (the pooler is optional and not listed)."""
+  """Path -> shape of every parameter of the encoder (the pooler is optional and not listed): the shared
+  encoder's (encoder_jax/model.py) and what the family adds (Family.parameter_shapes)."""
   h, n, d, i = config.hidden_size, config.num_heads, config.head_dim, config.intermediate_size
-  shapes = {
-      'embeddings/word_embeddings/embedding': (config.vocab_size, h),
-      'embeddings/position_embeddings/embedding': (config.max_position_embeddings, h),
-      'embeddings/layer_norm/scale': (h,), 'embeddings/layer_norm/bias': (h,),
-  }
-  if not config.position_biased_input:
-    del shapes['embeddings/position_embeddings/embedding']
+  shapes = {'embeddings/word_embeddings/embedding': (config.vocab_size, h)}
+  if config.position_biased_input:
+    shapes['embeddings/position_embeddings/embedding'] = (config.max_position_embeddings, h)
   if config.type_vocab_size:
     shapes['embeddings/token_type_embeddings/embedding'] = (config.type_vocab_size, h)
-  if config.model_type == 'mpnet':
-    shapes['relative/embedding'] = (config.relative_attention_num_buckets, n)
-  if config.disentangled:
-    shapes['relative/embedding'] = (2 * config.attention_span, h)
-    if config.norm_rel_ebd:
-      shapes['relative/layer_norm/scale'] = shapes['relative/layer_norm/bias'] = (h,)
-  if config.conv_kernel_size:
-    shapes['layers_0/conv/kernel'] = (config.conv_kernel_size, h // config.conv_groups, h)
-    shapes['layers_0/conv/bias'] = shapes['layers_0/conv_layer_norm/scale'] = (h,)
-    shapes['layers_0/conv_layer_norm/bias'] = (h,)
+  shapes['embeddings/layer_norm/scale'] = shapes['embeddings/layer_norm/bias'] = (h,)
   for l in range(config.num_layers):
     for name in ('query', 'key', 'value'):
       shapes[f'layers_{l}/{name}/kernel'] = (h, n, d)
       shapes[f'layers_{l}/{name}/bias'] = (n, d)
-    if config.disentangled and not config.share_att_key:
-      for term, name in (('c2p', 'pos_key'), ('p2c', 'pos_query')):
-        if term in config.pos_att_type:
-          shapes[f'layers_{l}/{name}/kernel'], shapes[f'layers_{l}/{name}/bias'] = (h, n, d), (n, d)
     shapes[f'layers_{l}/attention_output/kernel'] = (n, d, h)
     shapes[f'layers_{l}/intermediate/kernel'] = (h, i)
     shapes[f'layers_{l}/intermediate/bias'] = (i,)
@@ -127,15 +114,16 @@ def expected_shapes(config: EncoderConfig) -> dict[str, tuple[int, ...]]:
     for name in ('attention_output/bias', 'attention_layer_norm/scale', 'attention_layer_norm/bias',
                  'output/bias', 'output_layer_norm/scale', 'output_layer_norm/bias'):
       shapes[f'layers_{l}/{name}'] = (h,)
-  return shapes
+  return {**shapes, **architectures.family(config).parameter_shapes(config)}
 
 
 def map_name(name: str, model_type: str):
   """A Hugging Face tensor name -> (our params path 'a/b/c', transform or None), or (None, None) when no row
   of the family's name table matches. hf_export inverts the table with it."""
   for pattern, template, transform in name_table(model_type):
-    if re.fullmatch(pattern, name):
-      return re.sub(pattern, template, name), transform
+    match = pattern.fullmatch(name)
+    if match:
+      return match.expand(template), transform
   return None, None
 
 

@@ -1,7 +1,7 @@
 """The interface between the shared encoder and an architecture family.
 
 The encoder (encoder_jax/model.py) is one embedding layer and one post-layer-norm block for every family;
-what a family adds enters through the five hooks of `Family`, and nowhere else. The hooks run inside the
+what a family adds enters through the hooks of `Family`, and nowhere else. The hooks run inside the
 Linen module that calls them (Embeddings, Layer or Encoder), so a parameter a hook creates, e.g.
 `blocks.Weights(..., name='pos_key')()`, lands in that module's scope under that name.
 """
@@ -29,6 +29,13 @@ class Family:
       'intermediate': r'intermediate\.dense', 'output': r'output\.dense', 'output_layer_norm': r'output\.LayerNorm',
   }
   HF_EXTRA_NAMES: tuple[tuple[str, str, str], ...] = ()
+
+  def parameter_shapes(self, config: EncoderConfig) -> dict[str, tuple[int, ...]]:
+    """Path 'a/b/c' -> shape of each parameter the family adds to the shared encoder (its shared() module's
+    under 'relative/', its score terms' and after_layer's under 'layers_N/'); hf_import.expected_shapes adds
+    the shared encoder's."""
+    del config  # BERT adds none
+    return {}
 
   def position_ids(self, config: EncoderConfig, input_ids):
     """input_ids [batch, seq] -> position ids [batch, seq] into the position table."""

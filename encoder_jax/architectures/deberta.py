@@ -47,6 +47,26 @@ class Deberta(Family):
   """BERT's absolute positions (when position_biased_input), padding zeroed after the embedding layer
   norm, the disentangled score term, and v2's convolution beside layer 0."""
 
+  def parameter_shapes(self, config):
+    """The relative table (RelativeEmbeddings), each layer's own position projections (score_terms) and v2's
+    convolution beside layer 0 (_conv)."""
+    h, n, d = config.hidden_size, config.num_heads, config.head_dim
+    shapes = {}
+    if config.disentangled:
+      shapes['relative/embedding'] = (2 * config.attention_span, h)
+      if config.norm_rel_ebd:
+        shapes['relative/layer_norm/scale'] = shapes['relative/layer_norm/bias'] = (h,)
+      if not config.share_att_key:
+        for l in range(config.num_layers):
+          for term, name in (('c2p', 'pos_key'), ('p2c', 'pos_query')):
+            if term in config.pos_att_type:
+              shapes[f'layers_{l}/{name}/kernel'], shapes[f'layers_{l}/{name}/bias'] = (h, n, d), (n, d)
+    if config.conv_kernel_size:
+      shapes['layers_0/conv/kernel'] = (config.conv_kernel_size, h // config.conv_groups, h)
+      shapes['layers_0/conv/bias'] = shapes['layers_0/conv_layer_norm/scale'] = (h,)
+      shapes['layers_0/conv_layer_norm/bias'] = (h,)
+    return shapes
+
   def embedding_output(self, config, x, attention_mask):
     del config  # DeBERTa zeroes padded positions: its convolution reads them
     return x * attention_mask.astype(x.dtype)[..., None]
