@@ -66,11 +66,9 @@ _V1_NAMES = {('query', 'bias'): 'q_bias', ('value', 'bias'): 'v_bias', ('pos_key
 
 def _fuse_v1(tensors: dict[str, np.ndarray], config: EncoderConfig) -> dict[str, np.ndarray]:
   """DeBERTa v2 names -> v1's (canonical names): the inverse of hf_import.split_fused. in_proj [3 n d, H] holds,
-  per head, its query, key and value rows. v1 has no key biases (they load as zeros). The position-key bias and,
-  without p2c, the key bias add a constant to each query's row of scores, which softmax ignores: they are left
-  out. With p2c the key bias changes the position-to-content scores: a non-zero one is refused (ValueError)."""
+  per head, its query, key and value rows. A v1 encoder has no key or position-key bias (Deberta.biased)."""
   n, d = config.num_heads, config.head_dim
-  out, lost = {}, []
+  out = {}
   for name, array in tensors.items():
     match = _V2_PROJ.fullmatch(name)
     if not match:
@@ -82,11 +80,6 @@ def _fuse_v1(tensors: dict[str, np.ndarray], config: EncoderConfig) -> dict[str,
       out[prefix + 'in_proj.weight'] = np.stack(qkv, axis=1).reshape(3 * n * d, -1)
     elif (proj, kind) in _V1_NAMES:
       out[prefix + _V1_NAMES[proj, kind]] = array
-    elif proj == 'key' and kind == 'bias' and 'p2c' in config.pos_att_type and np.any(array != 0):
-      lost.append(name)
-  if lost:
-    raise ValueError(f'DeBERTa v1 has no key bias, but these are not zero: {lost[:4]} ({len(lost)} in all); '
-                     "they change its position-to-content scores, which transformers' DebertaModel cannot hold.")
   return out
 
 

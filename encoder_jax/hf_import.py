@@ -96,6 +96,7 @@ class CheckpointError(ValueError):
 def expected_shapes(config: EncoderConfig) -> dict[str, tuple[int, ...]]:
   """Path -> shape of every parameter of the encoder (the pooler is optional and not listed): the shared
   encoder's (encoder_jax/model.py) and what the family adds (Family.parameter_shapes)."""
+  fam = architectures.family(config)
   h, n, d, i = config.hidden_size, config.num_heads, config.head_dim, config.intermediate_size
   shapes = {'embeddings/word_embeddings/embedding': (config.vocab_size, h)}
   if config.position_biased_input:
@@ -106,7 +107,8 @@ def expected_shapes(config: EncoderConfig) -> dict[str, tuple[int, ...]]:
   for l in range(config.num_layers):
     for name in ('query', 'key', 'value'):
       shapes[f'layers_{l}/{name}/kernel'] = (h, n, d)
-      shapes[f'layers_{l}/{name}/bias'] = (n, d)
+      if fam.biased(config, name):
+        shapes[f'layers_{l}/{name}/bias'] = (n, d)
     shapes[f'layers_{l}/attention_output/kernel'] = (n, d, h)
     shapes[f'layers_{l}/intermediate/kernel'] = (h, i)
     shapes[f'layers_{l}/intermediate/bias'] = (i,)
@@ -114,7 +116,7 @@ def expected_shapes(config: EncoderConfig) -> dict[str, tuple[int, ...]]:
     for name in ('attention_output/bias', 'attention_layer_norm/scale', 'attention_layer_norm/bias',
                  'output/bias', 'output_layer_norm/scale', 'output_layer_norm/bias'):
       shapes[f'layers_{l}/{name}'] = (h,)
-  return {**shapes, **architectures.family(config).parameter_shapes(config)}
+  return {**shapes, **fam.parameter_shapes(config)}
 
 
 def map_name(name: str, model_type: str):
@@ -161,7 +163,7 @@ def split_fused(tensors: dict[str, np.ndarray], config: EncoderConfig) -> tuple[
                                                                                  dict[str, str]]:
   """DeBERTa v1 -> v2 names: in_proj [3H, H] (per head: query, key, value rows of head_dim each) becomes
   query_proj/key_proj/value_proj; q_bias, v_bias their biases; pos_proj/pos_q_proj pos_key/pos_query.
-  v1 has no key bias and no position-key bias: they load as zeros (the same function; they may then train).
+  v1 has no key bias and no position-key bias, and its encoder has no such parameters (Deberta.biased).
   Returns the renamed tensors and, for each new name, the file's name it came from (for error messages).
   """
   out, origin = {}, {}
@@ -181,12 +183,9 @@ def split_fused(tensors: dict[str, np.ndarray], config: EncoderConfig) -> tuple[
       per_head = np.asarray(array).reshape(n, 3, d, -1)
       for i, proj in enumerate(('query_proj', 'key_proj', 'value_proj')):
         put(f'{prefix}{proj}.weight', per_head[:, i].reshape(n * d, -1), name)
-      put(f'{prefix}key_proj.bias', np.zeros((n * d,), np.float32), name)
-    elif part == 'pos_proj.weight':
-      put(f'{prefix}pos_key_proj.weight', array, name)
-      put(f'{prefix}pos_key_proj.bias', np.zeros((n * d,), np.float32), name)
     else:  # renamed as is (a mis-shaped in_proj stays under its own name and is reported as unexpected)
-      renamed = {'q_bias': 'query_proj.bias', 'v_bias': 'value_proj.bias', 'in_proj.weight': part}.get(
+      renamed = {'q_bias': 'query_proj.bias', 'v_bias': 'value_proj.bias', 'in_proj.weight': part,
+                 'pos_proj.weight': 'pos_key_proj.weight'}.get(
           part, part.replace('pos_q_proj', 'pos_query_proj'))
       put(prefix + renamed, array, name)
   return out, origin

@@ -37,6 +37,12 @@ class Family:
     del config  # BERT adds none
     return {}
 
+  def biased(self, config: EncoderConfig, projection: str) -> bool:
+    """Whether a layer's projection ('query', 'key', 'value', or a family's own, e.g. 'pos_key') has a bias
+    parameter; without one its bias is a constant zero that training cannot move."""
+    del config, projection  # BERT's projections all have one
+    return True
+
   def position_ids(self, config: EncoderConfig, input_ids):
     """input_ids [batch, seq] -> position ids [batch, seq] into the position table."""
     del config  # BERT counts from 0 whatever the tokens

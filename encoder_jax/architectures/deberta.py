@@ -60,12 +60,19 @@ class Deberta(Family):
         for l in range(config.num_layers):
           for term, name in (('c2p', 'pos_key'), ('p2c', 'pos_query')):
             if term in config.pos_att_type:
-              shapes[f'layers_{l}/{name}/kernel'], shapes[f'layers_{l}/{name}/bias'] = (h, n, d), (n, d)
+              shapes[f'layers_{l}/{name}/kernel'] = (h, n, d)
+              if self.biased(config, name):
+                shapes[f'layers_{l}/{name}/bias'] = (n, d)
     if config.conv_kernel_size:
       shapes['layers_0/conv/kernel'] = (config.conv_kernel_size, h // config.conv_groups, h)
       shapes['layers_0/conv/bias'] = shapes['layers_0/conv_layer_norm/scale'] = (h,)
       shapes['layers_0/conv_layer_norm/bias'] = (h,)
     return shapes
+
+  def biased(self, config, projection):
+    """DeBERTa v1's key and position-key projections have no bias (in_proj and pos_proj are bias-free; q_bias
+    and v_bias are the only ones): a v1 encoder has none to train, which its transformers model could not hold."""
+    return config.model_type != 'deberta' or projection not in ('key', 'pos_key')
 
   def embedding_output(self, config, x, attention_mask):
     del config  # DeBERTa zeroes padded positions: its convolution reads them
@@ -88,7 +95,7 @@ class Deberta(Family):
       return (jnp.einsum('rh,hnd->rnd', rel, blocks.take(w, heads, 1).astype(q.dtype))
               + blocks.take(b, heads, 0).astype(q.dtype))
 
-    own = lambda name: blocks.Weights((h, n, d), (n, d), name=name)()
+    own = lambda name: blocks.Weights((h, n, d), (n, d), use_bias=self.biased(config, name), name=name)()
     pos_key = project(*(key if config.share_att_key else own('pos_key'))) if 'c2p' in config.pos_att_type else None
     pos_query = (project(*(query if config.share_att_key else own('pos_query')))
                  if 'p2c' in config.pos_att_type else None)
