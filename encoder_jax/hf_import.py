@@ -17,7 +17,7 @@ from typing import Any, Callable
 import numpy as np
 
 from encoder_jax import architectures, fetch
-from encoder_jax.config import DEBERTA_TYPES, EncoderConfig
+from encoder_jax.config import EncoderConfig
 
 # Short names for checkpoints that ship inside pip packages (offline).
 PACKAGED = {
@@ -138,72 +138,18 @@ def canonical(raw: str) -> str:
   return name
 
 
-def unused(name: str, config: EncoderConfig) -> str | None:
-  """Why a tensor (canonical name) is one this config's encoder never reads, or None when it reads it (or the
-  name is unknown). These are real checkpoints' tensors that transformers loads or skips without effect:
-  DeBERTa's absolute position table when position_biased_input is off (its _keys_to_ignore_on_load_unexpected:
-  microsoft/deberta-base ships one), and the relative table (and its layer norm) when relative_attention is on
-  but pos_att_type names no term. They are not loaded; hf_export copies them back from the source checkpoint.
-  """
-  if config.model_type not in DEBERTA_TYPES:
-    return None
-  if name == 'embeddings.position_embeddings.weight' and not config.position_biased_input:
-    return 'position_biased_input is false'
-  if (re.fullmatch(r'encoder\.(rel_embeddings\.weight|LayerNorm\.(weight|bias))', name)
-      and config.relative_attention and not config.disentangled):
-    return 'pos_att_type names no relative term'
-  return None
-
-
-_V1_FUSED = re.compile(r'^(.*encoder\.layer\.\d+\.attention\.self\.)(in_proj\.weight|q_bias|v_bias|pos_proj\.weight|'
-                       r'pos_q_proj\.(weight|bias))$')
-
-
-def split_fused(tensors: dict[str, np.ndarray], config: EncoderConfig) -> tuple[dict[str, np.ndarray],
-                                                                                 dict[str, str]]:
-  """DeBERTa v1 -> v2 names: in_proj [3H, H] (per head: query, key, value rows of head_dim each) becomes
-  query_proj/key_proj/value_proj; q_bias, v_bias their biases; pos_proj/pos_q_proj pos_key/pos_query.
-  v1 has no key bias and no position-key bias, and its encoder has no such parameters (Deberta.biased).
-  Returns the renamed tensors and, for each new name, the file's name it came from (for error messages).
-  """
-  out, origin = {}, {}
-
-  def put(name, array, source):
-    out[name] = array
-    origin[name] = source
-
-  for name, array in tensors.items():
-    match = _V1_FUSED.match(name)
-    if not match:
-      out[name] = array
-      continue
-    prefix, part = match.group(1), match.group(2)
-    n, d = config.num_heads, config.head_dim
-    if part == 'in_proj.weight' and array.size == 3 * n * d * config.hidden_size:
-      per_head = np.asarray(array).reshape(n, 3, d, -1)
-      for i, proj in enumerate(('query_proj', 'key_proj', 'value_proj')):
-        put(f'{prefix}{proj}.weight', per_head[:, i].reshape(n * d, -1), name)
-    else:  # renamed as is (a mis-shaped in_proj stays under its own name and is reported as unexpected)
-      renamed = {'q_bias': 'query_proj.bias', 'v_bias': 'value_proj.bias', 'in_proj.weight': part,
-                 'pos_proj.weight': 'pos_key_proj.weight'}.get(
-          part, part.replace('pos_q_proj', 'pos_query_proj'))
-      put(prefix + renamed, array, name)
-  return out, origin
-
-
 def convert(tensors: dict[str, np.ndarray], config: EncoderConfig) -> dict[str, Any]:
   """Hugging Face state dict (numpy, torch layout) -> nested params dict; raises CheckpointError with
   every unexpected name, missing name and shape mismatch found."""
-  origin: dict[str, str] = {}
-  if config.model_type == 'deberta':
-    tensors, origin = split_fused(tensors, config)
+  fam = architectures.family(config)
+  tensors, origin = fam.from_hf_layout(tensors, config)
   expected = expected_shapes(config)
   optional = {'pooler/kernel': (config.hidden_size, config.hidden_size), 'pooler/bias': (config.hidden_size,)}
   flat, problems, seen = {}, [], set()
   for key, array in tensors.items():
     name = canonical(key)
     raw = origin.get(key, key)  # the name in the file
-    if IGNORED.match(name) or unused(name, config):
+    if IGNORED.match(name) or fam.unused_tensor(config, name):
       continue
     path, transform = map_name(name, config.model_type)
     if path is None:

@@ -9,6 +9,7 @@ Linen module that calls them (Embeddings, Layer or Encoder), so a parameter a ho
 from __future__ import annotations
 
 import jax.numpy as jnp
+import numpy as np
 
 from encoder_jax.config import EncoderConfig
 
@@ -42,6 +43,26 @@ class Family:
     parameter; without one its bias is a constant zero that training cannot move."""
     del config, projection  # BERT's projections all have one
     return True
+
+  def from_hf_layout(self, tensors: dict[str, np.ndarray], config: EncoderConfig
+                     ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """A checkpoint file's tensors -> the tensors under the names HF_LAYER_NAMES reads, and for each renamed one
+    the file's name it came from (for error messages). to_hf_layout is its inverse, on names without the
+    family prefix."""
+    del config  # BERT's files are in the table's names
+    return tensors, {}
+
+  def to_hf_layout(self, tensors: dict[str, np.ndarray], config: EncoderConfig) -> dict[str, np.ndarray]:
+    """The inverse of from_hf_layout: tensors in the table's names (no family prefix) -> the file's."""
+    del config
+    return tensors
+
+  def unused_tensor(self, config: EncoderConfig, name: str) -> str | None:
+    """Why a checkpoint tensor (name without the family prefix) is one transformers loads or skips without
+    effect and this config's encoder never reads, or None. hf_import skips it; hf_export copies it back from
+    the source checkpoint."""
+    del config, name  # BERT reads every tensor it loads
+    return None
 
   def position_ids(self, config: EncoderConfig, input_ids):
     """input_ids [batch, seq] -> position ids [batch, seq] into the position table."""
