@@ -31,14 +31,18 @@ class Weights(nn.Module):
 
   The attention projections are per head: kernel [in, heads, head_dim] and bias [heads, head_dim] (the
   output projection [heads, head_dim, out]), so that choosing heads is a static slice of the weights.
+  Without use_bias there is no bias parameter and the bias returned is a constant zero (nothing to train).
   """
   kernel_shape: tuple[int, ...]
   bias_shape: tuple[int, ...]
+  use_bias: bool = True
 
   @nn.compact
   def __call__(self):
-    return (self.param('kernel', init, self.kernel_shape),
-            self.param('bias', nn.initializers.zeros, self.bias_shape))
+    kernel = self.param('kernel', init, self.kernel_shape)
+    if not self.use_bias:
+      return kernel, jnp.zeros(self.bias_shape, kernel.dtype)
+    return kernel, self.param('bias', nn.initializers.zeros, self.bias_shape)
 
 
 def dense(x, kernel, bias, kernels: str = 'auto'):

@@ -5,21 +5,20 @@ missing, unexpected or mismatched: the encoder under the family's base-model pre
 in the tensor names and shapes of the checkpoint it was fine-tuned from (`like`), and a classification head in
 the family's own names (SEQUENCE_CLASSIFICATION); `encoder_jax.load_pretrained(out)` loads it back. No second name
 table: every tensor of `like` is mapped to its params path by hf_import.name_table, and the table's transform (a
-transpose and reshape) is inverted by pushing an index array through it; DeBERTa v1's fused query/key/value is
-fused again (the inverse of hf_import's split).
+transpose and reshape) is inverted by pushing an index array through it; a family's own file layout (DeBERTa v1's fused
+query/key/value) is restored by its Family.to_hf_layout.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from encoder_jax import hf_import
+from encoder_jax import architectures, hf_import
 from encoder_jax.config import DEBERTA_TYPES, EncoderConfig
 
 # Tokenizer files copied beside the weights, so AutoTokenizer.from_pretrained(out) works too.
@@ -59,51 +58,20 @@ def _leaf(params: dict[str, Any], path: str):
   return node
 
 
-_V2_PROJ = re.compile(r'(encoder\.layer\.\d+\.attention\.self\.)(query|key|value|pos_key|pos_query)_proj\.(weight|bias)')
-_V1_NAMES = {('query', 'bias'): 'q_bias', ('value', 'bias'): 'v_bias', ('pos_key', 'weight'): 'pos_proj.weight',
-             ('pos_query', 'weight'): 'pos_q_proj.weight', ('pos_query', 'bias'): 'pos_q_proj.bias'}
-
-
-def _fuse_v1(tensors: dict[str, np.ndarray], config: EncoderConfig) -> dict[str, np.ndarray]:
-  """DeBERTa v2 names -> v1's (canonical names): the inverse of hf_import.split_fused. in_proj [3 n d, H] holds,
-  per head, its query, key and value rows. v1 has no key biases (they load as zeros). The position-key bias and,
-  without p2c, the key bias add a constant to each query's row of scores, which softmax ignores: they are left
-  out. With p2c the key bias changes the position-to-content scores: a non-zero one is refused (ValueError)."""
-  n, d = config.num_heads, config.head_dim
-  out, lost = {}, []
-  for name, array in tensors.items():
-    match = _V2_PROJ.fullmatch(name)
-    if not match:
-      out[name] = array
-      continue
-    prefix, proj, kind = match.groups()
-    if (proj, kind) == ('query', 'weight'):
-      qkv = [tensors[f'{prefix}{p}_proj.weight'].reshape(n, d, -1) for p in ('query', 'key', 'value')]
-      out[prefix + 'in_proj.weight'] = np.stack(qkv, axis=1).reshape(3 * n * d, -1)
-    elif (proj, kind) in _V1_NAMES:
-      out[prefix + _V1_NAMES[proj, kind]] = array
-    elif proj == 'key' and kind == 'bias' and 'p2c' in config.pos_att_type and np.any(array != 0):
-      lost.append(name)
-  if lost:
-    raise ValueError(f'DeBERTa v1 has no key bias, but these are not zero: {lost[:4]} ({len(lost)} in all); '
-                     "they change its position-to-content scores, which transformers' DebertaModel cannot hold.")
-  return out
-
-
 def to_hf_tensors(params: dict[str, Any], config: EncoderConfig, like: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   """Encoder params -> the encoder's tensors in transformers' *ForSequenceClassification names: `like`'s tensors
   (a state dict read by hf_import.read_tensors), under the family's base-model prefix, LayerNorm.weight/.bias.
 
   Tensors of `like` that params do not hold are left out: ignored ones (hf_import.IGNORED_TENSORS), layers beyond
   config.num_layers, and the pooler (the classification head writes its own); tensors this config never reads
-  (hf_import.unused) are copied as they are. Every params leaf must be written (an error lists any that are not).
+  (Family.unused_tensor) are copied as they are. Every params leaf must be written (an error lists any that are not).
   """
-  if config.model_type == 'deberta':
-    like, _ = hf_import.split_fused(like, config)
+  fam = architectures.family(config)
+  like, _ = fam.from_hf_layout(like, config)
   canonical, used, expected = {}, set(), hf_import.expected_shapes(config)
   for raw, tensor in like.items():
     name = hf_import.canonical(raw)
-    if hf_import.unused(name, config):
+    if fam.unused_tensor(config, name):
       canonical[name] = np.asarray(tensor)
       continue
     path, transform = hf_import.map_name(name, config.model_type)
@@ -115,8 +83,7 @@ def to_hf_tensors(params: dict[str, Any], config: EncoderConfig, like: dict[str,
   missing = sorted(set(expected) - used)
   if missing:
     raise ValueError(f'{len(missing)} parameter(s) have no tensor in the reference checkpoint: {missing[:5]}.')
-  if config.model_type == 'deberta':
-    canonical = _fuse_v1(canonical, config)
+  canonical = fam.to_hf_layout(canonical, config)
   prefix = SEQUENCE_CLASSIFICATION[config.model_type][0]
   return {f'{prefix}.{name}': value for name, value in canonical.items()}
 

@@ -6,6 +6,7 @@ because unpickling a file can run arbitrary code.
 
 from __future__ import annotations
 
+import functools
 import importlib.resources
 import json
 import os
@@ -16,7 +17,7 @@ from typing import Any, Callable
 import numpy as np
 
 from encoder_jax import architectures, fetch
-from encoder_jax.config import DEBERTA_TYPES, EncoderConfig
+from encoder_jax.config import EncoderConfig
 
 # Short names for checkpoints that ship inside pip packages (offline).
 PACKAGED = {
@@ -69,9 +70,11 @@ _COMMON = [
 _TRANSFORMS = {'id': _id, 'conv': _conv}  # the keys of a family's HF_EXTRA_NAMES
 
 
-def name_table(model_type: str) -> list[tuple[str, str, Transform]]:
-  """The (regex, params path template, transform) rows of one architecture family: the rows every family
-  shares, then the family's own names (encoder_jax/architectures: HF_LAYER_NAMES, HF_EXTRA_NAMES)."""
+@functools.cache
+def name_table(model_type: str) -> tuple[tuple[re.Pattern, str, Transform], ...]:
+  """The (compiled regex, params path template, transform) rows of one architecture family: the rows every
+  family shares, then the family's own names (encoder_jax/architectures: HF_LAYER_NAMES, HF_EXTRA_NAMES).
+  Built once per model_type: map_name reads it for every tensor of every checkpoint."""
   fam = architectures.FAMILIES[model_type]
   rows = list(_COMMON) + [(regex, template, _TRANSFORMS[key]) for regex, template, key in fam.HF_EXTRA_NAMES]
   for ours, theirs in fam.HF_LAYER_NAMES.items():
@@ -83,7 +86,7 @@ def name_table(model_type: str) -> list[tuple[str, str, Transform]]:
     else:  # a layer norm
       rows += [(prefix + r'\.weight', rf'layers_\1/{ours}/scale', _id),
                (prefix + r'\.bias', rf'layers_\1/{ours}/bias', _id)]
-  return rows
+  return tuple((re.compile(regex), template, transform) for regex, template, transform in rows)
 
 
 class CheckpointError(ValueError):
@@ -91,35 +94,21 @@ class CheckpointError(ValueError):
 
 
 def expected_shapes(config: EncoderConfig) -> dict[str, tuple[int, ...]]:
-  """Path -> shape of every parameter of the encoder (the pooler is optional and not listed)."""
+  """Path -> shape of every parameter of the encoder (the pooler is optional and not listed): the shared
+  encoder's (encoder_jax/model.py) and what the family adds (Family.parameter_shapes)."""
+  fam = architectures.family(config)
   h, n, d, i = config.hidden_size, config.num_heads, config.head_dim, config.intermediate_size
-  shapes = {
-      'embeddings/word_embeddings/embedding': (config.vocab_size, h),
-      'embeddings/position_embeddings/embedding': (config.max_position_embeddings, h),
-      'embeddings/layer_norm/scale': (h,), 'embeddings/layer_norm/bias': (h,),
-  }
-  if not config.position_biased_input:
-    del shapes['embeddings/position_embeddings/embedding']
+  shapes = {'embeddings/word_embeddings/embedding': (config.vocab_size, h)}
+  if config.position_biased_input:
+    shapes['embeddings/position_embeddings/embedding'] = (config.max_position_embeddings, h)
   if config.type_vocab_size:
     shapes['embeddings/token_type_embeddings/embedding'] = (config.type_vocab_size, h)
-  if config.model_type == 'mpnet':
-    shapes['relative/embedding'] = (config.relative_attention_num_buckets, n)
-  if config.disentangled:
-    shapes['relative/embedding'] = (2 * config.attention_span, h)
-    if config.norm_rel_ebd:
-      shapes['relative/layer_norm/scale'] = shapes['relative/layer_norm/bias'] = (h,)
-  if config.conv_kernel_size:
-    shapes['layers_0/conv/kernel'] = (config.conv_kernel_size, h // config.conv_groups, h)
-    shapes['layers_0/conv/bias'] = shapes['layers_0/conv_layer_norm/scale'] = (h,)
-    shapes['layers_0/conv_layer_norm/bias'] = (h,)
+  shapes['embeddings/layer_norm/scale'] = shapes['embeddings/layer_norm/bias'] = (h,)
   for l in range(config.num_layers):
     for name in ('query', 'key', 'value'):
       shapes[f'layers_{l}/{name}/kernel'] = (h, n, d)
-      shapes[f'layers_{l}/{name}/bias'] = (n, d)
-    if config.disentangled and not config.share_att_key:
-      for term, name in (('c2p', 'pos_key'), ('p2c', 'pos_query')):
-        if term in config.pos_att_type:
-          shapes[f'layers_{l}/{name}/kernel'], shapes[f'layers_{l}/{name}/bias'] = (h, n, d), (n, d)
+      if fam.biased(config, name):
+        shapes[f'layers_{l}/{name}/bias'] = (n, d)
     shapes[f'layers_{l}/attention_output/kernel'] = (n, d, h)
     shapes[f'layers_{l}/intermediate/kernel'] = (h, i)
     shapes[f'layers_{l}/intermediate/bias'] = (i,)
@@ -127,15 +116,16 @@ def expected_shapes(config: EncoderConfig) -> dict[str, tuple[int, ...]]:
     for name in ('attention_output/bias', 'attention_layer_norm/scale', 'attention_layer_norm/bias',
                  'output/bias', 'output_layer_norm/scale', 'output_layer_norm/bias'):
       shapes[f'layers_{l}/{name}'] = (h,)
-  return shapes
+  return {**shapes, **fam.parameter_shapes(config)}
 
 
 def map_name(name: str, model_type: str):
   """A Hugging Face tensor name -> (our params path 'a/b/c', transform or None), or (None, None) when no row
   of the family's name table matches. hf_export inverts the table with it."""
   for pattern, template, transform in name_table(model_type):
-    if re.fullmatch(pattern, name):
-      return re.sub(pattern, template, name), transform
+    match = pattern.fullmatch(name)
+    if match:
+      return match.expand(template), transform
   return None, None
 
 
@@ -148,75 +138,18 @@ def canonical(raw: str) -> str:
   return name
 
 
-def unused(name: str, config: EncoderConfig) -> str | None:
-  """Why a tensor (canonical name) is one this config's encoder never reads, or None when it reads it (or the
-  name is unknown). These are real checkpoints' tensors that transformers loads or skips without effect:
-  DeBERTa's absolute position table when position_biased_input is off (its _keys_to_ignore_on_load_unexpected:
-  microsoft/deberta-base ships one), and the relative table (and its layer norm) when relative_attention is on
-  but pos_att_type names no term. They are not loaded; hf_export copies them back from the source checkpoint.
-  """
-  if config.model_type not in DEBERTA_TYPES:
-    return None
-  if name == 'embeddings.position_embeddings.weight' and not config.position_biased_input:
-    return 'position_biased_input is false'
-  if (re.fullmatch(r'encoder\.(rel_embeddings\.weight|LayerNorm\.(weight|bias))', name)
-      and config.relative_attention and not config.disentangled):
-    return 'pos_att_type names no relative term'
-  return None
-
-
-_V1_FUSED = re.compile(r'^(.*encoder\.layer\.\d+\.attention\.self\.)(in_proj\.weight|q_bias|v_bias|pos_proj\.weight|'
-                       r'pos_q_proj\.(weight|bias))$')
-
-
-def split_fused(tensors: dict[str, np.ndarray], config: EncoderConfig) -> tuple[dict[str, np.ndarray],
-                                                                                 dict[str, str]]:
-  """DeBERTa v1 -> v2 names: in_proj [3H, H] (per head: query, key, value rows of head_dim each) becomes
-  query_proj/key_proj/value_proj; q_bias, v_bias their biases; pos_proj/pos_q_proj pos_key/pos_query.
-  v1 has no key bias and no position-key bias: they load as zeros (the same function; they may then train).
-  Returns the renamed tensors and, for each new name, the file's name it came from (for error messages).
-  """
-  out, origin = {}, {}
-
-  def put(name, array, source):
-    out[name] = array
-    origin[name] = source
-
-  for name, array in tensors.items():
-    match = _V1_FUSED.match(name)
-    if not match:
-      out[name] = array
-      continue
-    prefix, part = match.group(1), match.group(2)
-    n, d = config.num_heads, config.head_dim
-    if part == 'in_proj.weight' and array.size == 3 * n * d * config.hidden_size:
-      per_head = np.asarray(array).reshape(n, 3, d, -1)
-      for i, proj in enumerate(('query_proj', 'key_proj', 'value_proj')):
-        put(f'{prefix}{proj}.weight', per_head[:, i].reshape(n * d, -1), name)
-      put(f'{prefix}key_proj.bias', np.zeros((n * d,), np.float32), name)
-    elif part == 'pos_proj.weight':
-      put(f'{prefix}pos_key_proj.weight', array, name)
-      put(f'{prefix}pos_key_proj.bias', np.zeros((n * d,), np.float32), name)
-    else:  # renamed as is (a mis-shaped in_proj stays under its own name and is reported as unexpected)
-      renamed = {'q_bias': 'query_proj.bias', 'v_bias': 'value_proj.bias', 'in_proj.weight': part}.get(
-          part, part.replace('pos_q_proj', 'pos_query_proj'))
-      put(prefix + renamed, array, name)
-  return out, origin
-
-
 def convert(tensors: dict[str, np.ndarray], config: EncoderConfig) -> dict[str, Any]:
   """Hugging Face state dict (numpy, torch layout) -> nested params dict; raises CheckpointError with
   every unexpected name, missing name and shape mismatch found."""
-  origin: dict[str, str] = {}
-  if config.model_type == 'deberta':
-    tensors, origin = split_fused(tensors, config)
+  fam = architectures.family(config)
+  tensors, origin = fam.from_hf_layout(tensors, config)
   expected = expected_shapes(config)
   optional = {'pooler/kernel': (config.hidden_size, config.hidden_size), 'pooler/bias': (config.hidden_size,)}
   flat, problems, seen = {}, [], set()
   for key, array in tensors.items():
     name = canonical(key)
     raw = origin.get(key, key)  # the name in the file
-    if IGNORED.match(name) or unused(name, config):
+    if IGNORED.match(name) or fam.unused_tensor(config, name):
       continue
     path, transform = map_name(name, config.model_type)
     if path is None:

@@ -9,7 +9,8 @@ Parameters are plain nested dicts:
                   'position_embeddings' (absent when not position_biased_input: DeBERTa v3),
                   'token_type_embeddings' (absent when type_vocab_size is 0: MPNet, DeBERTa v3),
                   'layer_norm': {'scale', 'bias'}},
-   'layers_0': {'query'|'key'|'value': {'kernel': [H, heads, head_dim], 'bias': [heads, head_dim]},
+   'layers_0': {'query'|'key'|'value': {'kernel': [H, heads, head_dim], 'bias': [heads, head_dim]} (no key
+                'bias' where the family has none: DeBERTa v1),
                 'attention_output': {'kernel': [heads, head_dim, H], 'bias': [H]},
                 'attention_layer_norm', 'intermediate': {'kernel': [H, I], 'bias'},
                 'output': {'kernel': [I, H], 'bias'}, 'output_layer_norm',
@@ -109,9 +110,8 @@ class Layer(nn.Module):
     groups = {kind: [i for i, k in enumerate(kinds) if k == kind] for kind in attention.KERNELS}
     order = [i for kind in attention.KERNELS for i in groups[kind]]  # heads grouped by kind
     qk_heads = groups['softmax'] + groups['mixed']  # constant heads need no query and no key
-    wq, bq = Weights((h, n, d), (n, d), name='query')()
-    wk, bk = Weights((h, n, d), (n, d), name='key')()
-    wv, bv = Weights((h, n, d), (n, d), name='value')()
+    (wq, bq), (wk, bk), (wv, bv) = (Weights((h, n, d), (n, d), use_bias=self.family.biased(cfg, name), name=name)()
+                                    for name in ('query', 'key', 'value'))
     wo, bo = Weights((n, d, h), (h,), name='attention_output')()
 
     # One fused projection; heads are selected by a static slice of the weights, so the query and key

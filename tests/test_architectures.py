@@ -66,7 +66,7 @@ def test_deberta_v1_fused_projection_and_every_loading_problem(tmp_path):
   fused = tensors['encoder.layer.2.attention.self.in_proj.weight'].reshape(3, 3, 5, 15)  # [head, q|k|v, d, in]
   for i, name in enumerate(('query', 'key', 'value')):
     np.testing.assert_array_equal(params['layers_2'][name]['kernel'], fused[:, i].transpose(2, 0, 1))
-  assert not params['layers_2']['key']['bias'].any()  # v1 has no key bias
+  assert 'bias' not in params['layers_2']['key'] and 'bias' not in params['layers_2']['pos_key']  # v1 has none
   assert params[encoder_jax.SHARED]['embedding'].shape == (12, 15)  # 2k rows, k = 6
   del tensors['encoder.rel_embeddings.weight']
   tensors['encoder.layer.0.attention.self.pos_q_proj.weight'] = np.zeros((15, 14), np.float32)

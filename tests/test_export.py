@@ -95,10 +95,6 @@ def test_base_checkpoint_round_trip_keeps_shapes_and_values(name, tmp_path):
   config, params = encoder_jax.load_pretrained(source)
   rng = np.random.default_rng(0)
   params = jax.tree.map(lambda x: x + rng.normal(size=x.shape).astype(np.float32), params)
-  if config.model_type == 'deberta':  # v1 has no key bias: it stays zero
-    for layer in range(config.num_layers):
-      for proj in ('key', 'pos_key'):
-        params[f'layers_{layer}'][proj]['bias'] = np.zeros_like(params[f'layers_{layer}'][proj]['bias'])
   head = {'pooler': params.pop('pooler', None) or {'kernel': np.eye(15, dtype=np.float32),
                                                    'bias': np.zeros(15, np.float32)},
           'classifier': {'kernel': np.ones((15, 2), np.float32), 'bias': np.zeros(2, np.float32)}}
@@ -116,25 +112,6 @@ def test_base_checkpoint_round_trip_keeps_shapes_and_values(name, tmp_path):
   del params['layers_1']['key']
   with pytest.raises(ValueError, match='layers_1/key'):
     hf_export.to_hf_tensors(params, config, load_file(str(source / 'model.safetensors')))
-
-
-def test_deberta_v1_key_biases_transformers_has_not():
-  """v1 has no key biases. A position-key bias only shifts each query's row of scores (softmax ignores it): the
-  export leaves it out and the model computes the same. A key bias changes p2c scores: refused."""
-  config, params = encoder_jax.load_pretrained(FIXTURES / 'deberta_v1_tiny')
-  like = load_file(str(FIXTURES / 'deberta_v1_tiny' / 'model.safetensors'))
-  with np.load(FIXTURES / 'deberta_v1_tiny.npz', allow_pickle=False) as f:
-    ids, mask = f['input_ids'], f['attention_mask']
-  shifted = jax.tree.map(np.array, params)
-  shifted['layers_1']['pos_key']['bias'] = shifted['layers_1']['pos_key']['bias'] + 3.0
-  np.testing.assert_allclose(np.asarray(encoder_jax.encode(config, shifted, ids, mask, None)[-1])[mask == 1],
-                             np.asarray(encoder_jax.encode(config, params, ids, mask, None)[-1])[mask == 1],
-                             rtol=0, atol=1e-5)
-  written = hf_export.to_hf_tensors(shifted, config, like)
-  assert written.keys() == {'deberta.' + k for k in like}
-  shifted['layers_2']['key']['bias'] = shifted['layers_2']['key']['bias'] + 1.0
-  with pytest.raises(ValueError, match='encoder.layer.2.attention.self.key_proj.bias'):
-    hf_export.to_hf_tensors(shifted, config, like)
 
 
 def restored(config, workdir):
@@ -212,6 +189,31 @@ def test_export_is_a_transformers_classifier_of_the_chosen_exit(family_root, nam
     assert len(members) == (2 if method == 'multi_model' else 0)
   with pytest.raises(ValueError, match=r'the exits sit after layers \[1, 2\]'):
     exporter.export(config, workdir, str(tmp_path / 'x'), exit_layer=3)
+
+
+@pytest.mark.parametrize('method', ['early_exit', 'multi_model'])
+def test_a_trained_deberta_v1_exports_and_reloads_its_logits(family_root, method, tmp_path):
+  """A real AdamW step (the method's loss, train_loop's optimizer and step) on DeBERTa v1 with c2p and p2c. v1
+  has no key bias (nor position-key bias), so training cannot give it one that transformers' DeBERTa cannot
+  hold: the export succeeds, and import(export(trained)) gives the trained exit's logits."""
+  from tests import trained_workdirs
+  config, workdir = trained_workdirs.make_workdir(family_root, f'v1_trained_{method}', method, evaluate=False,
+                                                  checkpoint=str(family_root / 'deberta_v1_cls'), exit_layers=(1, 2),
+                                                  pooling='cls', train_steps=1)
+  built, batch = _batch(config)
+  params = restored(config, workdir)[1]
+  initial = built.method.init(jax.random.key(7))
+  encoders = [m['encoder'] for m in params['models']] if method == 'multi_model' else [params['encoder']]
+  first = (initial['models'][0] if method == 'multi_model' else initial)['encoder']
+  assert np.abs(encoders[0]['layers_0']['query']['bias'] - first['layers_0']['query']['bias']).max() > 1e-4
+  for encoder in encoders:  # trained: the step moved the query bias; there is no key bias to move
+    for layer in [k for k in encoder if k.startswith('layers_')]:
+      assert 'bias' not in encoder[layer]['key'] and 'bias' not in encoder[layer]['pos_key']
+  out = exporter.export(config, workdir, str(tmp_path / 'out'))[0]
+  hf_config, encoder, head, _ = _exported_classifier(out)
+  hidden = encoder_jax.encode(hf_config, encoder, batch['input_ids'], batch['attention_mask'])[-1]
+  np.testing.assert_allclose(np.asarray(exits.apply_head(head, hidden, batch['attention_mask'], 'cls')),
+                             _exit_logits(config, built, params, batch, 1), rtol=0, atol=2e-5)
 
 
 def test_sweet_export_of_a_family_with_shared_layers_is_refused(family_root):

@@ -23,6 +23,11 @@ def _flat(tree):
   return {jax.tree_util.keystr(path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
+def _keystr(path: str) -> str:
+  """'a/b/c' -> jax.tree_util.keystr's "['a']['b']['c']"."""
+  return "['" + "']['".join(path.split('/')) + "']"
+
+
 def _copy(tmp_path, tensors=None, config=None, name='ckpt'):
   """A checkpoint directory in tmp_path from the tiny BERT, with tensors and/or config replaced."""
   directory = tmp_path / name
@@ -37,8 +42,7 @@ def _copy(tmp_path, tensors=None, config=None, name='ckpt'):
 def test_param_tree_is_exactly_the_expected_one():
   config, params = encoder_jax.load_pretrained(TINY)
   shapes = {k: v.shape for k, v in _flat(params).items()}
-  want = {"['" + "']['".join(path.split('/')) + "']": shape
-          for path, shape in hf_import.expected_shapes(config).items()}
+  want = {_keystr(path): shape for path, shape in hf_import.expected_shapes(config).items()}
   want["['pooler']['kernel']"], want["['pooler']['bias']"] = (15, 15), (15,)
   assert shapes == want
   assert all(v.dtype == np.float32 and v.flags.writeable for v in _flat(params).values())
@@ -47,11 +51,21 @@ def test_param_tree_is_exactly_the_expected_one():
   np.testing.assert_array_equal(params['layers_1']['query']['kernel'].reshape(15, 15), torch_q.T)
 
 
-def test_random_init_has_the_loaded_structure():
-  config, loaded = encoder_jax.load_pretrained(TINY)
+# Every family and the config switches that change its parameter set (v1 without relative attention, v2 with
+# and without share_att_key, v3 without absolute positions, v2's convolution).
+FAMILY_FIXTURES = ['bert_tiny', 'roberta_tiny', 'mpnet_tiny', 'deberta_v1_tiny', 'parity_deberta_v1_norel',
+                   'deberta_v2_tiny', 'deberta_v2_sep_tiny', 'parity_deberta_v3']
+
+
+@pytest.mark.parametrize('name', FAMILY_FIXTURES)
+def test_random_init_has_the_loaded_structure(name):
+  """The encoder's own parameter tree (init, traced) is expected_shapes' (the shared encoder's and the family's
+  Family.parameter_shapes) and the loaded checkpoint's."""
+  config, loaded = encoder_jax.load_pretrained(TINY.parent / name)
   init = jax.eval_shape(functools.partial(encoder_jax.init_params, config), jax.random.key(0))
-  loaded_shapes = {k: v.shape for k, v in _flat(loaded).items() if not k.startswith("['pooler']")}
-  assert {k: v.shape for k, v in _flat(init).items()} == loaded_shapes
+  init_shapes = {k: v.shape for k, v in _flat(init).items()}
+  assert init_shapes == {_keystr(path): shape for path, shape in hf_import.expected_shapes(config).items()}
+  assert init_shapes == {k: v.shape for k, v in _flat(loaded).items() if not k.startswith("['pooler']")}
 
 
 def test_missing_directory():

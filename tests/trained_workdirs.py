@@ -60,8 +60,11 @@ def _sharpen(head, scale):
                                  'bias': head['classifier']['bias']}}
 
 
-def make_workdir(root, name: str, method: str, *, constant: bool = False, evaluate: bool = True, **model):
-  """A checkpointed (and, with evaluate, evaluated) workdir: -> (config, workdir). model: config_for's."""
+def make_workdir(root, name: str, method: str, *, constant: bool = False, evaluate: bool = True, train_steps: int = 0,
+                 **model):
+  """A checkpointed (and, with evaluate, evaluated) workdir: -> (config, workdir). model: config_for's.
+  train_steps: real optimizer steps (the method's loss, train_loop's optimizer and step) on the first training
+  batches before the checkpoint is saved, for tests that need trained rather than initial parameters."""
   config = config_for(root, method, constant, **model)
   workdir = str(root / name)
   splits = data.load_splits(config.data)
@@ -72,9 +75,16 @@ def make_workdir(root, name: str, method: str, *, constant: bool = False, evalua
     params['models'] = tuple({**m, 'head': _sharpen(m['head'], scale)} for m in params['models'])
   else:
     params['heads'] = tuple(_sharpen(h, scale) for h in params['heads'])
-  tx = train_loop.make_optimizer(config.train, 1, param_groups=built.method.param_groups)
+  tx = train_loop.make_optimizer(config.train, max(train_steps, 1), param_groups=built.method.param_groups)
+  state = {'params': params, 'opt_state': tx.init(params), 'step': jnp.zeros((), jnp.int32)}
+  step_fn = jax.jit(train_loop.make_train_step(built.method, tx))
+  batches = data.iterate_batches(splits.train, built.encode_fn, config.train.batch_size, seed=0, epoch=0,
+                                 shuffle=False, drop_remainder=True)
+  for i, batch in zip(range(train_steps), batches):
+    state, _ = step_fn(state, batch, jax.random.key(i))
+  saved = max(train_steps, 1)
   ckpt = checkpoints.Checkpointer(workdir)
-  ckpt.save(1, {'params': params, 'opt_state': tx.init(params), 'step': jnp.ones((), jnp.int32)}, {'step': 1})
+  ckpt.save(saved, {**state, 'step': jnp.full((), saved, jnp.int32)}, {'step': saved})
   ckpt.close()
   reporting.write_json(f'{workdir}/results.json', {'method': method, 'label_names': list(splits.train.label_names)})
   if evaluate:

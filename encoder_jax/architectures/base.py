@@ -1,7 +1,7 @@
 """The interface between the shared encoder and an architecture family.
 
 The encoder (encoder_jax/model.py) is one embedding layer and one post-layer-norm block for every family;
-what a family adds enters through the five hooks of `Family`, and nowhere else. The hooks run inside the
+what a family adds enters through the hooks of `Family`, and nowhere else. The hooks run inside the
 Linen module that calls them (Embeddings, Layer or Encoder), so a parameter a hook creates, e.g.
 `blocks.Weights(..., name='pos_key')()`, lands in that module's scope under that name.
 """
@@ -9,6 +9,7 @@ Linen module that calls them (Embeddings, Layer or Encoder), so a parameter a ho
 from __future__ import annotations
 
 import jax.numpy as jnp
+import numpy as np
 
 from encoder_jax.config import EncoderConfig
 
@@ -29,6 +30,39 @@ class Family:
       'intermediate': r'intermediate\.dense', 'output': r'output\.dense', 'output_layer_norm': r'output\.LayerNorm',
   }
   HF_EXTRA_NAMES: tuple[tuple[str, str, str], ...] = ()
+
+  def parameter_shapes(self, config: EncoderConfig) -> dict[str, tuple[int, ...]]:
+    """Path 'a/b/c' -> shape of each parameter the family adds to the shared encoder (its shared() module's
+    under 'relative/', its score terms' and after_layer's under 'layers_N/'); hf_import.expected_shapes adds
+    the shared encoder's."""
+    del config  # BERT adds none
+    return {}
+
+  def biased(self, config: EncoderConfig, projection: str) -> bool:
+    """Whether a layer's projection ('query', 'key', 'value', or a family's own, e.g. 'pos_key') has a bias
+    parameter; without one its bias is a constant zero that training cannot move."""
+    del config, projection  # BERT's projections all have one
+    return True
+
+  def from_hf_layout(self, tensors: dict[str, np.ndarray], config: EncoderConfig
+                     ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """A checkpoint file's tensors -> the tensors under the names HF_LAYER_NAMES reads, and for each renamed one
+    the file's name it came from (for error messages). to_hf_layout is its inverse, on names without the
+    family prefix."""
+    del config  # BERT's files are in the table's names
+    return tensors, {}
+
+  def to_hf_layout(self, tensors: dict[str, np.ndarray], config: EncoderConfig) -> dict[str, np.ndarray]:
+    """The inverse of from_hf_layout: tensors in the table's names (no family prefix) -> the file's."""
+    del config
+    return tensors
+
+  def unused_tensor(self, config: EncoderConfig, name: str) -> str | None:
+    """Why a checkpoint tensor (name without the family prefix) is one transformers loads or skips without
+    effect and this config's encoder never reads, or None. hf_import skips it; hf_export copies it back from
+    the source checkpoint."""
+    del config, name  # BERT reads every tensor it loads
+    return None
 
   def position_ids(self, config: EncoderConfig, input_ids):
     """input_ids [batch, seq] -> position ids [batch, seq] into the position table."""

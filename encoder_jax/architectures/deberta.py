@@ -10,6 +10,7 @@ length, so they are numpy constants at trace time.
 
 from __future__ import annotations
 
+import re
 
 import flax.linen as nn
 import jax
@@ -47,6 +48,50 @@ class Deberta(Family):
   """BERT's absolute positions (when position_biased_input), padding zeroed after the embedding layer
   norm, the disentangled score term, and v2's convolution beside layer 0."""
 
+  def parameter_shapes(self, config):
+    """The relative table (RelativeEmbeddings), each layer's own position projections (score_terms) and v2's
+    convolution beside layer 0 (_conv)."""
+    h, n, d = config.hidden_size, config.num_heads, config.head_dim
+    shapes = {}
+    if config.disentangled:
+      shapes['relative/embedding'] = (2 * config.attention_span, h)
+      if config.norm_rel_ebd:
+        shapes['relative/layer_norm/scale'] = shapes['relative/layer_norm/bias'] = (h,)
+      if not config.share_att_key:
+        for l in range(config.num_layers):
+          for term, name in (('c2p', 'pos_key'), ('p2c', 'pos_query')):
+            if term in config.pos_att_type:
+              shapes[f'layers_{l}/{name}/kernel'] = (h, n, d)
+              if self.biased(config, name):
+                shapes[f'layers_{l}/{name}/bias'] = (n, d)
+    if config.conv_kernel_size:
+      shapes['layers_0/conv/kernel'] = (config.conv_kernel_size, h // config.conv_groups, h)
+      shapes['layers_0/conv/bias'] = shapes['layers_0/conv_layer_norm/scale'] = (h,)
+      shapes['layers_0/conv_layer_norm/bias'] = (h,)
+    return shapes
+
+  def biased(self, config, projection):
+    """DeBERTa v1's key and position-key projections have no bias (in_proj and pos_proj are bias-free; q_bias
+    and v_bias are the only ones): a v1 encoder has none to train, which its transformers model could not hold."""
+    return config.model_type != 'deberta' or projection not in ('key', 'pos_key')
+
+  def from_hf_layout(self, tensors, config):
+    return split_v1(tensors, config) if config.model_type == 'deberta' else (tensors, {})
+
+  def to_hf_layout(self, tensors, config):
+    return fuse_v1(tensors, config) if config.model_type == 'deberta' else tensors
+
+  def unused_tensor(self, config, name):
+    """DeBERTa's absolute position table when position_biased_input is off (its
+    _keys_to_ignore_on_load_unexpected: microsoft/deberta-base ships one), and the relative table (and its layer
+    norm) when relative_attention is on but pos_att_type names no term."""
+    if name == 'embeddings.position_embeddings.weight' and not config.position_biased_input:
+      return 'position_biased_input is false'
+    if (re.fullmatch(r'encoder\.(rel_embeddings\.weight|LayerNorm\.(weight|bias))', name)
+        and config.relative_attention and not config.disentangled):
+      return 'pos_att_type names no relative term'
+    return None
+
   def embedding_output(self, config, x, attention_mask):
     del config  # DeBERTa zeroes padded positions: its convolution reads them
     return x * attention_mask.astype(x.dtype)[..., None]
@@ -68,7 +113,7 @@ class Deberta(Family):
       return (jnp.einsum('rh,hnd->rnd', rel, blocks.take(w, heads, 1).astype(q.dtype))
               + blocks.take(b, heads, 0).astype(q.dtype))
 
-    own = lambda name: blocks.Weights((h, n, d), (n, d), name=name)()
+    own = lambda name: blocks.Weights((h, n, d), (n, d), use_bias=self.biased(config, name), name=name)()
     pos_key = project(*(key if config.share_att_key else own('pos_key'))) if 'c2p' in config.pos_att_type else None
     pos_query = (project(*(query if config.share_att_key else own('pos_query')))
                  if 'p2c' in config.pos_att_type else None)
@@ -82,6 +127,59 @@ class Deberta(Family):
 
 
 FAMILY = Deberta()
+
+# DeBERTa v1's file names for what v2 names query_proj, ... (HF_LAYER_NAMES reads v2's).
+_V1_FUSED = re.compile(r'^(.*encoder\.layer\.\d+\.attention\.self\.)(in_proj\.weight|q_bias|v_bias|pos_proj\.weight|'
+                       r'pos_q_proj\.(weight|bias))$')
+_V2_PROJ = re.compile(r'(encoder\.layer\.\d+\.attention\.self\.)(query|key|value|pos_key|pos_query)_proj\.(weight|bias)')
+_V1_NAMES = {('query', 'bias'): 'q_bias', ('value', 'bias'): 'v_bias', ('pos_key', 'weight'): 'pos_proj.weight',
+             ('pos_query', 'weight'): 'pos_q_proj.weight', ('pos_query', 'bias'): 'pos_q_proj.bias'}
+
+
+def split_v1(tensors: dict[str, np.ndarray], config: EncoderConfig) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+  """DeBERTa v1 -> v2 names: in_proj [3H, H] (per head: query, key, value rows of head_dim each) becomes
+  query_proj/key_proj/value_proj; q_bias, v_bias their biases; pos_proj/pos_q_proj pos_key/pos_query.
+  v1 has no key bias and no position-key bias, and its encoder has no such parameters (Deberta.biased).
+  Returns the renamed tensors and, for each new name, the file's name it came from (for error messages).
+  """
+  out, origin = {}, {}
+  n, d = config.num_heads, config.head_dim
+  for name, array in tensors.items():
+    match = _V1_FUSED.match(name)
+    if not match:
+      out[name] = array
+      continue
+    prefix, part = match.group(1), match.group(2)
+    if part == 'in_proj.weight' and array.size == 3 * n * d * config.hidden_size:
+      per_head = np.asarray(array).reshape(n, 3, d, -1)
+      renamed = {f'{prefix}{proj}.weight': per_head[:, i].reshape(n * d, -1)
+                 for i, proj in enumerate(('query_proj', 'key_proj', 'value_proj'))}
+    else:  # renamed as is (a mis-shaped in_proj stays under its own name and is reported as unexpected)
+      renamed = {prefix + {'q_bias': 'query_proj.bias', 'v_bias': 'value_proj.bias', 'in_proj.weight': part,
+                           'pos_proj.weight': 'pos_key_proj.weight'}.get(
+          part, part.replace('pos_q_proj', 'pos_query_proj')): array}
+    out.update(renamed)
+    origin.update(dict.fromkeys(renamed, name))
+  return out, origin
+
+
+def fuse_v1(tensors: dict[str, np.ndarray], config: EncoderConfig) -> dict[str, np.ndarray]:
+  """v2 names -> DeBERTa v1's (without the family prefix): the inverse of split_v1. in_proj [3 n d, H] holds,
+  per head, its query, key and value rows."""
+  n, d = config.num_heads, config.head_dim
+  out = {}
+  for name, array in tensors.items():
+    match = _V2_PROJ.fullmatch(name)
+    if not match:
+      out[name] = array
+      continue
+    prefix, proj, kind = match.groups()
+    if (proj, kind) == ('query', 'weight'):
+      qkv = [tensors[f'{prefix}{p}_proj.weight'].reshape(n, d, -1) for p in ('query', 'key', 'value')]
+      out[prefix + 'in_proj.weight'] = np.stack(qkv, axis=1).reshape(3 * n * d, -1)
+    elif (proj, kind) in _V1_NAMES:
+      out[prefix + _V1_NAMES[proj, kind]] = array
+  return out
 
 
 class RelativeEmbeddings(nn.Module):

@@ -27,6 +27,9 @@ class MPNet(Roberta):
   HF_EXTRA_NAMES = ((r'encoder\.relative_attention_bias\.weight', 'relative/embedding', 'id'),)
   """RoBERTa's position ids; the shared bias, at the layer's heads, as the score term."""
 
+  def parameter_shapes(self, config):
+    return {'relative/embedding': (config.relative_attention_num_buckets, config.num_heads)}  # RelativeBias
+
   def shared(self, config):
     return RelativeBias(config)
 
