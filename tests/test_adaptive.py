@@ -312,6 +312,14 @@ def offline_logits(forward, params, batches, seqs=CODED_SEQS):
   return np.concatenate(per_batch, 1)
 
 
+def assert_answers(got, valid, want_exit, want_pred, msg):
+  """The engine's result answers every real row (valid: bool [rows]) with the offline sweep's exit and
+  prediction, and no padding row."""
+  np.testing.assert_array_equal(got.exit_index[valid], want_exit, err_msg=msg)
+  np.testing.assert_array_equal(got.predictions[valid], want_pred, err_msg=msg)
+  np.testing.assert_array_equal(got.exit_index[~valid], -1, err_msg=msg)
+
+
 # Seeds of one model share its compiled programs, which take most of the time (early_exit shares sweet's: the
 # same network at inference); the offline logits of all seeds come from one call per length.
 @pytest.mark.parametrize('method,num_exits,seeds', [
@@ -334,9 +342,7 @@ def test_many_exits_match_offline_sweep(method, num_exits, seeds):
     for mode in adaptive.MODES:
       got = engine.run(batches, CODED_THRESHOLD, mode=mode)
       msg = f'{method} {num_exits} exits, seed {seed}, {mode}'
-      np.testing.assert_array_equal(got.exit_index[valid], want_exit, err_msg=msg)
-      np.testing.assert_array_equal(got.predictions[valid], want_pred, err_msg=msg)
-      np.testing.assert_array_equal(got.exit_index[~valid], -1, err_msg=msg)
+      assert_answers(got, valid, want_exit, want_pred, msg)
       assert got.stats['left'] == np.bincount(want_exit, minlength=num_exits).tolist(), msg
 
 

@@ -19,7 +19,7 @@ import encoder_jax
 from experiments import budgets, sweet_papa_study as sps
 from papa_jax import averages
 from sweet_jax import adaptive, curves, exits
-from tests.test_adaptive import CODED, CODED_THRESHOLD, coded_model, coded_stream, offline_logits
+from tests.test_adaptive import CODED, CODED_THRESHOLD, assert_answers, coded_model, coded_stream, offline_logits
 from tests.test_experiments import _parse
 
 # ------------------------------------------------------------------------------------ FLOPs = dot_generals
@@ -175,9 +175,7 @@ def test_engine_with_constant_heads_matches_offline_sweep(heads):
       for mode in adaptive.MODES:
         got = engine.run(batches, threshold, mode=mode)
         msg = f'{heads}: threshold {threshold}, seed {seed}, {mode}'
-        np.testing.assert_array_equal(got.exit_index[valid], want_exit, err_msg=msg)
-        np.testing.assert_array_equal(got.predictions[valid], want_pred, err_msg=msg)
-        np.testing.assert_array_equal(got.exit_index[~valid], -1, err_msg=msg)
+        assert_answers(got, valid, want_exit, want_pred, msg)
         at_exit = logits[want_exit, start + np.arange(stop - start)]
         np.testing.assert_allclose(got.logits[valid], at_exit, rtol=TOLERANCE, atol=TOLERANCE, err_msg=msg)
 
