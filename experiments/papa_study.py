@@ -191,14 +191,18 @@ def _drop_per_example(fraction: float, base: float) -> paired.PerExample:
   return fn
 
 
+def _baseline(g: Sequence[dict[str, Any]]) -> float:
+  """The runs' mean accuracy with no head constant (k = 0): what relative drops are relative to."""
+  return float(np.mean(per_fraction(g, 'accuracy')[0.0]))
+
+
 def _paired_drop(g: Sequence[dict[str, Any]], fraction: float) -> tuple[stats.Paired, str] | None:
   """The relative drop at `fraction` (from the paired seeds' mean k = 0 accuracy), bootstrapped paired over
   examples and the seeds with stored outputs, and paired.with_outputs' note; None when no seed has them."""
   (g,), note = paired.with_outputs(g)
   if not g:
     return None
-  base = float(np.mean(per_fraction(g, 'accuracy')[0.0]))
-  drop = paired.correctness(g, _drop_per_example(fraction, base))
+  drop = paired.correctness(g, _drop_per_example(fraction, _baseline(g)))
   return stats.paired_bootstrap(drop[0], np.zeros_like(drop[0])), note
 
 
@@ -213,7 +217,7 @@ def claims(runs: Sequence[dict[str, Any]]) -> list[str]:
       d = relative_drop(g, fraction)
       if d is None:
         continue
-      base = float(np.mean(per_fraction(g, 'accuracy')[0.0]))
+      base = _baseline(g)
       if fraction == 1.0:
         all_drops[model, task] = (*d, base, g)
       text = lambda how: f'{model}, {task}: {what} (< {100 * bound:g}%; {how}, in %)'
@@ -242,9 +246,8 @@ def _better_loses_more(task: str, better: str, b: tuple, worse: str, w: tuple) -
   if not gb:
     return claim_sentence(text, b[0] - w[0], float(np.hypot(b[1], w[1])), seeds=min(b[2], w[2]), scale=100,
                           unit='%')
-  base = lambda g: float(np.mean(per_fraction(g, 'accuracy')[0.0]))
-  db = paired.correctness(gb, _drop_per_example(1.0, base(gb)))
-  dw = paired.correctness(gw, _drop_per_example(1.0, base(gw)))
+  db = paired.correctness(gb, _drop_per_example(1.0, _baseline(gb)))
+  dw = paired.correctness(gw, _drop_per_example(1.0, _baseline(gw)))
   if db[1] != dw[1]:
     raise ValueError(f'{task}: the two models were scored on different test sets.')
   return stats.Claim(text + note, stats.paired_bootstrap(db[0], dw[0]), unit='%')
