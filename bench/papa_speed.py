@@ -14,15 +14,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 import encoder_jax
 
-from machine import cpu_model  # bench/ is on sys.path when a script here runs
+from machine import cpu_model, minilm_shaped, random_constants, random_inputs, time_alternately  # bench/ is on sys.path
 
 def analytic_ratio(seq: int, hidden: int, intermediate: int) -> float:
   """Multiply-adds of a softmax layer over a constant one (per example)."""
@@ -41,8 +39,7 @@ def main():
   parser.add_argument('--seqs', default='64,128')
   args = parser.parse_args()
 
-  config = encoder_jax.EncoderConfig(vocab_size=30522, hidden_size=384, num_layers=6, num_heads=12,
-                                     intermediate_size=1536)
+  config = minilm_shaped()
   params = encoder_jax.init_params(config, jax.random.key(0))
   constant_config = config.with_heads('constant', 'all')
   print(f'jax {jax.__version__} on {jax.devices()[0].platform}; nproc {os.cpu_count()}; {cpu_model()}')
@@ -50,28 +47,14 @@ def main():
 
   ratios = []
   for seq in (int(s) for s in args.seqs.split(',')):
-    rng = np.random.default_rng(seq)
-    ids = jnp.asarray(rng.integers(1000, 30000, (args.batch, seq)), jnp.int32)
-    lengths = rng.integers(seq // 4, seq + 1, args.batch)
-    mask = jnp.asarray(np.arange(seq)[None] < lengths[:, None], jnp.int32)
+    ids, mask = random_inputs(args.batch, seq)
     types = jnp.zeros_like(ids)
-    # Row-stochastic random constants, as an estimate would give (values do not affect speed).
-    constants = jax.nn.softmax(jax.random.normal(jax.random.key(1), (6, 12, seq, seq)), axis=-1)
-
+    constants = random_constants(1, config, seq)
     softmax_fn = jax.jit(lambda p, i, m, t: encoder_jax.encode(config, p, i, m, t)[-1])
     constant_fn = jax.jit(lambda p, i, m, t, c: encoder_jax.encode(constant_config, p, i, m, t, constants=c)[-1])
     run = {'softmax': lambda: softmax_fn(params, ids, mask, types),
            'constant': lambda: constant_fn(params, ids, mask, types, constants)}
-    times = {name: [] for name in run}
-    for fn in run.values():
-      jax.block_until_ready(fn())  # compile
-      jax.block_until_ready(fn())
-    for _ in range(args.reps):
-      for name, fn in run.items():
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        times[name].append(time.perf_counter() - t0)
-    med = {name: float(np.median(t)) for name, t in times.items()}
+    med = time_alternately(run, args.reps)
     ratio = med['softmax'] / med['constant']
     ratios.append((seq, ratio))
     print(f'seq {seq}: softmax {med["softmax"] * 1e3:.1f} ms, constant {med["constant"] * 1e3:.1f} ms, '

@@ -20,16 +20,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 import encoder_jax
 from sweet_jax import curves, exits
 
-from machine import cpu_model  # bench/ is on sys.path when a script here runs
+from machine import cpu_model, minilm_shaped, random_constants, random_inputs, time_alternately  # bench/ is on sys.path
 
 VARIANTS = {'none': 0, 'rank_q': 3, 'rank_h': 6, 'first_all': 12}  # constant heads of layer 1
 
@@ -49,31 +47,19 @@ def main():
   parser.add_argument('--seqs', default='512')
   args = parser.parse_args()
 
-  config = encoder_jax.EncoderConfig(vocab_size=30522, hidden_size=384, num_layers=6, num_heads=12,
-                                     intermediate_size=1536, max_position_embeddings=512)
+  config = minilm_shaped()
   ecfg = exits.ExitConfig((1, 2, 4, 6), 2, pooling='mean')
   params = exits.init_exit_model(jax.random.key(1), config, encoder_jax.init_params(config, jax.random.key(0)), ecfg)
   print(f'jax {jax.__version__} on {jax.devices()[0].platform}; nproc {os.cpu_count()}; {cpu_model()}')
   print(f'MiniLM shape, first exit (embeddings, layer 1, head), batch {args.batch}, float32, {args.reps} reps, medians')
   lines = []
   for seq in (int(s) for s in args.seqs.split(',')):
-    rng = np.random.default_rng(seq)
-    ids = jnp.asarray(rng.integers(1000, 30000, (args.batch, seq)), jnp.int32)
-    mask = jnp.asarray(np.arange(seq)[None] < rng.integers(seq // 4, seq + 1, args.batch)[:, None], jnp.int32)
-    constants = jax.nn.softmax(jax.random.normal(jax.random.key(2), (6, 12, seq, seq)), axis=-1)
+    ids, mask = random_inputs(args.batch, seq)
+    constants = random_constants(2, config, seq)
     cfgs = {v: config.with_heads('constant', [(0, h) for h in range(k)]) for v, k in VARIANTS.items()}
     fns = {v: first_exit_program(c, ecfg) for v, c in cfgs.items()}
     run = {v: (lambda f=f: f(params, ids, mask, constants)) for v, f in fns.items()}
-    for fn in run.values():
-      jax.block_until_ready(fn())  # compile
-      jax.block_until_ready(fn())
-    times = {v: [] for v in run}
-    for _ in range(args.reps):
-      for v, fn in run.items():
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        times[v].append(time.perf_counter() - t0)
-    med = {v: float(np.median(t)) for v, t in times.items()}
+    med = time_alternately(run, args.reps)
     flops = {v: curves.exit_costs(c, ecfg, 'sweet', seq)[0] for v, c in cfgs.items()}
     for v in VARIANTS:
       print(f'seq {seq} {v:9s}: {med[v] * 1e3:7.1f} ms, speedup {med["none"] / med[v]:.3f}x '

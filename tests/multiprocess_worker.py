@@ -7,7 +7,8 @@ With NUM_PROCESSES 1 it is the single-process reference run. Writes WORKDIR/para
 import os
 import sys
 
-os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=2'  # 2 local devices per process
+# 2 local devices per process, with the compile flags tests/script_env.py passes
+os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=2 ' + os.environ.get('XLA_FLAGS', '')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402

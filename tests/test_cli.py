@@ -16,6 +16,7 @@ from configs import sweet_demo, sweet_papa_demo
 from papa_jax import averages
 from tests.test_papa_experiment import write_split
 from tests.tiny_checkpoint import write_checkpoint
+from tests.script_env import script_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -30,7 +31,7 @@ def _overrides(root):
 
 
 def _run(script, *args):
-  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  env = script_env()
   out = subprocess.run([sys.executable, script, *args], cwd=ROOT, env=env, capture_output=True, text=True,
                        timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
@@ -123,7 +124,7 @@ def test_registry_rejects_unknown_method_and_missing_constants(task):
 
 
 def test_overrides_without_workdir_train_in_their_own_derived_workdir(task, tmp_path):
-  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  env = script_env()
   args = [sys.executable, os.path.join(ROOT, 'train.py'), '--config', os.path.join(ROOT, 'configs/sweet_demo.py'),
           *_overrides(task)]
   run = lambda: subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)

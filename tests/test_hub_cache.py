@@ -19,6 +19,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from tests.tiny_checkpoint import TOKEN_WORDS, with_word_tokenizer, write_checkpoint
+from tests.script_env import script_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = Path(__file__).parent / 'fixtures'
@@ -181,8 +182,8 @@ def hf_home(tmp_path_factory):
 
 
 def _run(home, script, *args):
-  env = {k: v for k, v in os.environ.items() if k not in ('XLA_FLAGS', 'HF_HUB_CACHE', 'HF_DATASETS_CACHE')}
-  env.update(HF_HOME=str(home), HF_HUB_OFFLINE='1', HF_DATASETS_OFFLINE='1')
+  env = script_env(drop=('HF_HUB_CACHE', 'HF_DATASETS_CACHE'), HF_HOME=str(home), HF_HUB_OFFLINE='1',
+                   HF_DATASETS_OFFLINE='1')
   out = subprocess.run([sys.executable, script, *args], cwd=ROOT, env=env, capture_output=True, text=True,
                        timeout=900)
   assert out.returncode == 0, out.stderr[-3000:]

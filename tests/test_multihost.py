@@ -8,6 +8,8 @@ import sys
 
 import numpy as np
 
+from tests.script_env import script_env
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, 'tests', 'multiprocess_worker.py')
 
@@ -20,7 +22,7 @@ def _free_port():
 
 def _run(count, workdir):
   port = str(_free_port())
-  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  env = script_env()
   procs = [subprocess.Popen([sys.executable, WORKER, str(i), str(count), port, str(workdir)], env=env, cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(count)]
   outs = [p.communicate(timeout=600)[0] for p in procs]

@@ -18,6 +18,7 @@ from drivers import predictor
 from drivers import sweet_eval
 from pipeline import data, train_loop
 from sweet_jax import adaptive, curves, device_stream
+from tests.script_env import script_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -142,7 +143,7 @@ def test_predict_cli_writes_rows_in_input_order(trained, tmp_path):
       'import pathlib\nfrom tests import trained_workdirs\n\n\ndef get_config():\n'
       f'  return trained_workdirs.config_for(pathlib.Path({str(trained.root)!r}), "sweet")\n')
   (tmp_path / 'in.txt').write_text('\n'.join(texts) + '\n')
-  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  env = script_env()
   run = lambda *args: subprocess.run([sys.executable, 'predict.py', '--config', str(tmp_path / 'config.py'),
                                       '--workdir', workdir, *args], cwd=ROOT, env=env, capture_output=True,
                                      text=True, timeout=600)

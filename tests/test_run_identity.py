@@ -24,6 +24,7 @@ from pipeline import checkpoints, fingerprint, train_loop
 from tests import test_train_loop as tl
 from tests.test_run_safety import damage, files_of, tiny_config
 from tests.test_cli import write_task
+from tests.script_env import script_env
 
 
 @pytest.fixture(scope='module')
@@ -332,7 +333,7 @@ def test_predict_records_the_step_and_run_identity(trained, tmp_path):
       f'  return trained_workdirs.config_for(pathlib.Path({str(trained.root)!r}), "multi_model")\n')
   (tmp_path / 'in.txt').write_text('good film\na dull plot\n')
   root = pathlib.Path(__file__).resolve().parents[1]
-  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  env = script_env()
   done = subprocess.run([sys.executable, 'predict.py', '--config', str(tmp_path / 'config.py'), '--workdir', workdir,
                          '--input', str(tmp_path / 'in.txt'), '--output', str(tmp_path / 'out.jsonl'),
                          '--threshold', '0.7'], cwd=root, env=env, capture_output=True, text=True, timeout=600)
