@@ -334,8 +334,11 @@ def test_report_claims_tables_and_figure_on_synthetic_runs(tmp_path):
           for m in sps.METHODS for v in ('none', 'first_all') for s in (42, 43)}
   runs = [r for r, _ in made.values()]
   lines = sps.claims(runs)
-  # Per method: first_all against none at 3 FLOPs budgets (paired) and 3 measured speedups (from the curves).
-  assert len(lines) == 2 * (3 + 3)
+  # Per method: first_all against none at its first exit and 3 FLOPs budgets (paired), and at 3 measured
+  # speedups (from the curves).
+  assert len(lines) == 2 * (1 + 3 + 3)
+  cost = next(l for l in lines if "SWEET: none's first exit is more accurate than first_all's" in l)
+  assert '(+10.0 points, 95% interval' in cost and 'n = 300 x 2' in cost  # 210 against 180 right of 300
   first = next(l for l in lines if 'SWEET: first_all is more accurate than none at 0.25 of the FLOPs' in l)
   assert 'paired bootstrap' in first and 'n = 300 x 2' in first
   # By hand: the paired effect is the mean over seeds of the dense curves' interpolated accuracy differences.
