@@ -324,7 +324,6 @@ def test_a_papa_run_never_changes_an_averages_file_in_place(finished, tmp_path):
 
 
 def test_predict_records_the_step_and_run_identity(trained, tmp_path):
-  import os
   import subprocess
   import sys
   config, workdir = trained('multi_model')
