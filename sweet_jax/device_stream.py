@@ -46,18 +46,20 @@ ERRORS = {1: 'a push past a queue\'s capacity (unread rows would be overwritten)
 class Queues(NamedTuple):
   """The queues of exits 1 .. E-1 at one sequence length, on the device (a pytree).
 
-  rings: E-1 rings (engine_programs.empty_ring) of `capacity` rows; head, count: int32 [E-1], the count rows
-  from ring position head on (wrapping) are the queued examples, oldest first.
+  rings: one engine_programs ring per queue, stacked: every leaf has leading axes [E-1, capacity] (ring k
+  holds the queue of exit k + 1; a model with one exit keeps one unused ring). head, count: int32 [E-1], the
+  count rows from ring position head on (wrapping) are the queued examples, oldest first.
   Invariant 0 <= count <= capacity: checked inside `chunk` at every push (error bit 1).
   """
-  rings: tuple
+  rings: dict
   head: jax.Array
   count: jax.Array
 
   @classmethod
   def empty(cls, spec: programs.Spec, seq: int) -> 'Queues':
     num = spec.exit_config.num_exits - 1
-    return cls(tuple(programs.empty_ring(spec, seq) for _ in range(num)), jnp.zeros(num, jnp.int32),
+    rings = [programs.empty_ring(spec, seq) for _ in range(max(num, 1))]
+    return cls(jax.tree.map(lambda *a: jnp.stack(a), *rings), jnp.zeros(num, jnp.int32),
                jnp.zeros(num, jnp.int32))
 
   def cleared(self) -> 'Queues':
@@ -106,35 +108,63 @@ def _record(answers, answered, leave, index, pred, exit_, logits):
   return answers, answered + leave.sum()
 
 
-def _step(spec, args, inputs, exit_: int, rows: int, c: _Carry) -> _Carry:
-  """One segment call: exit 0 on the chunk's next input batch, or exit_ on up to `rows` rows of its queue."""
+def _call(spec, args, inputs, exit_: int, rows: int, operands) -> dict[str, Any]:
+  """One switch branch: the segment call of exit_ on `rows` rows, its outputs padded to batch_size rows.
+
+  operands: (rings, head, ptr) of the loop state, read only. Exit 0 reads the chunk's input batch ptr,
+  a later exit the first `rows` rows of its queue. Only these rows go in and out of the branch: a branch that
+  returned the queues would make XLA copy every ring on every call (its outputs cannot alias the loop's
+  buffers), which cost ~3% of the full model's time at batch 256.
+  Returns {'payload' (for the next segment), 'index', 'leave', 'pred', 'logits' float32 [B, C], 'last',
+  'streak'}, each with a leading axis of batch_size rows (rows past `rows`: padding).
+  """
   params, constants, temperatures, rule, threshold = args
-  num_exits, cap = spec.exit_config.num_exits, spec.capacity
-  q, ptr = c.queues, c.ptr
-  head, count, rings = q.head, q.count, list(q.rings)
+  rings, head, ptr = operands
   if exit_ == 0:
     x = jax.tree.map(lambda a: a[ptr], inputs)
-    valid, state, ptr = x['valid'], curves.initial_state(rows), ptr + 1
+    state = curves.initial_state(rows)
   else:
-    k = exit_ - 1  # its queue
-    taken = jnp.minimum(count[k], rows)
-    x = programs.take(rings[k], head[k], rows, cap)
-    valid, state = jnp.arange(rows) < taken, {'last': x['last'], 'streak': x['streak']}
-    head, count = head.at[k].set((head[k] + taken) % cap), count.at[k].add(-taken)
+    x = programs.take(rings, head[exit_ - 1], rows, spec.capacity, at=(exit_ - 1,))
+    state = {'last': x['last'], 'streak': x['streak']}
   payload, logits = programs.forward(spec, exit_, params, constants, x['payload'])
   leave, pred, state = curves.decide(rule, logits, temperatures[exit_], threshold, state,
-                                     is_last=exit_ == num_exits - 1)
-  leave = leave & valid
-  answers, answered = _record(c.answers, c.answered, leave, x['index'], pred, exit_, logits)
+                                     is_last=exit_ == spec.exit_config.num_exits - 1)
+  out = {'payload': payload, 'index': x['index'], 'leave': leave, 'pred': pred,
+         'logits': logits.astype(jnp.float32), **state}
+  pad = spec.batch_size - rows
+  return jax.tree.map(lambda a: jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1)) if pad else a, out)
+
+
+def _step(spec, buckets, args, inputs, c: _Carry) -> _Carry:
+  """One loop step: the call c.action names (a switch branch), then its rows' answers and survivors."""
+  branches = _branches(spec, buckets)
+  calls = [functools.partial(_call, spec, args, inputs, i, r) for i, r in branches]
+  q = c.queues
+  out = jax.lax.switch(c.action, calls, (q.rings, q.head, c.ptr))
+  exit_ = jnp.asarray([i for i, _ in branches], jnp.int32)[c.action]
+  rows = jnp.asarray([r for _, r in branches], jnp.int32)[c.action]
+  num, cap, b = spec.exit_config.num_exits - 1, spec.capacity, spec.batch_size
+  head, count, ptr, taken = q.head, q.count, c.ptr, 0
+  if num:  # the rows this call took leave exit_'s queue (none when exit_ is 0: the input batch)
+    k = jnp.maximum(exit_ - 1, 0)
+    taken = jnp.where(exit_ > 0, jnp.minimum(count[k], rows), 0)
+    head, count = head.at[k].set((head[k] + taken) % cap), count.at[k].add(-taken)
+  first = inputs['valid'][jnp.minimum(ptr, len(inputs['valid']) - 1)]  # exit 0: the input batch's rows
+  valid = jnp.where(exit_ == 0, first, jnp.arange(b) < taken)
+  ptr = ptr + (exit_ == 0)
+  leave = out['leave'] & valid
+  answers, answered = _record(c.answers, c.answered, leave, out['index'], out['pred'], exit_, out['logits'])
   error = c.error | jnp.where(answered > answers['index'].shape[0], 2, 0)
-  if exit_ < num_exits - 1:
-    keep = valid & ~leave
-    row = {'payload': payload, 'index': x['index'], **state}
-    rings[exit_] = programs.push(rings[exit_], row, keep, (head[exit_] + count[exit_]) % cap, cap)
-    count = count.at[exit_].add(keep.sum())
-    error = error | jnp.where(count[exit_] > cap, 1, 0)
+  rings = q.rings
+  if num:  # survivors join the next exit's queue (ring exit_); the last exit keeps none
+    keep = valid & ~leave & (exit_ < num)
+    ring = jnp.minimum(exit_, num - 1)
+    row = {'payload': out['payload'], 'index': out['index'], 'last': out['last'], 'streak': out['streak']}
+    rings = programs.push(rings, row, keep, (head[ring] + count[ring]) % cap, cap, at=(ring,))
+    count = count.at[ring].add(keep.sum())
+    error = error | jnp.where(count[ring] > cap, 1, 0)
   stats = c.stats.at[:, exit_].add(jnp.stack([1, rows, leave.sum()]).astype(jnp.int32))
-  return c._replace(queues=Queues(tuple(rings), head, count), answers=answers, answered=answered, stats=stats,
+  return c._replace(queues=Queues(rings, head, count), answers=answers, answered=answered, stats=stats,
                     ptr=ptr, error=error)
 
 
@@ -162,7 +192,6 @@ def chunk(spec: programs.Spec, params, constants, temperatures, rule, threshold,
   k, e = inputs['index'].shape[0], spec.exit_config.num_exits
   size = answer_rows(spec, k)
   args = (params, constants, temperatures, rule, threshold)
-  branches = [functools.partial(_step, spec, args, inputs, i, r) for i, r in _branches(spec, buckets)]
   answers = {'index': jnp.full((size,), -1, jnp.int32), 'pred': jnp.zeros((size,), jnp.int32),
              'exit': jnp.zeros((size,), jnp.int32),
              'logits': jnp.zeros((size, spec.exit_config.num_labels), jnp.float32)}
@@ -172,7 +201,7 @@ def chunk(spec: programs.Spec, params, constants, temperatures, rule, threshold,
   bound = k + (e - 1) * size  # each step reads an input batch or moves >= 1 row one exit deeper
 
   def body(c: _Carry) -> _Carry:
-    c = jax.lax.switch(c.action, branches, c)
+    c = _step(spec, buckets, args, inputs, c)
     error = c.error | jnp.where(c.steps + 1 >= bound, 4, 0)
     return c._replace(action=_choose(spec, buckets, c.queues, c.ptr, n_inputs, flush), steps=c.steps + 1,
                       error=error)

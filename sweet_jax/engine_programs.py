@@ -84,18 +84,19 @@ def input_rows(batch, offset: int, rows: int) -> dict[str, Any]:
           'valid': np.concatenate([valid, np.zeros(rows - n, bool)])}
 
 
-def push(ring, rows, keep, end, capacity: int):
+def push(ring, rows, keep, end, capacity: int, at: tuple = ()):
   """Ring with the `keep` rows of `rows` written to consecutive ring positions from `end` on (wrapping).
-  ring, rows: pytrees with leading axes [capacity] and [r]; keep: bool [r]; end: int32 scalar."""
+  ring, rows: pytrees with leading axes [capacity] and [r]; keep: bool [r]; end: int32 scalar. at: leading
+  indices of a ring within stacked rings (device_stream.Queues: (ring index,) into leaves [E-1, capacity, ...])."""
   # The rows not kept go to an out-of-range row, which mode='drop' skips.
   where = jnp.where(keep, (end + jnp.cumsum(keep) - 1) % capacity, capacity)
-  return jax.tree.map(lambda d, r: d.at[where].set(r.astype(d.dtype), mode='drop'), ring, rows)
+  return jax.tree.map(lambda d, r: d.at[(*at, where)].set(r.astype(d.dtype), mode='drop'), ring, rows)
 
 
-def take(ring, head, rows: int, capacity: int):
-  """The `rows` ring rows from position `head` on (wrapping): pytree with leading axis [rows]."""
+def take(ring, head, rows: int, capacity: int, at: tuple = ()):
+  """The `rows` ring rows from position `head` on (wrapping): pytree with leading axis [rows]. at: as `push`."""
   positions = (head + jnp.arange(rows)) % capacity
-  return jax.tree.map(lambda a: a[positions], ring)
+  return jax.tree.map(lambda a: a[(*at, positions)], ring)
 
 
 @functools.partial(jax.jit, static_argnames=('spec', 'index', 'rows'), donate_argnames=('dst',))
