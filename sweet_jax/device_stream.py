@@ -114,7 +114,7 @@ def _call(spec, args, inputs, exit_: int, rows: int, operands) -> dict[str, Any]
   operands: (rings, head, ptr) of the loop state, read only. Exit 0 reads the chunk's input batch ptr,
   a later exit the first `rows` rows of its queue. Only these rows go in and out of the branch: a branch that
   returned the queues would make XLA copy every ring on every call (its outputs cannot alias the loop's
-  buffers), which cost ~3% of the full model's time at batch 256.
+  buffers), which cost 3-7% of the ideal speedup at batch 256 (bench/RESULTS.md).
   Returns {'payload' (for the next segment), 'index', 'leave', 'pred', 'logits' float32 [B, C], 'last',
   'streak'}, each with a leading axis of batch_size rows (rows past `rows`: padding).
   """

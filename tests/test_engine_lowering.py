@@ -82,7 +82,7 @@ def test_host_scheduled_programs_lower(method, dtype):
 def test_chunk_program_never_copies_a_queue(method):
   """The queues stay in place through the loop: the compiled chunk program (XLA's CPU compiler here; copy
   insertion is the same pass on every backend) has no copy of a ring's payload. A switch whose branches return
-  the queues makes XLA copy every ring on every segment call (~3% of the full model's time at batch 256)."""
+  the queues makes XLA copy every ring on every segment call (3-7% of the ideal speedup at batch 256)."""
   args = chunk_args(*setup(method, 'float32'))
   spec = args[0]
   text = device_stream.chunk.trace(*args, buckets=BUCKETS).lower().compile().as_text()
