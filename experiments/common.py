@@ -200,7 +200,8 @@ def run_cells(cells: Sequence[Cell], study_dir: str, extract: Extract, *, runner
 
   redo: step names to run again in cells already done (e.g. 'eval', to re-time a speedup measured while
   another job held the cores); their done-files are removed first, and the new raw JSON keeps the earlier
-  wall times of the steps not rerun."""
+  wall times of the steps not rerun. Provenance (see `provenance`) follows the steps that actually ran: a redo
+  of 'eval' in a workdir whose training output is gone retrains, and is recorded as a retraining."""
   names = [c.name for c in cells]
   if len(set(names)) != len(names):
     raise ValueError(f'Duplicate cell names: {sorted({n for n in names if names.count(n) > 1})}.')
@@ -218,10 +219,11 @@ def run_cells(cells: Sequence[Cell], study_dir: str, extract: Extract, *, runner
         print('  ' + step.command())
       continue
     wall = _redo(cell, study_dir, redo) if done_before else {}
-    error = None
+    error, ran = None, []
     for step in cell.steps:
       if os.path.exists(os.path.join(cell.workdir, step.done_file)):
         continue
+      ran.append(step.name)  # what provenance records: a workdir that lost a step's output reruns it too
       t0 = time.time()
       rc, tail = runner(step, cell.workdir, os.path.join(cell.workdir, 'logs', f'{step.name}.log'))
       wall[step.name] = round(time.time() - t0, 1)
@@ -240,7 +242,7 @@ def run_cells(cells: Sequence[Cell], study_dir: str, extract: Extract, *, runner
       continue
     attach = extracted.pop(ATTACH, {})
     record = dict(extracted, labels=dict(cell.labels), commands=[s.command() for s in cell.steps],
-                  wall_s=wall, machine=machine(), **provenance(cell, study_dir, redo if done_before else ()))
+                  wall_s=wall, machine=machine(), **provenance(cell, study_dir, ran if done_before else ()))
     os.makedirs(os.path.join(study_dir, 'runs'), exist_ok=True)
     for suffix, src in attach.items():  # before the raw JSON: its presence means the cell is done
       shutil.copyfile(src, attachment_path(study_dir, cell, suffix))

@@ -295,6 +295,12 @@ def test_provenance_survives_redo_and_attachments_are_copied(tmp_path, monkeypat
   common.run_cells(cells, str(study), extract, runner=_fake_runner([]), redo=['train', 'eval'])
   record = json.loads((study / 'runs' / 'a.json').read_text())
   assert record['code']['commit'] == 'retrained' and record['redone'] == []
+  # A redo of eval in a workdir that lost its training output retrains it: recorded as a retraining.
+  os.remove(os.path.join(cells[0].workdir, cells[0].steps[0].done_file))
+  commit['now'] = 'retrained-again'
+  common.run_cells(cells, str(study), extract, runner=_fake_runner([]), redo=['eval'])
+  record = json.loads((study / 'runs' / 'a.json').read_text())
+  assert record['code']['commit'] == 'retrained-again' and record['redone'] == []
 
 
 def test_code_version_ignores_the_studies_own_outputs(tmp_path):
