@@ -14,7 +14,9 @@ from drivers.predictions import Predictions, correct_at, dense_curve
 from experiments import budgets, stats
 
 SUFFIX = '.predictions.npz'
-PerExample = Callable[[Predictions], np.ndarray]  # one run's outputs -> float [N] correctness (or its share)
+# One run's outputs and its raw record -> float [N] correctness (or its share); the record carries what the
+# outputs do not, such as the timed curve.
+PerExample = Callable[[Predictions, dict[str, Any]], np.ndarray]
 
 
 def predictions_of(run: dict[str, Any]) -> Predictions | None:
@@ -31,27 +33,45 @@ def correctness(runs: Sequence[dict[str, Any]], per_example: PerExample) -> tupl
   hashes = {p.test_sha256 for p in preds}
   if len(hashes) != 1:
     raise ValueError(f'Runs {[r["cell"] for r in runs]} were scored on different test sets: {sorted(hashes)}.')
-  return np.stack([per_example(p) for p in preds]), hashes.pop()
+  return np.stack([per_example(p, r) for p, r in zip(preds, runs)]), hashes.pop()
 
 
 def exit_correct(exit_index: int) -> PerExample:
-  return lambda p: p.correct()[exit_index].astype(np.float64)
+  return lambda p, run: p.correct()[exit_index].astype(np.float64)
 
 
-def mean_over_exits(p: Predictions) -> np.ndarray:
+def mean_over_exits(p: Predictions, run: dict[str, Any]) -> np.ndarray:
   """Share of the exits that answer each example correctly: float [N] (its mean is the exits' mean accuracy)."""
   return p.correct().mean(0)
 
 
+def _mixed(p: Predictions, curve: Sequence[dict[str, Any]], cost: str, budget: float) -> np.ndarray:
+  """Expected correctness [N] at `budget` of `cost` along `curve`, mixing its two frontier thresholds as
+  budgets.accuracy_at does (its mean is that accuracy); NaN where the curve does not reach that cheap."""
+  mix = budgets.mixture(curve, cost, budget)
+  if mix is None:
+    return np.full(len(p.labels), np.nan)
+  return sum(w * correct_at(p, curve[i]['threshold']) for i, w in mix)
+
+
 def at_budget(budget: float, cost: str = 'layer_fraction') -> PerExample:
-  """Expected correctness at `budget` of `cost` on the dense offline sweep (101 thresholds), mixing the two
-  frontier thresholds as budgets.accuracy_at does. A run whose sweep does not reach that cheap gives NaN."""
-  def fn(p: Predictions) -> np.ndarray:
-    curve = dense_curve(p)
-    mix = budgets.mixture(curve, cost, budget)
-    if mix is None:
-      return np.full(len(p.labels), np.nan)
-    return sum(w * correct_at(p, curve[i]['threshold']) for i, w in mix)
+  """Expected correctness at `budget` of `cost` on the dense offline sweep (101 thresholds)."""
+  return lambda p, run: _mixed(p, dense_curve(p), cost, budget)
+
+
+def at_speedup(speedup: float) -> PerExample:
+  """Expected correctness at a matched measured `speedup`: the run's timed curve (its evaluated thresholds, the
+  only ones timed) mixed at 1 / speedup of the full model's time, each example answered as the stored outputs
+  answer it at those thresholds. The interval covers the test examples, not the timing's own noise."""
+  def fn(p: Predictions, run: dict[str, Any]) -> np.ndarray:
+    curve = run['curve']['points']
+    # The engine's answers are the offline rule's (tests/test_sweet_papa.py): the stored outputs must score
+    # each timed point's accuracy to the example, or they are not the outputs that were timed.
+    for point in curve:
+      if abs(correct_at(p, point['threshold']).mean() - point['accuracy']) > 0.5 / len(p.labels):
+        raise ValueError(f'{run["cell"]}: the stored outputs score {correct_at(p, point["threshold"]).mean():.4f} '
+                         f'at threshold {point["threshold"]}, its timed curve {point["accuracy"]:.4f}.')
+    return _mixed(p, curve, 'time_fraction', 1.0 / speedup)
   return fn
 
 

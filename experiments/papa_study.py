@@ -183,7 +183,7 @@ def relative_drop(g: Sequence[dict[str, Any]], fraction: float) -> tuple[float, 
 def _drop_per_example(fraction: float, base: float) -> paired.PerExample:
   """Per example: (right with no head constant - right at `fraction` constant) / base, whose mean over the
   examples is the relative drop from the accuracy `base` (the variants are the ks of FRACTIONS, in order)."""
-  def fn(p):
+  def fn(p, run):
     if len(p.variants) != len(FRACTIONS):
       raise ValueError(f'Stored PAPA outputs have {len(p.variants)} probes; the study has {len(FRACTIONS)}.')
     c = p.correct().astype(np.float64)

@@ -48,7 +48,6 @@ from typing import Any, Sequence
 from absl import app, flags
 
 from experiments import budgets, common, exit_study, paired, report, stats, sweet_study_a, token_lengths
-from experiments.stats import claim_sentence, difference
 from pipeline.reporting import markdown_table
 
 STUDY = 'sweet_papa_study'
@@ -215,8 +214,8 @@ def test_set_check(runs: Sequence[dict[str, Any]]) -> str:
 
 def claims(runs: Sequence[dict[str, Any]]) -> list[str]:
   """Per task and method, each variant against 'none' (runs paired by seed): the first exit's accuracy, and
-  accuracy at FLOPS_BUDGETS of the FLOPs (paired on the stored outputs, else from the runs' numbers) and at
-  matched measured speedups (from each run's timed curve: no per-example timing exists)."""
+  accuracy at FLOPS_BUDGETS of the FLOPs (the dense offline sweep) and at matched measured speedups (each run's
+  timed curve); paired on the stored outputs, else from the runs' numbers."""
   out: list[str | stats.Claim] = []
   for task in TASKS:
     for method in METHODS:
@@ -240,13 +239,12 @@ def claims(runs: Sequence[dict[str, Any]]) -> list[str]:
                                            paired.at_budget(budget, 'flops_fraction'),
                                            lambda r, x=budget: exit_study.at_budget(r, x, 'flops_fraction')))
         for speedup in budgets.SPEEDUPS:
-          at = [exit_study.at_budget(r, 1 / speedup, 'time_fraction') for r in a + b]
-          if None in at:
+          if None in [exit_study.at_budget(r, 1 / speedup, 'time_fraction') for r in a + b]:
             out.append(f'- {what} at a measured {speedup:g}x speedup: not judged (a curve is not that fast).')
             continue
-          est, se, n = difference(at[:len(a)], at[len(a):], exit_study.eval_examples(a, b))
-          out.append(claim_sentence(f'{what} at a matched measured {speedup:g}x speedup (accuracy points)', est,
-                                    se, seeds=n, scale=100))
+          out.append(sweet_study_a.compare(f'{what} at a matched measured {speedup:g}x speedup (timed curve, '
+                                           'interpolated, accuracy points)', a, b, paired.at_speedup(speedup),
+                                           lambda r, x=speedup: exit_study.at_budget(r, 1 / x, 'time_fraction')))
   return paired.render(out)
 
 

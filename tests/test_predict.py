@@ -17,7 +17,7 @@ from drivers import methods
 from drivers import predictor
 from drivers import sweet_eval
 from pipeline import data, train_loop
-from sweet_jax import adaptive, curves, device_stream
+from sweet_jax import curves, device_stream
 from tests.script_env import script_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -346,11 +346,18 @@ def test_report_claims_tables_and_figure_on_synthetic_runs(tmp_path):
                   - budgets.accuracy_at(predictions.dense_curve(made['sweet', 'none', s][1]), 'flops_fraction', 0.25)
                   for s in (42, 43)])
   assert f'({100 * want:+.1f} points, 95% interval' in first
-  # At a matched measured speedup: each run's timed curve interpolated at 1 / 1.5 of the full model's time.
+  # At a matched measured speedup, paired too: the effect is the difference of each run's timed curve
+  # interpolated at 1 / 1.5 of the full model's time (its two timed points' summary accuracies).
   at = lambda v: [budgets.accuracy_at(made['sweet', v, s][0]['curve']['points'], 'time_fraction', 1 / 1.5)
                   for s in (42, 43)]
   fast = next(l for l in lines if 'SWEET: first_all is more accurate than none at a matched measured 1.5x' in l)
-  assert f'estimate {100 * np.mean(np.subtract(at("first_all"), at("none"))):+.1f} ±' in fast
+  assert f'({100 * np.mean(np.subtract(at("first_all"), at("none"))):+.1f} points, 95% interval' in fast
+  assert 'paired bootstrap' in fast and 'n = 300 x 2' in fast
+  # A timed curve the stored outputs do not reproduce is refused, not read.
+  bad = [dict(r, curve={'points': [dict(q, accuracy=q['accuracy'] - 0.1) for q in r['curve']['points']]})
+         if r['labels']['variant'] == 'none' else r for r in runs]
+  with pytest.raises(ValueError, match='timed curve'):
+    sps.claims(bad)
   body = dict(sps.sections(runs, str(tmp_path), sps.minilm_config()))
   table = body['movie_reviews (L = 64)']
   assert '| sweet | first_all | 2 |' in table.replace('  ', ' ') and 'FLOPs 0.25' in table and '2x measured' in table
