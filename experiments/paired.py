@@ -68,9 +68,10 @@ def at_speedup(speedup: float) -> PerExample:
     # The engine's answers are the offline rule's (tests/test_sweet_papa.py): the stored outputs must score
     # each timed point's accuracy to the example, or they are not the outputs that were timed.
     for point in curve:
-      if abs(correct_at(p, point['threshold']).mean() - point['accuracy']) > 0.5 / len(p.labels):
-        raise ValueError(f'{run["cell"]}: the stored outputs score {correct_at(p, point["threshold"]).mean():.4f} '
-                         f'at threshold {point["threshold"]}, its timed curve {point["accuracy"]:.4f}.')
+      scored = correct_at(p, point['threshold']).mean()
+      if abs(scored - point['accuracy']) > 0.5 / len(p.labels):
+        raise ValueError(f'{run["cell"]}: the stored outputs score {scored:.4f} at threshold '
+                         f'{point["threshold"]}, its timed curve {point["accuracy"]:.4f}.')
     return _mixed(p, curve, 'time_fraction', 1.0 / speedup)
   return fn
 
