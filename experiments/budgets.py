@@ -99,4 +99,4 @@ def common_range(curves: Sequence[Sequence[dict[str, Any]]], cost: str, hi: floa
 
 
 def budget_label(b: float) -> str:
-  return '1/3' if abs(b - 1 / 3) < 1e-9 else f'{b:g}'
+  return '1/3' if abs(b - 1 / 3) < 1e-9 else f'{b:.3g}'

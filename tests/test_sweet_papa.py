@@ -334,9 +334,15 @@ def test_report_claims_tables_and_figure_on_synthetic_runs(tmp_path):
           for m in sps.METHODS for v in ('none', 'first_all') for s in (42, 43)}
   runs = [r for r, _ in made.values()]
   lines = sps.claims(runs)
-  # Per method: first_all against none at its first exit and 3 FLOPs budgets (paired), and at 3 measured
-  # speedups (from the curves).
-  assert len(lines) == 2 * (1 + 3 + 3)
+  # Per method: first_all against none at its first exit, at none's first-exit FLOPs and 3 FLOPs budgets
+  # (paired), and at 3 measured speedups (from the curves).
+  assert len(lines) == 2 * (1 + 1 + 3 + 3)
+  # The fast end: none's first exit costs 1/6 of the FLOPs, where none scores its first exit's 210 of 300 and
+  # first_all (first exit at 0.8/6) mixes its first exit with later ones.
+  edge = next(l for l in lines if "SWEET: first_all is more accurate than none at 0.167 of the FLOPs (none's first exit)" in l)
+  want = np.mean([budgets.accuracy_at(predictions.dense_curve(made['sweet', 'first_all', s][1]), 'flops_fraction', 1 / 6)
+                  - 210 / 300 for s in (42, 43)])
+  assert f'({100 * want:+.1f} points, 95% interval' in edge and 'paired bootstrap' in edge
   cost = next(l for l in lines if "SWEET: none's first exit is more accurate than first_all's" in l)
   assert '(+10.0 points, 95% interval' in cost and 'n = 300 x 2' in cost  # 210 against 180 right of 300
   first = next(l for l in lines if 'SWEET: first_all is more accurate than none at 0.25 of the FLOPs' in l)
@@ -361,6 +367,7 @@ def test_report_claims_tables_and_figure_on_synthetic_runs(tmp_path):
   body = dict(sps.sections(runs, str(tmp_path), sps.minilm_config()))
   table = body['movie_reviews (L = 64)']
   assert '| sweet | first_all | 2 |' in table.replace('  ', ' ') and 'FLOPs 0.25' in table and '2x measured' in table
+  assert '| FLOPs 0.167 | FLOPs 0.25 |' in table
   assert (tmp_path / 'movie_reviews.png').stat().st_size > 0
   assert 'every cell scored on one test set' in body['Test sets']
   other = dict(runs[0], hashes={'test_set_sha256': 'another'})
