@@ -218,7 +218,7 @@ def fast_end(none_runs: Sequence[dict[str, Any]]) -> float:
   of its curve (the dense sweep's threshold 0 sends every example out there; the same for every seed). A
   variant reaches it with its cheaper first exit and spends the difference on later exits. Where every curve
   has flattened by a quarter of the FLOPs (BBC News), this is the one budget that can tell variants apart."""
-  return max(min(p['flops_fraction'] for p in exit_study.curve_points(r, 'flops_fraction')) for r in none_runs)
+  return budgets.common_range([exit_study.curve_points(r, 'flops_fraction') for r in none_runs], 'flops_fraction')[0]
 
 
 def claims(runs: Sequence[dict[str, Any]]) -> list[str]:
