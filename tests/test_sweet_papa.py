@@ -20,7 +20,7 @@ from experiments import budgets, sweet_papa_study as sps
 from papa_jax import averages
 from sweet_jax import adaptive, curves, exits
 from tests.test_adaptive import CODED, CODED_THRESHOLD, assert_answers, coded_model, coded_stream, offline_logits
-from tests.test_experiments import _parse
+from tests.test_study_runner import _parse
 
 # ------------------------------------------------------------------------------------ FLOPs = dot_generals
 
