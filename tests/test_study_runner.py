@@ -13,6 +13,7 @@ import pytest
 
 from experiments import common, exit_study, gradient_conflict, papa_study, sweet_study_a, token_lengths
 
+
 def _fake_runner(calls, fail=()):
   def runner(step, workdir, log_path):
     calls.append((os.path.basename(workdir), step.name))
