@@ -277,7 +277,8 @@ def plot_variants(runs: Sequence[dict[str, Any]], title: str, path: str) -> None
   axes[0].set_ylabel('accuracy (band: ± 1 std over seeds)')
   for ax in axes:
     ax.grid(alpha=0.3)
-  axes[1].legend(fontsize=7, ncol=2)
+  # A long handle, so that Early-Exit's dashes show either side of the marker.
+  axes[1].legend(fontsize=7, ncol=2, handlelength=4)
   fig.suptitle(title)
   fig.tight_layout()
   os.makedirs(os.path.dirname(path), exist_ok=True)
