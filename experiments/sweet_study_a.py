@@ -27,8 +27,9 @@ Sequence length per task: the 99th percentile of the training split's token coun
 special tokens included), rounded up to the tokenizer's next padding bucket (32, 64, 128, ...); cached with
 the percentiles in docs/results/sweet_study_a/seq_lengths.json (token_lengths.choose_seq_length).
 Measured per cell on 2 CPU cores (AMD EPYC, nothing else running; 2026-12-01): SWEET and Early-Exit training
-5.3-5.5 min, Multi-Model 12 min, eval 1.3-2 min with these settings; so the whole CPU grid ~2 h (~2.7 h with
---tweet_seeds=3, the tweets' cells scaled, not measured). Another job on the same cores doubles these.
+5.3-5.5 min, Multi-Model 12 min, eval 1.3-2 min with these settings; so the whole CPU grid ~2 h. A tweets seed
+(measured 2026-12-04, seed 43): SWEET and Early-Exit 13-14 min, Multi-Model 24 min, train + eval; so ~3.7 h with
+--tweet_seeds=3. Another job on the same cores doubles these.
 Claims judged per task on mean pooling (stats.verdict: holds / does not hold when the estimate is 2 standard
 errors past 0, else inconclusive): SWEET's first exit beats Early-Exit's; Early-Exit's last exit beats
 SWEET's; averaged over the exits, SWEET's and Multi-Model's classifiers beat Early-Exit's (the abstract's
