@@ -3,7 +3,7 @@ Multi-Model on two tasks, with spread over seeds.
 
 Command (from the repository root; rerun the same command to continue where it stopped):
   python -m experiments.sweet_study_a                     # run missing cells, then write the report
-  python -m experiments.sweet_study_a --tweet_seeds=3     # where an accelerator is available
+  python -m experiments.sweet_study_a --tweet_seeds=3     # the committed grid (21 cells, ~3.7 h on 2 CPU cores)
   python -m experiments.sweet_study_a --dry_run           # print the commands of the cells still to do
   python -m experiments.sweet_study_a --report_only       # tables, figures, README from the runs on disk
 
@@ -28,8 +28,8 @@ special tokens included), rounded up to the tokenizer's next padding bucket (32,
 the percentiles in docs/results/sweet_study_a/seq_lengths.json (token_lengths.choose_seq_length).
 Measured per cell on 2 CPU cores (AMD EPYC, nothing else running; 2026-12-01): SWEET and Early-Exit training
 5.3-5.5 min, Multi-Model 12 min, eval 1.3-2 min with these settings; so the whole CPU grid ~2 h. A tweets seed
-(measured 2026-12-04, seed 43): SWEET and Early-Exit 13-14 min, Multi-Model 24 min, train + eval; so ~3.7 h with
---tweet_seeds=3. Another job on the same cores doubles these.
+(measured on seeds 43 and 44, 2026-12-04/05): SWEET and Early-Exit 12.6-14.2 min, Multi-Model 23.6-24 min, train +
+eval; so ~3.7 h with --tweet_seeds=3. Another job on the same cores doubles these.
 Claims judged per task on mean pooling (stats.verdict: holds / does not hold when the estimate is 2 standard
 errors past 0, else inconclusive): SWEET's first exit beats Early-Exit's; Early-Exit's last exit beats
 SWEET's; averaged over the exits, SWEET's and Multi-Model's classifiers beat Early-Exit's (the abstract's
