@@ -265,6 +265,21 @@ def test_study_claims_are_paired_on_stored_predictions(tmp_path):
     paired.correctness([ee[1][0], other], paired.exit_correct(0))
 
 
+def test_pooling_claim_is_paired_on_the_seeds_both_poolings_ran(tmp_path):
+  rng = np.random.default_rng(1)
+  mean = [_predictions_run(tmp_path, 'early_exit', s, right, rng)[0] for s, right in ((42, 300), (43, 320))]
+  cls = _predictions_run(tmp_path / 'cls', 'early_exit', 42, 240, rng)[0]
+  # Only seed 42 ran with [CLS] pooling: exit 0 right on 300 against 240 of the 400 examples, +15 points.
+  (c,) = sweet_study_a.pooling_claim(mean, [cls])
+  assert isinstance(c, stats.Claim) and c.result.seeds == 1 and c.result.examples == 400
+  assert c.result.effect == pytest.approx(0.15) and c.text.endswith('(accuracy points, mean minus cls)')
+  # Without the [CLS] run's outputs: the summary rule on the same seed.
+  del cls['attachments']['.predictions.npz']
+  (s,) = sweet_study_a.pooling_claim(mean, [cls])
+  assert isinstance(s, str) and 'estimate +15.0' in s and 'single run' in s
+  assert sweet_study_a.pooling_claim(mean, []) == []
+
+
 def test_artifacts_truncation_and_timing_spread_by_hand(monkeypatch):
   from experiments import artifacts
   # Room for 3 word pieces: texts of 2, 3, 5 and 8 pieces; two are cut, losing 2 + 5 of the 18 pieces.
