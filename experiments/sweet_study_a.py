@@ -21,8 +21,8 @@ Grid (15 cells with the default --tweet_seeds=1, 21 with 3):
             hyper-parameters.
 Evaluation settings (cheaper than the demo's 11 thresholds x 3 timing repeats): 7 confidence thresholds
 from just above chance to 1 (exit_study.eval_thresholds: 0.51 ... 1 binary, 0.34 ... 1 three classes),
-config.eval.timing_repeats=5 (exit_study.TIMING_REPEATS; the committed cells were timed once, with
-repeats 1) on the default 512 timed examples.
+config.eval.timing_repeats=5 (exit_study.TIMING_REPEATS; the cells committed before issue 24 were timed
+once, with repeats 1, and SWEET's and Multi-Model's [CLS] cells still are) on the default 512 timed examples.
 Sequence length per task: the 99th percentile of the training split's token counts (MiniLM's tokenizer,
 special tokens included), rounded up to the tokenizer's next padding bucket (32, 64, 128, ...); cached with
 the percentiles in docs/results/sweet_study_a/seq_lengths.json (token_lengths.choose_seq_length).
