@@ -108,7 +108,7 @@ def claims(runs: Sequence[dict[str, Any]]) -> list[str]:
 def pooling_claim(mean: Sequence[dict[str, Any]], cls: Sequence[dict[str, Any]]) -> list[str | stats.Claim]:
   """Movie reviews: Early-Exit's first exit learns more with mean pooling than with [CLS] pooling, on the seeds
   both poolings ran (the [CLS] cells have one); [] when none."""
-  mean, cls = exit_study.common_seeds(mean, cls) if mean and cls else ([], [])
+  mean, cls = exit_study.common_seeds(mean, cls)
   if not mean:
     return []
   return [compare('movie_reviews: Early-Exit\'s first exit learns more with mean pooling than with [CLS] pooling '
