@@ -203,13 +203,16 @@ def test_gradient_conflict_summary_by_hand():
   assert '| minilm | layers_1 | - | - |' in gradient_conflict.table([run])
 
 
-def _predictions_run(tmp_path, method, seed, first_exit_right, rng):
-  """A study-A run with stored outputs: 400 examples, 4 exits; exit 0 right on `first_exit_right` of them,
-  the later exits right on 80%; confidences random, so the dense sweep moves examples between exits."""
+def _predictions_run(tmp_path, method, seed, first_exit_right, rng, last_exit_right=None):
+  """A study-A run with stored outputs: 400 examples, 4 exits; exit 0 right on `first_exit_right` of them, the
+  last on `last_exit_right` when given, the others right on 80%; confidences random, so the dense sweep moves
+  examples between exits."""
   from drivers.predictions import Predictions
   n = 400
   labels = rng.integers(0, 2, n).astype(np.int8)
   right = np.stack([np.arange(n) < first_exit_right] + [rng.random(n) < 0.8 for _ in range(3)])
+  if last_exit_right is not None:
+    right[-1] = np.arange(n) < last_exit_right
   pred = np.where(right, labels, 1 - labels).astype(np.int8)
   conf = rng.uniform(0.5, 1.0, (4, n)).astype(np.float32)
   layers = np.array([1, 2, 4, 6], np.int32)
@@ -278,6 +281,24 @@ def test_pooling_claim_is_paired_on_the_seeds_both_poolings_ran(tmp_path):
   (s,) = sweet_study_a.pooling_claim(mean, [cls])
   assert isinstance(s, str) and 'estimate +15.0' in s and 'single run' in s
   assert sweet_study_a.pooling_claim(mean, []) == []
+
+
+def test_last_exit_gap_claim_pairs_the_studies_on_their_common_seeds(tmp_path):
+  from experiments import sweet_study_b
+  rng = np.random.default_rng(2)
+  run = lambda d, m, s, last: _predictions_run(tmp_path / d, m, s, 250, rng, last_exit_right=last)[0]
+  # MiniLM's last exits: Early-Exit right on 320 of the 400 examples, SWEET on 300 (seed 42), a +5.0-point gap;
+  # MPNet (seed 42 only): 310 against 300, +2.5. The difference of gaps, +2.5 points, on seed 42 alone.
+  minilm = {'early_exit': [run('a', 'early_exit', 42, 320), run('a', 'early_exit', 43, 330)],
+            'sweet': [run('a', 'sweet', 42, 300), run('a', 'sweet', 43, 290)]}
+  mpnet = {'early_exit': [run('b', 'early_exit', 42, 310)], 'sweet': [run('b', 'sweet', 42, 300)]}
+  c = sweet_study_b.gap_claim(minilm, mpnet)
+  assert isinstance(c, stats.Claim) and 'seeds 42, which both' in c.text
+  assert c.result.effect == pytest.approx(0.025) and (c.result.seeds, c.result.examples) == (1, 400)
+  # Without MPNet SWEET's outputs: the summary rule, MiniLM over both its seeds ((20 + 40) / 2 / 400 = +7.5).
+  del mpnet['sweet'][0]['attachments']['.predictions.npz']
+  s = sweet_study_b.gap_claim(minilm, mpnet)
+  assert isinstance(s, str) and 'MiniLM gap +7.5 (2 seeds), MPNet gap +2.5 (1)' in s and 'estimate +5.0' in s
 
 
 def test_artifacts_truncation_and_timing_spread_by_hand(monkeypatch):
