@@ -111,6 +111,16 @@ def curve_points(run: dict[str, Any], cost: str = 'layer_fraction') -> Sequence[
   return _dense_curve(path) if path and cost != 'time_fraction' else run['curve']['points']
 
 
+def read_alike(*groups: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+  """The groups' runs as a summary comparison must read them: each from its dense sweep when every run has stored
+  outputs, else each from its evaluated thresholds (a run's outputs set aside). The dense sweep interpolates a
+  finer frontier than the evaluated grid, so reading one side densely would favour it."""
+  if all(run.get('attachments', {}).get(PREDICTIONS_SUFFIX) for g in groups for run in g):
+    return [list(g) for g in groups]
+  return [[{**run, 'attachments': {k: v for k, v in run.get('attachments', {}).items() if k != PREDICTIONS_SUFFIX}}
+           for run in g] for g in groups]
+
+
 @functools.lru_cache(maxsize=64)
 def _dense_curve(path: str) -> tuple[dict[str, float], ...]:
   return tuple(predictions.dense_curve(predictions.Predictions.load(path)))
@@ -203,6 +213,8 @@ def results_sections(runs: Sequence[dict[str, Any]], keys: Sequence[str], study_
     name = f'{value}.png'.replace('/', '_')
     plot_task(g, f'{title}: {value}', os.path.join(study_dir, name))
     figures.append(f'![{value}]({name})')
+  # A panel's runs are compared by eye: read them alike (all dense, or all from their evaluated thresholds).
+  alike = [r for g in groups(runs, [figure_key]).values() for r in read_alike(g)[0]]
   at_cost = [('layer_fraction', b) for b in budgets.LAYER_BUDGETS] + [
       ('flops_fraction', b) for b in budgets.LAYER_BUDGETS] + [('time_fraction', 1 / s) for s in budgets.SPEEDUPS]
   return [('Per-exit accuracy (mean ± std over seeds)', per_exit_table(runs, keys)),
@@ -210,7 +222,9 @@ def results_sections(runs: Sequence[dict[str, Any]], keys: Sequence[str], study_
            'Each run\'s accuracy interpolated along its curve at fixed fractions of the layers and of the FLOPs '
            'run, and at matched measured speedups (experiments/budgets.py: between two thresholds the '
            'accuracy is interpolated linearly in the cost, which routing a share of the examples through each '
-           'reaches); not the best grid point within a budget.\n\n' + budget_table(runs, keys, at_cost)),
-          ('Area under the curve', area_table(runs, keys)),
+           'reaches); not the best grid point within a budget. Layer and FLOPs budgets read the dense sweep of '
+           'the stored outputs (101 thresholds) where every run of a panel has them, else every run\'s '
+           'evaluated thresholds.\n\n' + budget_table(alike, keys, at_cost)),
+          ('Area under the curve', area_table(alike, keys)),
           ('Speed-accuracy curves', '\n\n'.join(figures) + '\n')]
 

@@ -120,11 +120,15 @@ def compare(text: str, a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]],
             summary: Callable[[dict[str, Any]], float]) -> str | stats.Claim:
   """'a is more accurate than b' (runs paired by seed): a paired claim on the stored per-example outputs when
   every run has them (judged later, with the report's other claims, by paired.render), else a sentence judged
-  from each run's summary number (stats.difference: seeds plus both binomial errors)."""
+  from each run's summary number (stats.difference: seeds plus both binomial errors), every run read alike
+  (exit_study.read_alike)."""
   c = paired.claim(text, a, b, per_example)
   if c is not None:
     return c
-  est, se, n = difference([summary(r) for r in a], [summary(r) for r in b], exit_study.eval_examples(a, b))
+  va, vb = ([summary(r) for r in g] for g in exit_study.read_alike(a, b))
+  if None in va + vb:
+    return f'- {text}: not judged (a run\'s evaluated curve does not reach this budget).'
+  est, se, n = difference(va, vb, exit_study.eval_examples(a, b))
   return claim_sentence(text, est, se, seeds=n, scale=100)
 
 
@@ -177,6 +181,7 @@ def budget_claims(task: str, by: dict[str, list[dict[str, Any]]], budgets_: Sequ
       out.append(compare(f'{task}: {NAMES[first]} is more accurate than {NAMES[second]} at {label} of the layers '
                          '(interpolated along each curve, accuracy points)', fs, ss, paired.at_budget(b),
                          lambda r, b=b: exit_study.at_budget(r, b)))
+    fs, ss = exit_study.read_alike(fs, ss)  # the area is a summary claim
     curves = [exit_study.curve_points(r) for r in fs + ss]
     lo, hi = budgets.common_range(curves, 'layer_fraction')
     area = lambda g: [budgets.mean_accuracy(exit_study.curve_points(r), 'layer_fraction', lo, hi) for r in g]

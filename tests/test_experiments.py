@@ -301,6 +301,23 @@ def test_last_exit_gap_claim_pairs_the_studies_on_their_common_seeds(tmp_path):
   assert isinstance(s, str) and 'MiniLM gap +7.5 (2 seeds), MPNet gap +2.5 (1)' in s and 'estimate +5.0' in s
 
 
+def test_summary_claims_read_every_run_from_its_evaluated_thresholds_unless_all_have_outputs(tmp_path):
+  from experiments import exit_study, paired
+  rng = np.random.default_rng(3)
+  sw = _predictions_run(tmp_path, 'sweet', 42, 300, rng)[0]  # evaluated: (0.2 of the layers, 0.7), (1.0, 0.8)
+  ee = _run('early_exit', 42, [0.6, 0.7, 0.8, 0.8], [(0.5, 0.6, 0.2), (1.0, 0.8, 1.0)], n_eval=400)
+  # By hand at 0.6 of the layers, on the evaluated points: SWEET 0.7 + 0.5 x 0.1 = 0.75, Early-Exit 0.6 + 0.5 x 0.2
+  # = 0.7: +5.0 points. SWEET's dense sweep reads another accuracy there, which must not enter the comparison.
+  assert exit_study.at_budget(sw, 0.6) != pytest.approx(0.75)
+  s = sweet_study_a.compare('c', [sw], [ee], paired.at_budget(0.6), lambda r: exit_study.at_budget(r, 0.6))
+  assert isinstance(s, str) and 'estimate +5.0' in s
+  (sw_alike,), _ = exit_study.read_alike([sw], [ee])
+  assert exit_study.at_budget(sw_alike, 0.6) == pytest.approx(0.75) and sw['attachments']  # the run is not changed
+  # With outputs on both sides, both are read densely (and the claim is paired).
+  ee2 = _predictions_run(tmp_path / 'ee', 'early_exit', 42, 240, rng)[0]
+  assert exit_study.read_alike([sw], [ee2]) == [[sw], [ee2]]
+
+
 def test_artifacts_truncation_and_timing_spread_by_hand(monkeypatch):
   from experiments import artifacts
   # Room for 3 word pieces: texts of 2, 3, 5 and 8 pieces; two are cut, losing 2 + 5 of the 18 pieces.
