@@ -313,6 +313,11 @@ def test_summary_claims_read_every_run_from_its_evaluated_thresholds_unless_all_
   assert isinstance(s, str) and 'estimate +5.0' in s
   (sw_alike,), _ = exit_study.read_alike([sw], [ee])
   assert exit_study.at_budget(sw_alike, 0.6) == pytest.approx(0.75) and sw['attachments']  # the run is not changed
+  # SWEET's dense sweep reaches down to 1/6 of the layers (every example at exit L1), its evaluated grid to 0.2:
+  # below 0.2 the summary rule cannot judge, though the dense sweep alone would have answered.
+  assert exit_study.at_budget(sw, 0.18) is not None
+  s = sweet_study_a.compare('c', [sw], [ee], paired.at_budget(0.18), lambda r: exit_study.at_budget(r, 0.18))
+  assert s == "- c: not judged (a run's evaluated curve does not reach this budget)."
   # With outputs on both sides, both are read densely (and the claim is paired).
   ee2 = _predictions_run(tmp_path / 'ee', 'early_exit', 42, 240, rng)[0]
   assert exit_study.read_alike([sw], [ee2]) == [[sw], [ee2]]
