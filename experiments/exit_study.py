@@ -19,7 +19,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from drivers import predictions
-from experiments import budgets, common
+from experiments import budgets, common, paired
 from experiments.stats import Spread
 from pipeline.reporting import markdown_table
 
@@ -27,7 +27,7 @@ POINT_FIELDS = ('threshold', 'accuracy', 'layer_fraction', 'flops_fraction', 'me
 # Timed repeats per threshold: the speedup is their median (sweet_eval.measure). One timing moved by up to 36%
 # between sittings (docs/results/sweet_study_a/timing_spread.json), so cells evaluated from now on time five.
 TIMING_REPEATS = 5
-PREDICTIONS_SUFFIX = '.predictions.npz'  # runs/<cell>.predictions.npz: per-example outputs (drivers.predictions)
+PREDICTIONS_SUFFIX = paired.SUFFIX  # runs/<cell>.predictions.npz: per-example outputs (drivers.predictions)
 SPREAD_FIELDS = ('measured_speedups',)  # every timed repeat's speedup, where eval recorded them
 CURVE_FIELDS = ('device', 'engine', 'batch_size', 'timing_examples', 'timing_repeats', 'rule')
 
@@ -107,7 +107,7 @@ def curve_points(run: dict[str, Any], cost: str = 'layer_fraction') -> Sequence[
   """The curve a run is read from at a budget: for layer and FLOPs fractions, the dense offline sweep of its
   stored outputs (101 thresholds, drivers.predictions.dense_curve) when it has them; else, and for measured
   speedups (timed at the evaluated thresholds only), the evaluated points."""
-  path = run.get('attachments', {}).get(PREDICTIONS_SUFFIX)
+  path = paired.outputs_path(run)
   return _dense_curve(path) if path and cost != 'time_fraction' else run['curve']['points']
 
 
@@ -115,7 +115,7 @@ def read_alike(*groups: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
   """The groups' runs as a summary comparison must read them: each from its dense sweep when every run has stored
   outputs, else each from its evaluated thresholds (a run's outputs set aside). The dense sweep interpolates a
   finer frontier than the evaluated grid, so reading one side densely would favour it."""
-  if all(run.get('attachments', {}).get(PREDICTIONS_SUFFIX) for g in groups for run in g):
+  if all(paired.outputs_path(run) for g in groups for run in g):
     return [list(g) for g in groups]
   return [[{**run, 'attachments': {k: v for k, v in run.get('attachments', {}).items() if k != PREDICTIONS_SUFFIX}}
            for run in g] for g in groups]

@@ -19,8 +19,13 @@ SUFFIX = '.predictions.npz'
 PerExample = Callable[[Predictions, dict[str, Any]], np.ndarray]
 
 
+def outputs_path(run: dict[str, Any]) -> str | None:
+  """The path of a loaded run's stored per-example outputs (common.load_runs attaches it); None without them."""
+  return run.get('attachments', {}).get(SUFFIX)
+
+
 def predictions_of(run: dict[str, Any]) -> Predictions | None:
-  path = run.get('attachments', {}).get(SUFFIX)
+  path = outputs_path(run)
   return Predictions.load(path) if path else None
 
 
