@@ -86,11 +86,20 @@ def mean_accuracy(points: Sequence[dict[str, Any]], cost: str, lo: float, hi: fl
   x, y = frontier(points, cost)
   if lo < x[0] - 1e-12:
     return None
-  # The interpolant is piecewise linear with corners at the frontier points: the trapezoid rule over the corners
-  # inside [lo, hi] and the two ends is exact.
-  grid = np.unique(np.concatenate([[lo, hi], x[(x > lo) & (x < hi)]]))
-  vals = np.interp(grid, x, y)
-  return float(np.sum((vals[1:] + vals[:-1]) / 2 * np.diff(grid)) / (hi - lo))
+  grid = corners(x, lo, hi)
+  return float(trapezoid_mean(grid, np.interp(grid, x, y)))
+
+
+def corners(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
+  """[M] lo, hi and the frontier costs x between them. The interpolant (and each example's expected correctness,
+  experiments.paired) is linear between frontier points, so the trapezoid rule over these corners is exact."""
+  return np.unique(np.concatenate([[lo, hi], x[(x > lo) & (x < hi)]]))
+
+
+def trapezoid_mean(grid: np.ndarray, vals: np.ndarray) -> np.ndarray:
+  """The mean over [grid[0], grid[-1]] of values [M, ...] known at grid [M] and linear in between: [...]."""
+  widths = np.diff(grid).reshape(-1, *([1] * (vals.ndim - 1)))
+  return np.sum((vals[1:] + vals[:-1]) / 2 * widths, axis=0) / (grid[-1] - grid[0])
 
 
 def common_range(curves: Sequence[Sequence[dict[str, Any]]], cost: str, hi: float = 1.0) -> tuple[float, float]:

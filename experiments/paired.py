@@ -64,6 +64,17 @@ def at_budget(budget: float, cost: str = 'layer_fraction') -> PerExample:
   return lambda p, run: _mixed(p, dense_curve(p), cost, budget)
 
 
+def over_range(lo: float, hi: float, cost: str = 'layer_fraction') -> PerExample:
+  """Expected correctness averaged over the budgets lo..hi of `cost` on the dense offline sweep: float [N], whose
+  mean is budgets.mean_accuracy over that range (the area under the curve over hi - lo); NaN where the sweep does
+  not reach down to lo."""
+  def fn(p: Predictions, run: dict[str, Any]) -> np.ndarray:
+    curve = dense_curve(p)
+    grid = budgets.corners(budgets.frontier(curve, cost)[0], lo, hi)
+    return budgets.trapezoid_mean(grid, np.stack([_mixed(p, curve, cost, b) for b in grid]))
+  return fn
+
+
 def at_speedup(speedup: float) -> PerExample:
   """Expected correctness at a matched measured `speedup`: the run's timed curve (its evaluated thresholds, the
   only ones timed) mixed at 1 / speedup of the full model's time, each example answered as the stored outputs

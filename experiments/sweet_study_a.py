@@ -171,7 +171,6 @@ def budget_claims(task: str, by: dict[str, list[dict[str, Any]]], budgets_: Sequ
     fs, ss = exit_study.common_seeds(by[first], by[second])
     if not fs:
       continue
-    n_eval = exit_study.eval_examples(fs, ss)
     for b in budgets_:
       label = budgets.budget_label(b)
       if None in [exit_study.at_budget(r, b) for r in fs + ss]:
@@ -181,14 +180,13 @@ def budget_claims(task: str, by: dict[str, list[dict[str, Any]]], budgets_: Sequ
       out.append(compare(f'{task}: {NAMES[first]} is more accurate than {NAMES[second]} at {label} of the layers '
                          '(interpolated along each curve, accuracy points)', fs, ss, paired.at_budget(b),
                          lambda r, b=b: exit_study.at_budget(r, b)))
-    fs, ss = exit_study.read_alike(fs, ss)  # the area is a summary claim
-    curves = [exit_study.curve_points(r) for r in fs + ss]
-    lo, hi = budgets.common_range(curves, 'layer_fraction')
-    area = lambda g: [budgets.mean_accuracy(exit_study.curve_points(r), 'layer_fraction', lo, hi) for r in g]
-    est, se, n = difference(area(fs), area(ss), n_eval)
-    out.append(claim_sentence(f'{task}: {NAMES[first]}\'s curve lies above {NAMES[second]}\'s on average over '
-                              f'{lo:.2f}-{hi:g} of the layers (area under the curve, accuracy points)', est, se,
-                              seeds=n, scale=100))
+    # The range every curve covers, read as the comparison reads them (dense sweeps only when all have outputs).
+    lo, hi = budgets.common_range([exit_study.curve_points(r) for g in exit_study.read_alike(fs, ss) for r in g],
+                                  'layer_fraction')
+    out.append(compare(f'{task}: {NAMES[first]}\'s curve lies above {NAMES[second]}\'s on average over '
+                       f'{lo:.2f}-{hi:g} of the layers (area under the curve, accuracy points)', fs, ss,
+                       paired.over_range(lo, hi),
+                       lambda r: budgets.mean_accuracy(exit_study.curve_points(r), 'layer_fraction', lo, hi)))
   return out
 
 

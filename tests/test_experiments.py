@@ -233,7 +233,7 @@ def test_study_claims_are_paired_on_stored_predictions(tmp_path):
   ee = [_predictions_run(tmp_path, 'early_exit', s, 240, rng) for s in (42, 43)]
   by = {'sweet': [r for r, _ in sw], 'early_exit': [r for r, _ in ee]}
   items = sweet_study_a.method_claims('movie_reviews', by, budgets_=(0.5,))
-  assert all(isinstance(c, stats.Claim) for c in items[:4])  # every comparison is paired; the area stays a sentence
+  assert all(isinstance(c, stats.Claim) for c in items)  # every comparison is paired, the area too
   first = items[0]
   # By hand: exit 0 is right on 300 and 240 of the 400 examples in both seeds: +15 points.
   assert first.result.effect == pytest.approx(0.15) and first.result.seeds == 2 and first.result.examples == 400
@@ -246,7 +246,12 @@ def test_study_claims_are_paired_on_stored_predictions(tmp_path):
   assert lines[0].startswith("- movie_reviews: SWEET's first exit is more accurate than Early-Exit's (accuracy "
                              'points): **holds** (+15.0 points, 95% interval')
   assert 'paired bootstrap' in lines[0] and 'n = 400 x 2' in lines[0]
-  assert isinstance(items[4], str) and items[4] == lines[4]
+  # The area: the difference of the dense curves' mean accuracies over the range both cover.
+  lo = budgets.common_range([predictions.dense_curve(p) for _, p in sw + ee], 'layer_fraction')[0]
+  want = np.mean([budgets.mean_accuracy(predictions.dense_curve(a), 'layer_fraction', lo, 1.0)
+                  - budgets.mean_accuracy(predictions.dense_curve(b), 'layer_fraction', lo, 1.0)
+                  for (_, a), (_, b) in zip(sw, ee)])
+  assert items[4].result.effect == pytest.approx(want, abs=1e-12) and f'over {lo:.2f}-1 of the layers' in lines[4]
   # The summary tables read the same dense sweep, not the runs' two evaluated points.
   assert exit_study.at_budget(sw[0][0], 0.5) == pytest.approx(
       budgets.accuracy_at(predictions.dense_curve(sw[0][1]), 'layer_fraction', 0.5))
