@@ -30,13 +30,13 @@ Measured per cell on 2 CPU cores (AMD EPYC, nothing else running; 2026-12-01): S
 5.3-5.5 min, Multi-Model 12 min, eval 1.3-2 min with these settings; so the whole CPU grid ~2 h. A tweets seed
 (measured on seeds 43 and 44, 2026-12-04/05): SWEET and Early-Exit 12.6-14.2 min, Multi-Model 23.6-24 min, train +
 eval; so ~3.7 h with --tweet_seeds=3. Another job on the same cores doubles these.
-Claims judged per task on mean pooling (stats.verdict: holds / does not hold when the estimate is 2 standard
-errors past 0, else inconclusive): SWEET's first exit beats Early-Exit's; Early-Exit's last exit beats
-SWEET's; averaged over the exits, SWEET's and Multi-Model's classifiers beat Early-Exit's (the abstract's
-+1.1 and +2.3); at 0.25, 1/3 and 0.5 of the layers (each curve interpolated at the budget, experiments.budgets)
-and on average over the budgets both curves cover (area under the curve), SWEET beats Early-Exit and
-Multi-Model, and Early-Exit beats Multi-Model;
-and on movie reviews, Early-Exit's first exit learns more with mean than with [CLS] pooling (one seed).
+Claims judged per task on mean pooling (compare: paired over examples and seeds on the stored outputs, under Holm's
+rule with the report's other paired claims; for runs without outputs, stats.verdict at 2 standard errors): SWEET's
+first exit beats Early-Exit's; Early-Exit's last exit beats SWEET's; averaged over the exits, SWEET's and
+Multi-Model's classifiers beat Early-Exit's (the abstract's +1.1 and +2.3); at 0.25, 1/3 and 0.5 of the layers (each
+curve interpolated at the budget, experiments.budgets) and on average over the budgets both curves cover (area under
+the curve), SWEET beats Early-Exit and Multi-Model, and Early-Exit beats Multi-Model; and on movie reviews,
+Early-Exit's first exit learns more with mean than with [CLS] pooling (one seed).
 Outputs: docs/results/sweet_study_a/{README.md, *.png, runs/<cell>.json, seq_lengths.json, failures.json};
 workdirs (checkpoints, logs) under runs/studies/sweet_study_a/ (not committed).
 """
